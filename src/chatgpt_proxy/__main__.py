@@ -1,0 +1,3 @@
+from chatgpt_proxy.cli import main
+
+main()

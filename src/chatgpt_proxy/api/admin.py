@@ -1,0 +1,151 @@
+"""The admin API: client keys, upstream key states and moderation blocks, behind the admin key.
+
+The admin key and client keys are separate credentials (DESIGN §3.4): a client key is refused
+here with 401, and without a configured admin key the whole API answers 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import date
+
+import orjson
+from aiohttp import web
+
+from chatgpt_proxy.app import STATE, AppState, context
+from chatgpt_proxy.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    PermissionDenied,
+    UnknownRoute,
+)
+from chatgpt_proxy.keystore import ClientKey
+from chatgpt_proxy.keystore.requests import parse_create, parse_update
+from chatgpt_proxy.requestbody import read_json
+
+
+def _authorize(request: web.Request) -> AppState:
+    state = request.app[STATE]
+    context(request).endpoint = "admin"
+    admin_key = state.settings.auth.admin_key
+    if admin_key is None:
+        raise PermissionDenied("The admin API is disabled: set auth.admin_key to enable it.")
+    header = request.headers.get("Authorization", "")
+    expected = f"Bearer {admin_key.get_secret_value()}"
+    if not hmac.compare_digest(header.encode("utf-8", "replace"), expected.encode()):
+        raise AuthenticationFailed("Incorrect admin key provided.")
+    return state
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _key_or_404(state: AppState, key_id: str) -> ClientKey:
+    key = await state.store.get(key_id)
+    if key is None:
+        raise UnknownRoute(f"No client key with id {key_id!r}.", param="id")
+    return key
+
+
+async def create_key(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    _, document = await read_json(request, 64 * 1024)
+    wanted = parse_create(document)
+    assert wanted.name is not None and wanted.policy is not None
+    expires = None if wanted.expires_at is ... else wanted.expires_at
+    key, secret = await state.store.create(wanted.name, wanted.policy, expires)
+    state.keys.apply(key)
+    return _json({**key.public_dict(), "key": secret}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    keys = await state.store.list()
+    return _json({"object": "list", "data": [key.public_dict() for key in keys]})
+
+
+async def get_key(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    key = await _key_or_404(state, request.match_info["id"])
+    return _json(key.public_dict())
+
+
+async def update_key(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    key = await _key_or_404(state, request.match_info["id"])
+    _, document = await read_json(request, 64 * 1024)
+    change = parse_update(key, document)
+    updated = await state.store.update(
+        key.id, name=change.name, policy=change.policy, expires_at=change.expires_at
+    )
+    if updated is None:
+        raise UnknownRoute(f"No client key with id {key.id!r}.", param="id")
+    state.keys.apply(updated)
+    return _json(updated.public_dict())
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    key = await state.store.revoke(request.match_info["id"])
+    if key is None:
+        raise UnknownRoute(f"No client key with id {request.match_info['id']!r}.", param="id")
+    state.keys.apply(key)  # refused from now on in this process, at the next poll elsewhere
+    return _json(key.public_dict())
+
+
+async def key_usage(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    key = await _key_or_404(state, request.match_info["id"])
+    since = _since(request.query.get("since"))
+    rows = await state.store.usage_summary(key.id, since)
+    return _json({"object": "list", "key_id": key.id, "data": [row.to_dict() for row in rows]})
+
+
+async def upstreams(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    data = [
+        {
+            "alias": status.alias,
+            "upstream": upstream.name,
+            "state": str(status.state),
+            "until_seconds": status.until,
+            "inflight": status.inflight,
+            "requests": status.requests,
+            "failures": status.failures,
+            "reason": status.reason,
+        }
+        for upstream in state.router.upstreams
+        for status in upstream.pool.snapshot()
+    ]
+    return _json({"object": "list", "data": data})
+
+
+async def moderation_blocks(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    try:
+        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
+    except ValueError as exc:
+        raise InvalidRequest("`limit` must be a number.", param="limit") from exc
+    blocks = state.moderator.recent_blocks(limit)
+    return _json({"object": "list", "total": state.moderator.blocks_total, "data": blocks})
+
+
+def _since(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidRequest("`since` must be a date such as 2026-11-01.", param="since") from exc
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/keys", create_key)
+    app.router.add_get("/admin/keys", list_keys)
+    app.router.add_get("/admin/keys/{id}", get_key)
+    app.router.add_patch("/admin/keys/{id}", update_key)
+    app.router.add_delete("/admin/keys/{id}", revoke_key)
+    app.router.add_get("/admin/keys/{id}/usage", key_usage)
+    app.router.add_get("/admin/upstreams", upstreams)
+    app.router.add_get("/admin/moderation", moderation_blocks)

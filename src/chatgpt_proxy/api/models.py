@@ -1,0 +1,24 @@
+"""``GET /v1/models``: the models the configured upstreams serve, that this key may use."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from chatgpt_proxy.app import STATE, context
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ctx = context(request)
+    ctx.endpoint = "models.list"
+    key = state.keys.authenticate(request.headers.get("Authorization"))
+    ctx.key_id = key.id
+    models = [m for m in await state.catalog.models() if key.policy.allows_model(m["id"])]
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": models}), content_type="application/json"
+    )
+
+
+def add_model_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)

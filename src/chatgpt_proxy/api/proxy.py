@@ -1,0 +1,220 @@
+"""The OpenAI routes: an allowlist of endpoints, each forwarded through the one pipeline.
+
+auth → model policy → route → limits → moderation → upstream (key pool, retries) → relay →
+meter. Bodies go upstream byte for byte; the proxy re-encodes one only to ask a stream for
+its usage, and strips that extra chunk again on the way back.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from chatgpt_proxy.app import STATE, AppState, context
+from chatgpt_proxy.errors import InvalidRequest, ModelNotAllowed, ProxyError, UnknownRoute
+from chatgpt_proxy.keystore import ClientKey, UsageEvent
+from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
+from chatgpt_proxy.streaming import Outcome, relay
+from chatgpt_proxy.upstream.client import Body, Outbound
+from chatgpt_proxy.usage import estimate_tokens
+
+BodyKind = Literal["json", "multipart", "none"]
+
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
+_USAGE_STREAMS = frozenset({"chat.completions", "completions"})
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One OpenAI endpoint: its route here, its path upstream, and what its body is."""
+
+    name: str
+    method: str
+    path: str
+    upstream_path: str
+    body: BodyKind = "json"
+    accepts_json: bool = False  # a multipart endpoint that also takes a JSON body
+
+
+ENDPOINTS = (
+    Endpoint("chat.completions", "POST", "/v1/chat/completions", "/chat/completions"),
+    Endpoint("completions", "POST", "/v1/completions", "/completions"),
+    Endpoint("embeddings", "POST", "/v1/embeddings", "/embeddings"),
+    Endpoint("moderations", "POST", "/v1/moderations", "/moderations"),
+    Endpoint("images.generations", "POST", "/v1/images/generations", "/images/generations"),
+    Endpoint("images.edits", "POST", "/v1/images/edits", "/images/edits", "multipart", True),
+    Endpoint(
+        "images.variations", "POST", "/v1/images/variations", "/images/variations", "multipart"
+    ),
+    Endpoint("audio.speech", "POST", "/v1/audio/speech", "/audio/speech"),
+    Endpoint(
+        "audio.transcriptions",
+        "POST",
+        "/v1/audio/transcriptions",
+        "/audio/transcriptions",
+        "multipart",
+    ),
+    Endpoint(
+        "audio.translations", "POST", "/v1/audio/translations", "/audio/translations", "multipart"
+    ),
+    Endpoint("responses", "POST", "/v1/responses", "/responses"),
+    Endpoint(
+        "responses.input_tokens", "POST", "/v1/responses/input_tokens", "/responses/input_tokens"
+    ),
+    Endpoint("responses.compact", "POST", "/v1/responses/compact", "/responses/compact"),
+    Endpoint("responses.retrieve", "GET", "/v1/responses/{id}", "/responses/{id}", "none"),
+    Endpoint("responses.delete", "DELETE", "/v1/responses/{id}", "/responses/{id}", "none"),
+    Endpoint(
+        "responses.cancel", "POST", "/v1/responses/{id}/cancel", "/responses/{id}/cancel", "none"
+    ),
+    Endpoint(
+        "responses.input_items",
+        "GET",
+        "/v1/responses/{id}/input_items",
+        "/responses/{id}/input_items",
+        "none",
+    ),
+    Endpoint("models.retrieve", "GET", "/v1/models/{model:.+}", "/models/{model}", "none"),
+)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    body: Body
+    document: Mapping[str, Any]
+    model: str | None
+    stream: bool
+    upload: StreamedUpload | None = None  # to tell a stop at the size limit from a failure
+
+
+class Forward:
+    """The handler of one endpoint."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        ctx = context(request)
+        ctx.endpoint = self.endpoint.name
+        key = state.keys.authenticate(request.headers.get("Authorization"))
+        ctx.key_id = key.id
+        path = self._upstream_path(request)
+        parsed = await self._parse(request, state)
+        model = parsed.model
+        if model is not None:
+            ctx.model = model
+            if not key.policy.allows_model(model):
+                raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
+        upstream = state.router.route(model)
+        admission = await state.limiter.admit(key, estimate_tokens(parsed.document))
+        ctx.headers.update(admission.headers)
+        outcomes: list[Outcome] = []
+        try:
+            await state.moderator.check(self.endpoint.name, parsed.document, key)
+            body, strip_usage = self._usage_stream(parsed)
+            outbound = Outbound(
+                request.method, path, request.query_string, request.headers, body, parsed.stream
+            )
+            try:
+                reply = await state.client.send(upstream, outbound)
+            except ProxyError:
+                if parsed.upload is not None and parsed.upload.exceeded:
+                    raise too_large(state.settings.server.max_body_bytes) from None
+                raise
+            ctx.upstream = reply.alias
+            started = time.monotonic()
+
+            def done(outcome: Outcome) -> None:
+                outcomes.append(outcome)
+                _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
+
+            return await relay(
+                request, reply, state.redactor, strip_usage=strip_usage, on_done=done
+            )
+        finally:
+            usage = outcomes[0].usage if outcomes else None
+            await admission.settle(usage.total_tokens if usage else 0)
+            await admission.release()
+
+    def _upstream_path(self, request: web.Request) -> str:
+        params = request.match_info
+        if not params:
+            return self.endpoint.upstream_path
+        if "id" in params and not _ID.match(params["id"]):
+            raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
+        if "model" in params:
+            model = params["model"]
+            segments = model.split("/")
+            if not _MODEL_ID.match(model) or any(s in ("", ".", "..") for s in segments):
+                raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
+        return self.endpoint.upstream_path.format(**params)
+
+    async def _parse(self, request: web.Request, state: AppState) -> _Parsed:
+        limit = state.settings.server.max_body_bytes
+        kind = self.endpoint.body
+        if kind == "multipart" and not (
+            self.endpoint.accepts_json and request.content_type == "application/json"
+        ):
+            upload = await open_multipart(request, limit)
+            model = upload.fields.get("model")
+            stream = upload.fields.get("stream") == "true"
+            return _Parsed(upload.body, upload.fields, model, stream, upload)
+        if kind == "none":
+            model = request.match_info.get("model")
+            return _Parsed(None, {}, model, request.query.get("stream") == "true")
+        raw, document = await read_json(request, limit)
+        model = document.get("model")
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequest("`model` must be a string.", param="model")
+        return _Parsed(raw, document, model, document.get("stream") is True)
+
+    def _usage_stream(self, parsed: _Parsed) -> tuple[Body, bool]:
+        """Ask a chat or completion stream for its usage when the client did not."""
+        if not parsed.stream or self.endpoint.name not in _USAGE_STREAMS:
+            return parsed.body, False
+        options = parsed.document.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return parsed.body, False
+        if options is not None and not isinstance(options, dict):
+            return parsed.body, False  # malformed: the upstream tells the client so
+        document = dict(parsed.document)
+        document["stream_options"] = {**(options or {}), "include_usage": True}
+        return orjson.dumps(document), True
+
+
+def _meter(
+    state: AppState,
+    key: ClientKey,
+    endpoint: str,
+    model: str | None,
+    alias: str,
+    outcome: Outcome,
+    started: float,
+) -> None:
+    usage = outcome.usage
+    state.meter.record(
+        UsageEvent(
+            key_id=key.id,
+            model=model or "-",
+            upstream=alias,
+            endpoint=endpoint,
+            status=outcome.status,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0,
+            latency_ms=int((time.monotonic() - started) * 1000),
+        )
+    )
+
+
+def add_proxy_routes(app: web.Application) -> None:
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, endpoint.path, Forward(endpoint).handle)

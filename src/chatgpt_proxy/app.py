@@ -1,0 +1,208 @@
+"""Builds the server from settings: resources, routes, middleware, start-up and shutdown.
+
+Wiring only. Everything that lives as long as the server is created here, kept on one
+``AppState`` (no module-level state), and closed in reverse order on shutdown::
+
+    app = await create_app(load_settings("config.yaml"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from chatgpt_proxy.auth import KeyCache
+from chatgpt_proxy.catalog import ModelCatalog
+from chatgpt_proxy.errors import MethodNotAllowed, ProxyError, RequestTooLarge, UnknownRoute
+from chatgpt_proxy.keystore import KeyStore
+from chatgpt_proxy.limits import Limiter, NoLimits
+from chatgpt_proxy.metering import Meter
+from chatgpt_proxy.metrics import Metrics
+from chatgpt_proxy.moderation import Moderator, build_moderator
+from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.settings import Settings
+from chatgpt_proxy.upstream.client import UpstreamClient
+from chatgpt_proxy.upstream.prober import Prober
+from chatgpt_proxy.upstream.router import Router
+
+logger = logging.getLogger("chatgpt_proxy.access")
+errors_logger = logging.getLogger("chatgpt_proxy.app")
+
+
+@dataclass(slots=True)
+class AppState:
+    """Every long-lived part of a running proxy."""
+
+    settings: Settings
+    router: Router
+    client: UpstreamClient
+    store: KeyStore
+    keys: KeyCache
+    limiter: Limiter
+    moderator: Moderator
+    meter: Meter
+    metrics: Metrics
+    redactor: Redactor
+    catalog: ModelCatalog
+    ready: bool = False
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the proxy learns about one request, for its headers, access log and metrics."""
+
+    request_id: str
+    started: float
+    endpoint: str = "-"
+    key_id: str = "-"
+    model: str = "-"
+    upstream: str = "-"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+STATE = web.AppKey("state", AppState)
+CONTEXT = web.RequestKey("context", RequestContext)
+
+
+def context(request: web.Request) -> RequestContext:
+    return request[CONTEXT]
+
+
+async def create_app(settings: Settings, *, store: KeyStore | None = None) -> web.Application:
+    """Create the resources and the app; ``store`` lets a caller share an open key store."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        state = await _open_state(settings, stack, store)
+    except BaseException:
+        await stack.aclose()
+        raise
+    app = web.Application(
+        middlewares=[_handle_request],
+        client_max_size=settings.server.max_body_bytes,
+    )
+    app[STATE] = state
+    app.on_response_prepare.append(_stamp_headers)
+
+    async def close(_: web.Application) -> None:
+        state.ready = False
+        await stack.aclose()
+
+    app.on_cleanup.append(close)
+    from chatgpt_proxy.api import add_routes  # the api package imports this module
+
+    add_routes(app)
+    state.ready = True
+    return app
+
+
+async def _open_state(
+    settings: Settings, stack: contextlib.AsyncExitStack, store: KeyStore | None
+) -> AppState:
+    router = Router.from_settings(settings.upstreams, settings.pool)
+    redactor = Redactor(router.secrets())
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=settings.server.max_upstream_connections, enable_cleanup_closed=True
+        ),
+        # Upstream cookies are the account's, never the client's.
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    stack.push_async_callback(session.close)
+    client = UpstreamClient(session, settings.timeouts, settings.retries)
+    if store is None:
+        store = await KeyStore.open(settings.database_url)
+        stack.push_async_callback(store.close)
+        await store.migrate()
+    keys = KeyCache(store, refresh_seconds=settings.auth.cache_refresh_seconds)
+    await keys.start()
+    stack.push_async_callback(keys.stop)
+    meter = Meter(store)
+    meter.start()
+    stack.push_async_callback(meter.close)
+    limiter: Limiter = NoLimits()
+    stack.push_async_callback(limiter.close)
+    moderator = build_moderator(settings, client, router)
+    stack.push_async_callback(moderator.close)
+    prober = Prober(client, router, interval=settings.pool.probe_interval)
+    prober.start()
+    stack.push_async_callback(prober.stop)
+    metrics = Metrics(router.upstreams)
+    metrics.watch(
+        "chatgpt_proxy_moderation_blocks_total",
+        "requests blocked by moderation",
+        lambda: float(moderator.blocks_total),
+    )
+    catalog = ModelCatalog(client, router)
+    return AppState(
+        settings, router, client, store, keys, limiter, moderator, meter, metrics, redactor, catalog
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _handle_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Gives each request its id, renders every error as OpenAI's envelope, logs one line."""
+    ctx = RequestContext("req_" + uuid.uuid4().hex, time.monotonic())
+    request[CONTEXT] = ctx
+    try:
+        response = await handler(request)
+    except ProxyError as err:
+        response = error_response(err)
+    except web.HTTPException as exc:
+        response = error_response(_http_error(request, exc))
+    except Exception:
+        # The logs' redacting filter scrubs the traceback of anything secret.
+        errors_logger.exception("unexpected error in %s %s", request.method, request.path)
+        response = error_response(ProxyError("The server had an error processing your request."))
+    state = request.app[STATE]
+    elapsed = time.monotonic() - ctx.started
+    state.metrics.observe(ctx.endpoint, response.status, elapsed)
+    if state.settings.server.access_log:
+        logger.info(
+            "%s %s %s %d key=%s model=%s upstream=%s %.1fms",
+            ctx.request_id,
+            request.method,
+            request.path,
+            response.status,
+            ctx.key_id,
+            ctx.model,
+            ctx.upstream,
+            elapsed * 1000,
+        )
+    return response
+
+
+def error_response(err: ProxyError) -> web.Response:
+    return web.Response(
+        body=err.body(),
+        status=err.status,
+        content_type="application/json",
+        headers=err.headers,
+    )
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> ProxyError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return RequestTooLarge("The request body is too large.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Invalid method for URL ({request.method} {request.path}).")
+    return UnknownRoute(f"Invalid URL ({request.method} {request.path})")
+
+
+async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    ctx = request.get(CONTEXT)
+    if ctx is None:
+        return
+    response.headers["x-request-id"] = ctx.request_id
+    response.headers["openai-processing-ms"] = str(int((time.monotonic() - ctx.started) * 1000))
+    if ctx.headers:
+        response.headers.update(ctx.headers)

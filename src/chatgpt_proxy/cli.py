@@ -1,0 +1,274 @@
+"""The ``chatgpt-proxy`` command: serve, keys, check, migrate.
+
+Key commands call the same key store and request parsing as the admin API, so a key made
+here and one made over HTTP are the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import orjson
+
+from chatgpt_proxy.errors import ConfigError, ProxyError
+from chatgpt_proxy.keystore import ClientKey, KeyPolicy, KeyStore
+from chatgpt_proxy.keystore.requests import parse_create, parse_update
+from chatgpt_proxy.logs import configure_logging
+from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.settings import Settings, load_settings
+from chatgpt_proxy.upstream.prober import probe_all
+from chatgpt_proxy.upstream.router import Router
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="config file (default: ./config.yaml if present, else environment variables)",
+)
+
+
+def _friendly(function: Callable[P, T]) -> Callable[P, T]:
+    """Configuration and store errors end the command with their message, not a traceback."""
+
+    @wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ProxyError as exc:
+            raise click.ClickException(exc.message) from exc
+
+    return wrapper
+
+
+def _settings(config_path: str | None) -> Settings:
+    return load_settings(config_path)
+
+
+def _with_store(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        store = await KeyStore.open(settings.database_url)
+        try:
+            await store.migrate()
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="chatgpt-proxy")
+def main() -> None:
+    """A self-hosted, OpenAI-compatible reverse proxy."""
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="address to bind (default from config: 127.0.0.1)")
+@click.option("--port", type=int, default=None, help="port to bind (default from config: 3000)")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="processes to run")
+@_friendly
+def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the proxy."""
+    settings = _settings(config_path)
+    configure_logging(
+        settings.server.log_level,
+        Redactor(Router.from_settings(settings.upstreams, settings.pool).secrets()),
+    )
+
+    async def first_key(store: KeyStore) -> str | None:
+        if await store.count() > 0:
+            return None
+        _, secret = await store.create("default", KeyPolicy())
+        return secret
+
+    secret = _with_store(settings, first_key)
+    if secret is not None:
+        click.echo("No client keys yet: created one named 'default'. It is shown only now:")
+        click.echo(secret)
+    from chatgpt_proxy.server import run  # uvloop and the server only for `serve`
+
+    run(settings, host=host, port=port, workers=workers)
+
+
+@main.group()
+def keys() -> None:
+    """Issue, list, change and revoke client keys."""
+
+
+def _policy_options(function: Callable[P, T]) -> Callable[P, T]:
+    options = [
+        click.option("--rpm", type=int, help="requests per minute"),
+        click.option("--tpm", type=int, help="tokens per minute"),
+        click.option("--max-concurrency", type=int, help="requests in flight at once"),
+        click.option("--daily-tokens", "daily_token_budget", type=int, help="tokens per day"),
+        click.option("--total-tokens", "total_token_budget", type=int, help="tokens in total"),
+        click.option("--daily-cost", "daily_cost_budget", type=float, help="USD per day"),
+        click.option("--total-cost", "total_cost_budget", type=float, help="USD in total"),
+        click.option("--models", help="allowed models, comma-separated globs (gpt-4o*,o3)"),
+        click.option("--moderation", type=click.Choice(["exempt", "strict"]), help="policy"),
+        click.option("--expires", "expires_at", help="expiry: 2027-01-31 or an ISO time"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _request_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    data = {name: value for name, value in fields.items() if value is not None}
+    if "models" in data:
+        data["models"] = [m.strip() for m in data["models"].split(",") if m.strip()]
+    return data
+
+
+def _show(key: ClientKey, as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(key.public_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    public = key.public_dict()
+    for name, value in public.items():
+        if value not in (None, [], ()):
+            click.echo(f"{name}: {value}")
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="who or what the key is for")
+@_policy_options
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object")
+@config_option
+@_friendly
+def keys_create(name: str, as_json: bool, config_path: str | None, **fields: Any) -> None:
+    """Issue a client key; the key itself is printed once, as the last line."""
+    wanted = parse_create({"name": name, **_request_fields(fields)})
+    assert wanted.policy is not None and wanted.name is not None
+    expires = None if wanted.expires_at is ... else wanted.expires_at
+
+    async def create(store: KeyStore) -> tuple[ClientKey, str]:
+        return await store.create(name, wanted.policy or KeyPolicy(), expires)
+
+    key, secret = _with_store(_settings(config_path), create)
+    if as_json:
+        click.echo(orjson.dumps({**key.public_dict(), "key": secret}).decode())
+        return
+    click.echo(f"created {key.id} ({key.name}); the key is shown only now:", err=False)
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@config_option
+@_friendly
+def keys_list(as_json: bool, config_path: str | None) -> None:
+    """List client keys (their prefixes, never the keys)."""
+    listed = _with_store(_settings(config_path), lambda store: store.list())
+    if as_json:
+        click.echo(orjson.dumps([key.public_dict() for key in listed]).decode())
+        return
+    click.echo(f"{'ID':<22} {'NAME':<24} {'PREFIX':<12} {'STATE':<8} MODELS")
+    for key in listed:
+        public = key.public_dict()
+        models = ",".join(key.policy.models) or "*"
+        click.echo(
+            f"{key.id:<22} {key.name[:24]:<24} {key.prefix:<12} {public['state']:<8} {models}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@config_option
+@_friendly
+def keys_revoke(key_id: str, config_path: str | None) -> None:
+    """Revoke a client key: refused by every replica within a second or two."""
+    key = _with_store(_settings(config_path), lambda store: store.revoke(key_id))
+    if key is None:
+        raise click.ClickException(f"no client key with id {key_id!r}")
+    click.echo(f"revoked {key.id} ({key.name})")
+
+
+@keys.command("update")
+@click.argument("key_id")
+@click.option("--name", default=None, help="new name")
+@_policy_options
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@config_option
+@_friendly
+def keys_update(
+    key_id: str, name: str | None, as_json: bool, config_path: str | None, **fields: Any
+) -> None:
+    """Change a client key's name, limits, models or expiry."""
+    data = _request_fields({"name": name, **fields})
+
+    async def update(store: KeyStore) -> ClientKey | None:
+        key = await store.get(key_id)
+        if key is None:
+            return None
+        change = parse_update(key, data)
+        return await store.update(
+            key.id, name=change.name, policy=change.policy, expires_at=change.expires_at
+        )
+
+    key = _with_store(_settings(config_path), update)
+    if key is None:
+        raise click.ClickException(f"no client key with id {key_id!r}")
+    _show(key, as_json)
+
+
+@keys.command("usage")
+@click.argument("key_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@config_option
+@_friendly
+def keys_usage(key_id: str, as_json: bool, config_path: str | None) -> None:
+    """Show a key's usage by day and model."""
+    rows = _with_store(_settings(config_path), lambda store: store.usage_summary(key_id))
+    if as_json:
+        click.echo(orjson.dumps([row.to_dict() for row in rows]).decode())
+        return
+    click.echo(
+        f"{'DAY':<11} {'MODEL':<28} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} {'TOTAL':>10}"
+    )
+    for row in rows:
+        click.echo(
+            f"{row.day.isoformat():<11} {row.model[:28]:<28} {row.requests:>9} "
+            f"{row.prompt_tokens:>10} {row.completion_tokens:>11} {row.total_tokens:>10}"
+        )
+
+
+@main.command()
+@config_option
+@_friendly
+def migrate(config_path: str | None) -> None:
+    """Apply the database migrations (serve also does it at start)."""
+
+    async def noop(store: KeyStore) -> None:
+        return None
+
+    _with_store(_settings(config_path), noop)
+    click.echo("database is up to date")
+
+
+@main.command()
+@config_option
+@_friendly
+def check(config_path: str | None) -> None:
+    """Validate the configuration and probe every upstream key (by alias, never the key)."""
+    settings = _settings(config_path)
+    click.echo(f"configuration ok: {len(settings.upstreams)} upstream(s)")
+    results = asyncio.run(probe_all(settings))
+    failed = False
+    for alias, health in results:
+        click.echo(f"{alias:<24} {health}")
+        failed = failed or health != "ok"
+    if failed:
+        sys.exit(1)

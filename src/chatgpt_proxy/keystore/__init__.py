@@ -1,0 +1,20 @@
+"""Client keys and their usage: SQLite by default, PostgreSQL at scale, one schema, migrations."""
+
+from chatgpt_proxy.keystore.engine import async_database_url
+from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
+from chatgpt_proxy.keystore.store import KeyStore, migrate
+from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, looks_like_key, new_secret
+
+__all__ = [
+    "ClientKey",
+    "KeyPolicy",
+    "KeyStore",
+    "UsageEvent",
+    "UsageRow",
+    "async_database_url",
+    "display_prefix",
+    "hash_secret",
+    "looks_like_key",
+    "migrate",
+    "new_secret",
+]

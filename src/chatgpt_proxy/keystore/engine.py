@@ -1,0 +1,86 @@
+"""The database engine behind the key store: which URLs it accepts and how it connects.
+
+Operators write plain URLs (``sqlite:///./chatgpt-proxy.db``, ``postgresql://user@host/db``);
+the store needs SQLAlchemy's async drivers, so the URL is mapped here, once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from chatgpt_proxy.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+POSTGRES_CONNECT_TIMEOUT_S = 5.0
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+_MISSING_ASYNCPG = (
+    "database_url is PostgreSQL but asyncpg is missing: pip install 'chatgpt-proxy[postgres]'"
+)
+
+
+def async_database_url(database_url: str) -> sa.URL:
+    """Map an operator's URL to its async driver, or raise ``ConfigError``.
+
+    >>> async_database_url("postgres://app@db/keys").drivername
+    'postgresql+asyncpg'
+    """
+    try:
+        url = sa.make_url(database_url)
+    except sa.exc.ArgumentError as exc:
+        # The URL may hold a password: name the problem, not the value.
+        raise ConfigError("database_url is not a valid database URL") from exc
+    backend, _, driver = url.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "aiosqlite"):
+        return url.set(drivername="sqlite+aiosqlite")
+    if backend in _POSTGRES_SCHEMES and driver in ("", "asyncpg"):
+        try:
+            importlib.import_module("asyncpg")  # the dialect would import it anyway, later
+        except ImportError as exc:
+            raise ConfigError(_MISSING_ASYNCPG) from exc
+        return url.set(drivername="postgresql+asyncpg")
+    raise ConfigError(
+        f"database_url scheme {url.drivername!r} is not supported: "
+        "use sqlite:///PATH or postgresql://USER@HOST/DATABASE"
+    )
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine for ``database_url``; nothing connects until the first query."""
+    url = async_database_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(url)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url,
+        # A database restart must not leave the pool full of dead connections.
+        pool_pre_ping=True,
+        connect_args={"timeout": POSTGRES_CONNECT_TIMEOUT_S},
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @sa.event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own implicit BEGIN skips DDL and cannot be made IMMEDIATE; turn it off and
+        # let SQLAlchemy's "begin" event below start every transaction.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL lets the server read while the CLI writes; busy_timeout makes a writer wait for
+        # the other's lock instead of failing at once with "database is locked".
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+        cursor.execute("PRAGMA foreign_keys=ON")  # as PostgreSQL enforces them
+        cursor.close()
+
+    @sa.event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # "BEGIN IMMEDIATE" for migrations (see migrator.py); a deferred BEGIN otherwise.
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))

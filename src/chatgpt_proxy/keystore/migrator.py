@@ -1,0 +1,52 @@
+"""Schema migrations: Alembic, configured in code, run over the store's async engine.
+
+``KeyStore.migrate()`` is the way in; this module is the Alembic plumbing behind it. To write the
+next revision (then edit it by hand, as 0001 was)::
+
+    python -c "from alembic import command; from chatgpt_proxy.keystore.migrator import \\
+        alembic_config; command.revision(alembic_config(), 'add a column', rev_id='0002')"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+# Any fixed 64-bit number, the same in every replica: it names the lock, nothing more.
+_POSTGRES_MIGRATION_LOCK = 0x6367705F6B657973  # b"cgp_keys"
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration without an alembic.ini, so the package can migrate from anywhere."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _upgrade(connection: sa.Connection, revision: str) -> None:
+    if connection.dialect.name == "postgresql":
+        # Replicas starting together queue here and each then finds the schema current. A
+        # transaction-scoped lock is released by the commit or rollback, even if we crash.
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": _POSTGRES_MIGRATION_LOCK}
+        )
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the database to ``revision`` in one transaction (DDL is transactional on both)."""
+    async with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            # Take SQLite's write lock up front: a CLI and a server migrating one file at once
+            # then run one after the other instead of both creating the tables.
+            await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        async with conn.begin():
+            await conn.run_sync(_upgrade, revision)

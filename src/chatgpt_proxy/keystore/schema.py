@@ -1,0 +1,105 @@
+"""The key store's one schema, for SQLite and PostgreSQL alike.
+
+The tables are created and changed only by the Alembic migrations in ``migrations/versions``;
+this module describes them for queries (and for ``alembic revision --autogenerate`` to diff
+against). A test checks that the migrated database and this metadata agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+# Deterministic constraint names, so later migrations can refer to them (and SQLite's batch mode,
+# which rebuilds tables, can recreate them) without reflecting the database first.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL's ``timestamptz`` keeps the instant; SQLite has no datetime type and SQLAlchemy
+    stores naive ISO strings there. Storing every value as naive UTC on SQLite keeps those strings
+    comparable (``updated_at >= :since`` is a string comparison there), and reading them back as
+    UTC means callers never see a naive datetime.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the key store; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for an event log.
+_EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+client_keys = sa.Table(
+    "client_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # "key_" + 16 hex
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # sha256 hex, never the key
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    # Indexed because the auth cache polls "what changed since" every second.
+    sa.Column("updated_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    # Policy: NULL means "no limit" (or, for moderation, "the proxy's default policy").
+    sa.Column("rpm", sa.BigInteger(), nullable=True),
+    sa.Column("tpm", sa.BigInteger(), nullable=True),
+    sa.Column("max_concurrency", sa.BigInteger(), nullable=True),
+    sa.Column("daily_token_budget", sa.BigInteger(), nullable=True),
+    sa.Column("total_token_budget", sa.BigInteger(), nullable=True),
+    sa.Column("daily_cost_budget", sa.Float(), nullable=True),  # USD
+    sa.Column("total_cost_budget", sa.Float(), nullable=True),  # USD
+    sa.Column("models", sa.Text(), nullable=True),  # JSON list of globs; NULL = every model
+    sa.Column("moderation", sa.String(16), nullable=True),  # NULL, "exempt" or "strict"
+)
+
+usage_events = sa.Table(
+    "usage_events",
+    metadata,
+    sa.Column("id", _EventId, primary_key=True, autoincrement=True),
+    sa.Column("key_id", sa.String(32), sa.ForeignKey("client_keys.id"), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("upstream", sa.String(100), nullable=False),  # key alias, e.g. "openai#1"
+    sa.Column("endpoint", sa.String(100), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("prompt_tokens", sa.Integer(), nullable=False),
+    sa.Column("completion_tokens", sa.Integer(), nullable=False),
+    sa.Column("total_tokens", sa.Integer(), nullable=False),
+    sa.Column("cost", sa.Float(), nullable=True),  # USD; NULL when the price is unknown
+    sa.Column("latency_ms", sa.Integer(), nullable=False),
+    # Every usage query is "this key since then": one composite index serves it, and serves
+    # lookups by key_id alone. created_at alone is for pruning old events across all keys.
+    sa.Index("ix_usage_events_key_id_created_at", "key_id", "created_at"),
+    sa.Index("ix_usage_events_created_at", "created_at"),
+)
+
+# Alembic's bookkeeping table, named for this package so the database can be shared with another
+# application that uses Alembic's default "alembic_version".
+VERSION_TABLE = "chatgpt_proxy_alembic_version"

@@ -1,0 +1,220 @@
+"""Verdicts of the moderation endpoint, cached per item so a chat's history is judged only once.
+
+A chat resends its whole history each turn; keyed by a hash of each item (and the moderation
+model), only the new messages go to the endpoint. Two implementations of ``VerdictCache``:
+
+    cache = MemoryVerdictCache(size=100_000, ttl=86400.0)    # one process: a bounded LRU
+    cache = RedisVerdictCache(redis, memory=cache)            # shared by replicas (redis_url)
+
+    [hit] = await cache.get_many([cache_key("hello", "omni-moderation-latest")])
+
+The Redis cache keeps the memory cache in front of it and falls back to it alone, after logging
+once, while Redis is failing: a broken cache costs moderation calls, never requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import orjson
+
+from chatgpt_proxy.errors import ConfigError
+from chatgpt_proxy.moderation.inputs import Item
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger("chatgpt_proxy.moderation")
+
+REDIS_PREFIX = "cgp:mod:"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The endpoint's result for one item: the categories it flagged, and every score."""
+
+    flagged: frozenset[str]
+    scores: Mapping[str, float]
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"f": sorted(self.flagged), "s": dict(self.scores)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> ItemResult | None:
+        """The result, or None for bytes that are not one (another version wrote them)."""
+        try:
+            raw = orjson.loads(data)
+            return cls(frozenset(raw["f"]), {str(k): float(v) for k, v in raw["s"].items()})
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
+def cache_key(item: Item, model: str) -> str:
+    """sha256 of the moderation model and the item's canonical JSON."""
+    digest = hashlib.sha256(model.encode())
+    digest.update(b"\0")
+    digest.update(orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+class VerdictCache(Protocol):
+    async def get_many(self, keys: Sequence[str]) -> list[ItemResult | None]: ...
+
+    async def set_many(self, results: Mapping[str, ItemResult]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryVerdictCache:
+    """A bounded LRU with a time to live; ``size=0`` caches nothing.
+
+    >>> cache = MemoryVerdictCache(size=2, ttl=60.0, clock=lambda: 0.0)
+    """
+
+    def __init__(
+        self, size: int, ttl: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._clock = clock
+        # Results are kept encoded: ~10x smaller than a dict of floats, decoded only on a hit.
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> ItemResult | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, data = entry
+        if self._clock() >= expires:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return ItemResult.decode(data)
+
+    def set(self, key: str, result: ItemResult) -> None:
+        if self.size <= 0:
+            return
+        self._entries[key] = (self._clock() + self.ttl, result.encode())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    async def get_many(self, keys: Sequence[str]) -> list[ItemResult | None]:
+        return [self.get(key) for key in keys]
+
+    async def set_many(self, results: Mapping[str, ItemResult]) -> None:
+        for key, result in results.items():
+            self.set(key, result)
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+class RedisVerdictCache:
+    """Verdicts shared by every replica through Redis (MGET, SET with EX), memory in front.
+
+    >>> cache = RedisVerdictCache(redis, memory=MemoryVerdictCache(100_000, 86400.0))
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        memory: MemoryVerdictCache,
+        prefix: str = REDIS_PREFIX,
+        owns_client: bool = False,
+        op_timeout: float = 1.0,
+        retry_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from redis.exceptions import RedisError
+
+        self._redis = redis
+        self._memory = memory
+        self._prefix = prefix
+        self._owns_client = owns_client
+        self._op_timeout = op_timeout
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self._down_until: float | None = None  # while Redis fails, only memory is used
+
+    async def get_many(self, keys: Sequence[str]) -> list[ItemResult | None]:
+        found = await self._memory.get_many(keys)
+        missing = [key for key, result in zip(keys, found, strict=True) if result is None]
+        if not missing or not self._available():
+            return found
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                values = await self._redis.mget([self._prefix + key for key in missing])
+        except self._errors as exc:
+            self._failed(exc)
+            return found
+        self._recovered()
+        remote: dict[str, ItemResult] = {}
+        for key, value in zip(missing, values, strict=True):
+            if isinstance(value, bytes | str) and (
+                result := ItemResult.decode(value.encode() if isinstance(value, str) else value)
+            ):
+                remote[key] = result
+        await self._memory.set_many(remote)
+        return [result or remote.get(key) for key, result in zip(keys, found, strict=True)]
+
+    async def set_many(self, results: Mapping[str, ItemResult]) -> None:
+        await self._memory.set_many(results)
+        if not results or not self._available():
+            return
+        ttl = max(1, round(self._memory.ttl))
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                pipe = self._redis.pipeline(transaction=False)
+                for key, result in results.items():
+                    pipe.set(self._prefix + key, result.encode(), ex=ttl)
+                await pipe.execute()
+        except self._errors as exc:
+            self._failed(exc)
+        else:
+            self._recovered()
+
+    async def close(self) -> None:
+        await self._memory.close()
+        if self._owns_client:
+            await self._redis.aclose()
+
+    def _available(self) -> bool:
+        return self._down_until is None or self._clock() >= self._down_until
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._down_until is None:
+            logger.warning(
+                "moderation cache: Redis failed (%s); using the memory cache alone for now",
+                type(exc).__name__,
+            )
+        self._down_until = self._clock() + self._retry_interval
+
+    def _recovered(self) -> None:
+        if self._down_until is not None:
+            logger.info("moderation cache: Redis is back")
+            self._down_until = None
+
+
+def connect_redis(url: str) -> Redis:
+    """A Redis client for ``redis_url``, or a ConfigError saying what to install."""
+    try:
+        from redis.asyncio import Redis
+    except ImportError as exc:
+        raise ConfigError(
+            "redis_url is set but the redis package is missing: pip install 'chatgpt-proxy[redis]'"
+        ) from exc
+    client: Redis = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    return client

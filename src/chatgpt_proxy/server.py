@@ -1,0 +1,131 @@
+"""Running the app: the event loop, the listening socket, signals, graceful shutdown, workers.
+
+On SIGTERM (or SIGINT) the proxy stops accepting connections and gives the requests in
+flight ``grace_seconds`` to finish: a stream half-way through is not cut because a
+deployment rolled. ``workers > 1`` runs that many processes on one port (``SO_REUSEPORT``):
+their limits are shared only through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+from collections.abc import Callable
+
+import uvloop
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from chatgpt_proxy.app import create_app
+from chatgpt_proxy.errors import InvalidRequest, ProxyError
+from chatgpt_proxy.settings import Settings
+
+logger = logging.getLogger("chatgpt_proxy.server")
+
+
+class _OpenAIErrorHandler(RequestHandler):
+    """Answers requests that fail to parse (bad header bytes, CRLF, NUL...) in OpenAI's format.
+
+    aiohttp answers those before any middleware runs, as plain text; SDKs expect JSON.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        if status >= 500:
+            self.log_exception("Error handling request", exc_info=exc)
+            error: ProxyError = ProxyError("The server had an error processing your request.")
+        else:
+            error = InvalidRequest("The request is not valid HTTP: malformed line or header.")
+            error.status = status
+        response = web.Response(
+            body=error.body(), status=error.status, content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _OpenAIErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # same state; only the protocol it builds differs
+        return server
+
+
+async def _serve(settings: Settings, host: str, port: int, *, reuse_port: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    app = await create_app(settings)
+    runner = ProxyRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        handler_cancellation=True,  # a client that leaves cancels its upstream call at once
+        shutdown_timeout=settings.server.grace_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    logger.info("chatgpt-proxy listening on http://%s:%d", host, port)
+    await stop.wait()
+    logger.info("shutting down: letting requests in flight finish")
+    await runner.cleanup()
+
+
+def _run_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(settings, host, port, reuse_port=reuse_port))
+
+
+def run(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    before_fork: Callable[[], None] | None = None,
+) -> None:
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    count = workers or settings.server.workers
+    if count == 1:
+        _run_one(settings, host, port, reuse_port=False)
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_run_one, args=(settings, host, port, True), name=f"worker-{n}")
+        for n in range(count)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                process.terminate() if signum == signal.SIGTERM else process.kill()
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join()

@@ -1,0 +1,182 @@
+"""Relaying an upstream answer to the client as it arrives, and noting the usage it reports.
+
+SSE is passed through chunk by chunk, byte for byte, unless the proxy itself asked for the
+usage chunk (``strip_usage``): then whole events are relayed with that extra chunk and the
+``"usage":null`` it adds to every other chunk removed, so the client sees exactly what it
+would have seen. A stream that breaks upstream ends with an SSE error event and never a fake
+``[DONE]``; a client that goes away cancels the handler, and the upstream connection is
+dropped at once (aiohttp's ``handler_cancellation``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from chatgpt_proxy.errors import UpstreamError
+from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
+from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.upstream.client import Reply
+from chatgpt_proxy.usage import Usage, usage_in_event, usage_in_json
+
+logger = logging.getLogger("chatgpt_proxy.streaming")
+
+# Answers up to this size are read whole and sent in one write: fewer syscalls, and their
+# usage is read from the complete document.
+_WHOLE_ANSWER_LIMIT = 1024 * 1024
+# How much of a larger JSON answer is kept to find its usage; beyond it usage is unknown.
+_USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+_USAGE_NULL = b',"usage":null'
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the relay saw: the usage reported, and whether the answer arrived whole."""
+
+    status: int
+    usage: Usage | None = None
+    complete: bool = False
+
+
+OnDone = Callable[[Outcome], None]
+
+
+class EventSplitter:
+    """Cuts an SSE byte stream into whole events, keeping only the unfinished tail."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return []
+        self._pending = data[end + 2 :]
+        return [event + b"\n\n" for event in data[:end].split(b"\n\n")]
+
+
+async def relay(
+    request: web.Request,
+    reply: Reply,
+    redactor: Redactor,
+    *,
+    strip_usage: bool = False,
+    on_done: OnDone | None = None,
+) -> web.StreamResponse:
+    """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends."""
+    upstream = reply.response
+    outcome = Outcome(upstream.status)
+    try:
+        if upstream.content_type == "text/event-stream":
+            return await _relay_events(request, reply, outcome, strip_usage)
+        return await _relay_body(request, reply, redactor, outcome)
+    finally:
+        reply.close(broken=not outcome.complete)
+        if on_done is not None:
+            on_done(outcome)
+
+
+async def _relay_events(
+    request: web.Request, reply: Reply, outcome: Outcome, strip_usage: bool
+) -> web.StreamResponse:
+    headers = client_response_headers(reply.response.headers)
+    headers.update(SSE_HEADERS)
+    response = web.StreamResponse(status=reply.response.status, headers=headers)
+    await response.prepare(request)
+    content = reply.response.content
+    splitter = EventSplitter()
+    while True:
+        try:
+            chunk = await content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("upstream stream via %s broke off: %s", reply.alias, type(exc).__name__)
+            reply.report_failure()
+            await response.write(
+                UpstreamError("The upstream stream broke off before it finished.").sse_event()
+            )
+            break
+        if not chunk:
+            outcome.complete = True
+            break
+        if strip_usage:
+            chunk = _without_usage(splitter.feed(chunk), outcome)
+            if chunk:
+                await response.write(chunk)
+            continue
+        await response.write(chunk)
+        for event in splitter.feed(chunk):
+            if (usage := usage_in_event(event)) is not None:
+                outcome.usage = usage
+    await response.write_eof()
+    return response
+
+
+def _without_usage(events: list[bytes], outcome: Outcome) -> bytes:
+    kept = []
+    for event in events:
+        usage = usage_in_event(event)
+        if usage is not None:
+            outcome.usage = usage
+            if _is_usage_only(event):
+                continue
+        kept.append(event.replace(_USAGE_NULL, b""))
+    return b"".join(kept)
+
+
+def _is_usage_only(event: bytes) -> bool:
+    data = event.strip().removeprefix(b"data:").strip()
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(document, dict) and document.get("choices") == []
+
+
+async def _relay_body(
+    request: web.Request, reply: Reply, redactor: Redactor, outcome: Outcome
+) -> web.StreamResponse:
+    upstream = reply.response
+    headers = client_response_headers(upstream.headers)
+    is_json = upstream.content_type == "application/json"
+    length = upstream.content_length
+    if upstream.status >= 400 or (length is not None and length <= _WHOLE_ANSWER_LIMIT):
+        body = await reply.read(_WHOLE_ANSWER_LIMIT)
+        if upstream.status >= 400:
+            body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
+        elif is_json:
+            outcome.usage = usage_in_json(body)
+        outcome.complete = True
+        return web.Response(body=body, status=upstream.status, headers=headers)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(request)
+    kept: list[bytes] = []
+    kept_size = 0
+    while True:
+        try:
+            chunk = await upstream.content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reply.report_failure()
+            logger.warning("upstream answer via %s broke off: %s", reply.alias, type(exc).__name__)
+            # Too late for an error body: closing without the last chunk tells the client
+            # the answer is incomplete, instead of handing it a truncated one as whole.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        if not chunk:
+            break
+        await response.write(chunk)
+        if is_json and kept_size < _USAGE_SCAN_LIMIT:
+            kept.append(chunk)
+            kept_size += len(chunk)
+    if is_json and kept_size < _USAGE_SCAN_LIMIT:
+        outcome.usage = usage_in_json(b"".join(kept))
+    outcome.complete = True
+    await response.write_eof()
+    return response

@@ -1,0 +1,340 @@
+"""Choosing an upstream key for each attempt, and keeping bad keys out of rotation.
+
+Each key is in one of four states::
+
+    ACTIVE ──429──────────────────────────► COOLING ──until passes──► ACTIVE
+    ACTIVE ──eject_after failures in a row─► EJECTED ──until passes──► ACTIVE (on probation)
+    EJECTED ──a success────────────────────► ACTIVE
+    any ──401 / out of quota───────────────► RETIRED ──readmit()────► ACTIVE
+
+Expiry is lazy: a cooling or ejected key whose ``until`` has passed turns ACTIVE the next time the
+pool looks at it, so there are no timers and no event loop. A key back from ejection keeps its
+failure count, so a single further failure ejects it again for twice as long; a success forgives
+everything. The pool is pure logic with an injected clock and RNG; callers bracket each attempt
+with ``acquire()`` and ``release()`` and report what the upstream answered in between.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from chatgpt_proxy.errors import NoUpstreamKeys, ProxyError, UpstreamError, UpstreamRateLimited
+
+Strategy = Literal["random", "round_robin", "least_busy"]
+
+MIN_COOLDOWN = 0.1
+MAX_COOLDOWN = 3600.0
+
+logger = logging.getLogger("chatgpt_proxy.upstream")
+
+
+class KeyState(enum.StrEnum):
+    ACTIVE = "active"
+    COOLING = "cooling"
+    EJECTED = "ejected"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPolicy:
+    """How long keys stay out of rotation, in seconds.
+
+    >>> policy = PoolPolicy(default_cooldown=30.0, eject_after=5)
+    """
+
+    default_cooldown: float = 20.0
+    eject_after: int = 3
+    eject_base: float = 1.0
+    eject_max: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.default_cooldown <= MAX_COOLDOWN:
+            raise ValueError(f"default_cooldown must be in (0, {MAX_COOLDOWN:g}]")
+        if self.eject_after < 1:
+            raise ValueError("eject_after must be at least 1")
+        if not 0 < self.eject_base <= self.eject_max:
+            raise ValueError("eject_base must be positive and at most eject_max")
+
+
+DEFAULT_POLICY = PoolPolicy()
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class UpstreamKey:
+    """One upstream key and its health; only its pool changes it.
+
+    ``secret`` is for the upstream client's ``Authorization`` header and nothing else: it is
+    kept out of ``repr``/``str`` so a stray log line or traceback shows the alias alone. ``state``
+    may be stale for a key whose cooldown has passed; ``KeyPool.snapshot()`` gives the fresh view.
+    """
+
+    alias: str
+    secret: str
+    state: KeyState = KeyState.ACTIVE
+    until: float = 0.0  # clock time at which COOLING or EJECTED ends
+    inflight: int = 0
+    consecutive_failures: int = 0
+    ejections: int = 0
+    retired_reason: str | None = None
+    requests: int = 0
+    failures: int = 0
+
+    def __repr__(self) -> str:
+        return f"<UpstreamKey {self.alias} {self.state}>"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    """A read-only view of one key for the admin API, metrics and ``check``: never the secret."""
+
+    alias: str
+    state: KeyState
+    until: float | None  # seconds from now until COOLING or EJECTED ends
+    inflight: int
+    requests: int
+    failures: int
+    reason: str | None
+
+
+def _usable(key: UpstreamKey, now: float) -> bool:
+    state = key.state
+    if state is KeyState.ACTIVE:
+        return True
+    if state is KeyState.RETIRED or now < key.until:
+        return False
+    key.state = KeyState.ACTIVE
+    key.until = 0.0
+    return True
+
+
+def _clamp_cooldown(seconds: float | None, default: float) -> float:
+    # Retry hints come from upstream headers: never trust them to be finite or sane.
+    if seconds is None or not math.isfinite(seconds):
+        seconds = default
+    return min(max(seconds, MIN_COOLDOWN), MAX_COOLDOWN)
+
+
+class KeyPool:
+    """The keys of one upstream, and the choice among them for each attempt.
+
+    >>> pool = KeyPool("openai", ["sk-a", "sk-b"])
+    >>> key = pool.acquire()
+    >>> key.alias
+    'openai#1'
+    >>> pool.report_rate_limited(key, retry_after=30.0)  # a 429: cool it, retry elsewhere
+    >>> pool.release(key)
+    >>> pool.acquire(exclude={key.alias}).alias
+    'openai#2'
+    """
+
+    def __init__(
+        self,
+        name: str,
+        secrets: Sequence[str],
+        *,
+        strategy: Strategy = "round_robin",
+        policy: PoolPolicy = DEFAULT_POLICY,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if strategy not in get_args(Strategy):
+            raise ValueError(f"unknown key strategy {strategy!r}")
+        self.name = name
+        self.policy = policy
+        self.strategy: Strategy = strategy
+        self._keys = tuple(UpstreamKey(f"{name}#{i}", s) for i, s in enumerate(secrets, 1))
+        self._by_alias = {key.alias: key for key in self._keys}
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._cursor = 0
+
+    def acquire(self, exclude: Container[str] = ()) -> UpstreamKey:
+        """Choose a usable key whose alias is not in ``exclude`` (the keys this request tried)."""
+        now = self._clock()
+        if self.strategy == "random":
+            key = self._pick_random(now, exclude)
+        else:
+            key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
+        if key is None:
+            raise self._unavailable(now, exclude)
+        key.inflight += 1
+        key.requests += 1
+        return key
+
+    def release(self, key: UpstreamKey) -> None:
+        if key.inflight > 0:
+            key.inflight -= 1
+
+    def report_success(self, key: UpstreamKey) -> None:
+        key.consecutive_failures = 0
+        key.ejections = 0
+        if key.state is KeyState.EJECTED:
+            key.state = KeyState.ACTIVE
+            key.until = 0.0
+            logger.info("upstream key %s recovered", key.alias)
+
+    def report_rate_limited(self, key: UpstreamKey, retry_after: float | None) -> None:
+        if key.state is KeyState.RETIRED:
+            return
+        now = self._clock()
+        until = now + _clamp_cooldown(retry_after, self.policy.default_cooldown)
+        was_usable = _usable(key, now)
+        # Concurrent 429s on one key: the longest hint wins, and a 429 never shortens an ejection.
+        if not was_usable and key.until >= until:
+            return
+        key.state = KeyState.COOLING
+        key.until = until
+        if was_usable:
+            logger.info("upstream key %s rate limited for %.1fs", key.alias, until - now)
+
+    def report_retired(self, key: UpstreamKey, reason: str) -> None:
+        if key.secret:
+            reason = reason.replace(key.secret, "[redacted]")
+        was = key.state
+        key.state = KeyState.RETIRED
+        key.until = 0.0
+        key.retired_reason = reason
+        if was is not KeyState.RETIRED:
+            logger.warning("upstream key %s retired: %s", key.alias, reason)
+
+    def report_failure(self, key: UpstreamKey) -> None:
+        key.failures += 1
+        key.consecutive_failures += 1
+        now = self._clock()
+        # Requests already in flight on a dead key fail together; only the first failure of an
+        # episode ejects, so ejections grow per episode rather than per request.
+        if key.consecutive_failures < self.policy.eject_after or not _usable(key, now):
+            return
+        policy = self.policy
+        length = min(policy.eject_base * 2.0 ** min(key.ejections, 32), policy.eject_max)
+        key.ejections += 1
+        key.state = KeyState.EJECTED
+        key.until = now + length
+        logger.warning("upstream key %s failing: ejected for %.1fs", key.alias, length)
+
+    def readmit(self, key: UpstreamKey) -> None:
+        """Put a key back in rotation, e.g. when the periodic probe finds a retired key works."""
+        was = key.state
+        self._reset(key)
+        if was is not KeyState.ACTIVE:
+            logger.info("upstream key %s readmitted", key.alias)
+
+    def apply_remote_state(
+        self,
+        alias: str,
+        state: KeyState,
+        until_epoch_remaining: float | None,
+        reason: str | None,
+    ) -> None:
+        """Mirror a state another replica observed; the replica that observed it has logged it."""
+        key = self._by_alias.get(alias)
+        if key is None:  # replicas may briefly run different configurations
+            return
+        if state is KeyState.ACTIVE:
+            self._reset(key)
+        elif state is KeyState.RETIRED:
+            key.state = KeyState.RETIRED
+            key.until = 0.0
+            key.retired_reason = reason
+        elif key.state is not KeyState.RETIRED:
+            now = self._clock()
+            default = self.policy.default_cooldown
+            if state is KeyState.EJECTED:
+                default = self.policy.eject_base
+            until = now + _clamp_cooldown(until_epoch_remaining, default)
+            if _usable(key, now) or key.until < until:
+                key.state = state
+                key.until = until
+
+    def retired(self) -> list[UpstreamKey]:
+        return [key for key in self._keys if key.state is KeyState.RETIRED]
+
+    def keys(self) -> Sequence[UpstreamKey]:
+        return self._keys
+
+    def by_alias(self, alias: str) -> UpstreamKey | None:
+        return self._by_alias.get(alias)
+
+    def snapshot(self) -> list[KeyStatus]:
+        now = self._clock()
+        statuses = []
+        for key in self._keys:
+            waiting = not _usable(key, now) and key.state is not KeyState.RETIRED
+            statuses.append(
+                KeyStatus(
+                    alias=key.alias,
+                    state=key.state,
+                    until=key.until - now if waiting else None,
+                    inflight=key.inflight,
+                    requests=key.requests,
+                    failures=key.failures,
+                    reason=key.retired_reason if key.state is KeyState.RETIRED else None,
+                )
+            )
+        return statuses
+
+    @staticmethod
+    def _reset(key: UpstreamKey) -> None:
+        key.state = KeyState.ACTIVE
+        key.until = 0.0
+        key.consecutive_failures = 0
+        key.ejections = 0
+        key.retired_reason = None
+
+    def _pick_in_turn(
+        self, now: float, exclude: Container[str], *, least_busy: bool
+    ) -> UpstreamKey | None:
+        keys = self._keys
+        n = len(keys)
+        best: UpstreamKey | None = None
+        best_index = 0
+        # Scanning from a cursor that moves past each pick is what makes ties go round-robin.
+        for offset in range(n):
+            i = (self._cursor + offset) % n
+            key = keys[i]
+            if key.alias in exclude or not _usable(key, now):
+                continue
+            if best is None or key.inflight < best.inflight:
+                best, best_index = key, i
+                if not least_busy or key.inflight == 0:
+                    break
+        if best is not None:
+            self._cursor = (best_index + 1) % n
+        return best
+
+    def _pick_random(self, now: float, exclude: Container[str]) -> UpstreamKey | None:
+        keys = self._keys
+        if not keys:
+            return None
+        # One draw and no allocation when the key drawn is usable, the common case; the
+        # fallback draws among the usable rest, which keeps the choice uniform overall.
+        key = keys[self._rng.randrange(len(keys))]
+        if key.alias not in exclude and _usable(key, now):
+            return key
+        usable = [k for k in keys if k.alias not in exclude and _usable(k, now)]
+        return self._rng.choice(usable) if usable else None
+
+    def _unavailable(self, now: float, exclude: Container[str]) -> ProxyError:
+        # Only called after a pick scanned every candidate, so expired states are refreshed.
+        candidates = [key for key in self._keys if key.alias not in exclude]
+        if self._keys and not candidates:
+            return UpstreamError(f"all upstream keys of {self.name} failed for this request")
+        waiting = [key for key in candidates if key.state is not KeyState.RETIRED]
+        if any(key.state is KeyState.COOLING for key in waiting):
+            earliest = min(key.until for key in waiting)
+            return UpstreamRateLimited(
+                f"every upstream key of {self.name} is rate limited; retry later",
+                retry_after=earliest - now,
+            )
+        if waiting:
+            return UpstreamError(f"every upstream key of {self.name} is failing; retry shortly")
+        return NoUpstreamKeys(
+            f"every upstream key of {self.name} is out of service (invalid or out of quota)"
+        )

@@ -1,0 +1,84 @@
+"""Which upstream serves a model: the first whose glob patterns match (DESIGN §1)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from chatgpt_proxy.errors import ModelNotFound
+from chatgpt_proxy.settings import PoolSettings, UpstreamSettings
+from chatgpt_proxy.upstream.pool import KeyPool, PoolPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One configured upstream and the pool of its keys."""
+
+    settings: UpstreamSettings
+    pool: KeyPool
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatchcase(model, pattern) for pattern in self.settings.models)
+
+
+class Router:
+    """Routes a model name to its upstream.
+
+    >>> router = Router.from_settings(settings.upstreams, settings.pool)
+    >>> router.route("gpt-4o-mini").name
+    'openai'
+    """
+
+    def __init__(self, upstreams: Sequence[Upstream]) -> None:
+        self.upstreams = tuple(upstreams)
+        self._by_name = {upstream.name: upstream for upstream in upstreams}
+
+    @classmethod
+    def from_settings(
+        cls,
+        upstreams: Sequence[UpstreamSettings],
+        pool: PoolSettings,
+        *,
+        clock: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> Router:
+        policy = PoolPolicy(
+            default_cooldown=pool.default_cooldown,
+            eject_after=pool.eject_after,
+            eject_base=pool.eject_base,
+            eject_max=pool.eject_max,
+        )
+        built = []
+        for upstream in upstreams:
+            secrets = [key.get_secret_value() for key in upstream.keys]
+            extra = {"clock": clock} if clock is not None else {}
+            key_pool = KeyPool(
+                upstream.name, secrets, strategy=upstream.strategy, policy=policy, rng=rng, **extra
+            )
+            built.append(Upstream(upstream, key_pool))
+        return cls(built)
+
+    def route(self, model: str | None) -> Upstream:
+        """The upstream for ``model``; with no model (fetches by id), the first upstream."""
+        if model is None:
+            return self.upstreams[0]
+        for upstream in self.upstreams:
+            if upstream.serves(model):
+                return upstream
+        raise ModelNotFound(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+        )
+
+    def get(self, name: str) -> Upstream | None:
+        return self._by_name.get(name)
+
+    def secrets(self) -> list[str]:
+        """Every upstream key, for the log redactor: the one place they are listed together."""
+        return [key.secret for upstream in self.upstreams for key in upstream.pool.keys()]

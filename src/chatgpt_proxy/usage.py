@@ -1,0 +1,91 @@
+"""Token usage as the upstream reports it, read from JSON answers and from SSE streams.
+
+Chat and legacy completions report ``prompt_tokens``/``completion_tokens``; embeddings only
+``prompt_tokens``; the Responses API ``input_tokens``/``output_tokens``, inside the
+``response.completed`` event when streamed. All become one ``Usage``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_USAGE_MARK = b'"usage"'
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def from_mapping(cls, usage: object) -> Usage | None:
+        if not isinstance(usage, dict):
+            return None
+        prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+        completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+        total = _int(usage.get("total_tokens")) or prompt + completion
+        return cls(prompt, completion, total)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def usage_in_document(document: Any) -> Usage | None:
+    """The usage of a JSON answer, or of one streamed event's payload."""
+    if not isinstance(document, dict):
+        return None
+    if "usage" in document:
+        return Usage.from_mapping(document["usage"])
+    response = document.get("response")  # Responses API events wrap the response object
+    if isinstance(response, dict):
+        return Usage.from_mapping(response.get("usage"))
+    return None
+
+
+def usage_in_json(body: bytes) -> Usage | None:
+    if _USAGE_MARK not in body:
+        return None
+    try:
+        return usage_in_document(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def usage_in_event(event: bytes) -> Usage | None:
+    """The usage carried by one SSE event (its ``data:`` lines), if any."""
+    if _USAGE_MARK not in event:
+        return None
+    data = b"".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
+    if not data or data == b"[DONE]":
+        return None
+    return usage_in_json(data)
+
+
+def estimate_tokens(document: Mapping[str, Any]) -> int:
+    """A cheap upper-leaning guess of a request's tokens, reserved before it is forwarded.
+
+    About four bytes of text a token, plus the completion it may ask for; the reservation is
+    settled with the upstream's own count afterwards, so only its order of size matters.
+    """
+    size = 0
+    for name in ("messages", "prompt", "input", "instructions"):
+        value = document.get(name)
+        if isinstance(value, str):
+            size += len(value)
+        elif value is not None:
+            size += len(orjson.dumps(value))
+    limit = next(
+        (
+            value
+            for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+            if isinstance(value := document.get(name), int)
+        ),
+        0,
+    )
+    return size // 4 + limit

@@ -1,0 +1,334 @@
+"""The key store against real databases: every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
+from chatgpt_proxy.keystore import (
+    KeyPolicy,
+    KeyStore,
+    UsageEvent,
+    UsageRow,
+    async_database_url,
+    hash_secret,
+)
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def migrated(database_url: str) -> AsyncIterator[KeyStore]:
+    async with await KeyStore.open(database_url) as store:
+        await store.migrate()
+        yield store
+
+
+async def raw_rows(database_url: str, table: str) -> list[dict[str, Any]]:
+    """The table as the database holds it, bypassing the store's types."""
+    engine = create_async_engine(async_database_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(sa.text(f"SELECT * FROM {table}"))
+            return [dict(row._mapping) for row in result]
+    finally:
+        await engine.dispose()
+
+
+def event(key_id: str, **changes: Any) -> UsageEvent:
+    fields: dict[str, Any] = {
+        "key_id": key_id,
+        "model": "gpt-4o-mini",
+        "upstream": "openai#1",
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "latency_ms": 120,
+        "cost": 0.25,
+    }
+    fields.update(changes)
+    return UsageEvent(**fields)
+
+
+def test_create_get_list_count(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            assert await store.count() == 0
+            assert await store.list() == []
+            policy = KeyPolicy(rpm=60, daily_cost_budget=2.5, models=("gpt-4o*",))
+            first, secret = await store.create("ci", policy)
+            second, _ = await store.create("  staging  ", KeyPolicy())
+            assert first.id.startswith("key_") and len(first.id) == 20
+            assert first.prefix == secret[:10]
+            assert first.key_hash == hash_secret(secret)
+            assert first.policy == policy
+            assert second.name == "staging"
+            assert await store.get(first.id) == first
+            assert await store.get("key_missing") is None
+            assert await store.list() == [first, second]
+            assert await store.count() == 2
+            await store.ping()
+
+    run(scenario())
+
+
+def test_only_the_hash_is_stored(database_url: str) -> None:
+    async def scenario() -> str:
+        async with migrated(database_url) as store:
+            _, secret = await store.create("ci", KeyPolicy(models=("gpt-4o",)))
+        return secret
+
+    secret = run(scenario())
+    (row,) = run(raw_rows(database_url, "client_keys"))
+    assert row["key_hash"] == hash_secret(secret)
+    for column, value in row.items():
+        assert secret not in str(value), column
+        assert secret[3:] not in str(value), column  # nor the secret without its "pk-"
+
+
+def test_keys_are_unique(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            created = [await store.create(f"k{i}", KeyPolicy()) for i in range(40)]
+        assert len({key.id for key, _ in created}) == 40
+        assert len({key.key_hash for key, _ in created}) == 40
+        assert len({secret for _, secret in created}) == 40
+        assert all(len(secret) >= 3 + 22 for _, secret in created)  # >= 128 bits of base64
+
+    run(scenario())
+
+
+def test_revoke(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            key, _ = await store.create("ci", KeyPolicy())
+            revoked = await store.revoke(key.id)
+            assert revoked is not None and revoked.revoked_at is not None
+            assert revoked.updated_at >= key.updated_at
+            assert not revoked.is_active(datetime.now(UTC))
+            assert revoked.public_dict()["state"] == "revoked"
+            again = await store.revoke(key.id)
+            assert again is not None and again.revoked_at == revoked.revoked_at  # idempotent
+            assert await store.get(key.id) == again
+            assert await store.revoke("key_missing") is None
+            assert await store.count() == 1  # revoked keys stay listed
+
+    run(scenario())
+
+
+def test_update(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            expiry = datetime.now(UTC) + timedelta(days=30)
+            key, _ = await store.create("ci", KeyPolicy(rpm=1), expires_at=expiry)
+            renamed = await store.update(key.id, name="ci-2")
+            assert renamed is not None
+            assert renamed.name == "ci-2"
+            assert renamed.policy == key.policy and renamed.expires_at == expiry  # untouched
+            new_policy = KeyPolicy(tpm=500, total_token_budget=10**12, moderation="exempt")
+            repoliced = await store.update(key.id, policy=new_policy, expires_at=None)
+            assert repoliced is not None
+            assert repoliced.policy == new_policy
+            assert repoliced.expires_at is None
+            assert repoliced.updated_at >= renamed.updated_at
+            assert await store.get(key.id) == repoliced
+            assert await store.update("key_missing", name="x") is None
+            with pytest.raises(InvalidRequest):
+                await store.update(key.id, name=" ")
+            with pytest.raises(InvalidRequest):
+                await store.create("x" * 201, KeyPolicy())
+
+    run(scenario())
+
+
+def test_changed_since(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            old, _ = await store.create("old", KeyPolicy())
+            await asyncio.sleep(0.01)
+            mark = datetime.now(UTC)
+            new, _ = await store.create("new", KeyPolicy())
+            assert [k.id for k in await store.changed_since(None)] == [old.id, new.id]
+            assert [k.id for k in await store.changed_since(mark)] == [new.id]
+            assert [k.id for k in await store.changed_since(new.updated_at)] == [new.id]
+            await asyncio.sleep(0.01)
+            revoked = await store.revoke(old.id)
+            assert revoked is not None
+            changed = await store.changed_since(mark)
+            assert [k.id for k in changed] == [new.id, old.id]  # ordered by updated_at
+            assert changed[1].revoked_at is not None  # revocations reach the auth cache
+            later = revoked.updated_at + timedelta(microseconds=1)
+            assert await store.changed_since(later) == []
+
+    run(scenario())
+
+
+def test_datetimes_are_aware_utc_and_round_trip(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            plus_five = timezone(timedelta(hours=5))
+            expiry = datetime(2031, 1, 2, 3, 4, 5, 678901, tzinfo=plus_five)
+            key, _ = await store.create("ci", KeyPolicy(), expires_at=expiry)
+            stored = await store.get(key.id)
+            assert stored is not None and stored.expires_at is not None
+            assert stored.expires_at == expiry
+            assert stored.expires_at.utcoffset() == timedelta(0)
+            assert stored.expires_at.hour == 22  # 03:04 at +05:00 is 22:04 UTC the day before
+            assert stored.created_at.tzinfo is not None
+            assert stored.created_at == key.created_at
+            with pytest.raises(ValueError, match="timezone-aware"):
+                await store.create("naive", KeyPolicy(), expires_at=datetime(2031, 1, 1))
+            with pytest.raises(ValueError, match="timezone-aware"):
+                await store.changed_since(datetime(2031, 1, 1))
+
+    run(scenario())
+
+
+def test_sql_injection_looking_input_is_literal(database_url: str) -> None:
+    names = ["x'); DROP TABLE client_keys; --", "' OR '1'='1", "Robert\"; DELETE FROM usage_events"]
+
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            keys = [(await store.create(name, KeyPolicy()))[0] for name in names]
+            assert [k.name for k in await store.list()] == names
+            for hostile_id in ["' OR '1'='1", "key_%", "%", keys[0].id + "' --"]:
+                assert await store.get(hostile_id) is None
+                assert await store.revoke(hostile_id) is None
+                assert await store.update(hostile_id, name="pwned") is None
+                assert await store.usage_summary(hostile_id) == []
+            await store.record_usage([event(keys[0].id, model="'; DROP TABLE usage_events; --")])
+            (row,) = await store.usage_summary(keys[0].id)
+            assert row.model == "'; DROP TABLE usage_events; --"
+            assert await store.count() == 3
+            assert all(k.is_active(datetime.now(UTC)) for k in await store.list())
+
+    run(scenario())
+
+
+def test_usage_summary_and_totals(database_url: str) -> None:
+    day1 = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
+    # 01:30 at +03:00 is still 22:30 UTC on March 1st: days are UTC days.
+    day1_elsewhere = datetime(2026, 3, 2, 1, 30, tzinfo=timezone(timedelta(hours=3)))
+    day2 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
+
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            key, _ = await store.create("ci", KeyPolicy())
+            other, _ = await store.create("other", KeyPolicy())
+            await store.record_usage([])  # a no-op, not an error
+            await store.record_usage(
+                [
+                    event(key.id, created_at=day1, model="gpt-4o"),
+                    event(key.id, created_at=day1_elsewhere, model="gpt-4o", cost=None),
+                    event(key.id, created_at=day1, model="dall-e-3", total_tokens=0, cost=0.04),
+                    event(key.id, created_at=day2, model="gpt-4o", prompt_tokens=100),
+                    event(other.id, created_at=day2, model="gpt-4o", total_tokens=999),
+                ]
+            )
+            summary = await store.usage_summary(key.id)
+            assert summary == [
+                UsageRow(date(2026, 3, 1), "dall-e-3", 1, 10, 5, 0, 0.04),
+                UsageRow(date(2026, 3, 1), "gpt-4o", 2, 20, 10, 30, 0.25),
+                UsageRow(date(2026, 3, 2), "gpt-4o", 1, 100, 5, 15, 0.25),
+            ]
+            assert await store.usage_summary(key.id, since=date(2026, 3, 2)) == summary[2:]
+            assert await store.usage_summary(other.id, since=date(2026, 3, 3)) == []
+
+            tokens, cost = await store.usage_totals(key.id)
+            assert tokens == 45 and cost == pytest.approx(0.54)
+            assert await store.usage_totals(key.id, since=day2) == (15, 0.25)
+            assert await store.usage_totals("key_missing") == (0, 0.0)
+
+    run(scenario())
+
+
+def test_usage_clips_oversized_client_text(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            key, _ = await store.create("ci", KeyPolicy())
+            await store.record_usage([event(key.id, model="m" * 5000), event(key.id)])
+            models = {row.model for row in await store.usage_summary(key.id)}
+            assert models == {"m" * 200, "gpt-4o-mini"}  # the batch survived
+
+    run(scenario())
+
+
+def test_usage_for_an_unknown_key_is_a_store_error(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            with pytest.raises(StoreUnavailable):
+                await store.record_usage([event("key_missing")])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////nonexistent-dir/chatgpt-proxy.db",
+        "postgresql://postgres@127.0.0.1:1/test",  # nothing listens on port 1
+    ],
+)
+def test_unreachable_database_raises_store_unavailable(url: str) -> None:
+    async def scenario() -> None:
+        async with await KeyStore.open(url) as store:
+            for operation in (
+                store.migrate(),
+                store.ping(),
+                store.list(),
+                store.get("key_x"),
+                store.count(),
+                store.create("ci", KeyPolicy()),
+                store.revoke("key_x"),
+                store.changed_since(None),
+                store.record_usage([event("key_x")]),
+                store.usage_summary("key_x"),
+                store.usage_totals("key_x"),
+            ):
+                with pytest.raises(StoreUnavailable) as caught:
+                    await operation
+                assert caught.value.status == 503
+                assert caught.value.__cause__ is not None  # the driver's error, for the logs
+
+    run(scenario())
+
+
+def test_missing_postgres_database_raises_store_unavailable(postgres_database_url: str) -> None:
+    url = postgres_database_url.rsplit("/", 1)[0] + "/cgp_does_not_exist"
+
+    async def scenario() -> None:
+        async with await KeyStore.open(url) as store:
+            with pytest.raises(StoreUnavailable, match="ping"):
+                await store.ping()
+
+    run(scenario())
+
+
+def test_two_stores_share_one_sqlite_file(sqlite_database_url: str) -> None:
+    """The CLI and the server write the same file at once: WAL and busy_timeout let them."""
+
+    async def writer(name: str) -> None:
+        async with await KeyStore.open(sqlite_database_url) as store:
+            for i in range(15):
+                await store.create(f"{name}-{i}", KeyPolicy())
+
+    async def scenario() -> None:
+        async with migrated(sqlite_database_url) as store:
+            await asyncio.gather(writer("cli"), writer("server"), writer("admin"))
+            assert await store.count() == 45
+
+    run(scenario())

@@ -1,0 +1,127 @@
+"""A private asyncio event loop on a daemon thread, for running real HTTP servers in sync tests.
+
+Tests are plain synchronous functions; servers (the fake OpenAI upstream, the proxy itself) run on a
+`BackgroundLoop` and are reached over real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+T = TypeVar("T")
+
+
+class BackgroundLoop:
+    """An event loop running forever on its own daemon thread until `close()`."""
+
+    def __init__(self, name: str = "test-background-loop") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._runners: dict[str, web.AppRunner] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def _run_forever(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30) -> T:
+        """Run `coro` on the background loop and wait for its result (from any other thread)."""
+        if self._closed:
+            coro.close()
+            raise RuntimeError("BackgroundLoop is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def start_app(
+        self,
+        app: web.Application,
+        *,
+        handler_cancellation: bool = True,
+        shutdown_timeout: float = 1.0,
+        runner_class: type[web.AppRunner] = web.AppRunner,
+    ) -> str:
+        """Serve `app` on 127.0.0.1 with a free port; returns its base URL "http://127.0.0.1:PORT".
+
+        `handler_cancellation=True` makes aiohttp cancel a handler whose client went away, which
+        is how servers here notice disconnects.
+        """
+
+        async def start() -> tuple[web.AppRunner, str]:
+            runner = runner_class(
+                app,
+                handler_cancellation=handler_cancellation,
+                shutdown_timeout=shutdown_timeout,
+                access_log=None,
+            )
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            return runner, f"http://127.0.0.1:{port}"
+
+        runner, url = self.run(start())
+        with self._lock:
+            self._runners[url] = runner
+        return url
+
+    def stop_app(self, url: str, timeout: float = 30) -> None:
+        """Stop the app served at `url` (as returned by `start_app`); unknown URLs are ignored."""
+        with self._lock:
+            runner = self._runners.pop(url, None)
+        if runner is not None:
+            self.run(runner.cleanup(), timeout=timeout)
+
+    def close(self) -> None:
+        """Stop every app, cancel what is left on the loop, stop the loop and join the thread."""
+        if self._closed:
+            return
+        with self._lock:
+            urls = list(self._runners)
+        for url in urls:
+            with contextlib.suppress(Exception):
+                self.stop_app(url)
+        with contextlib.suppress(Exception):
+            self.run(self._cancel_leftovers(), timeout=10)
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    @staticmethod
+    async def _cancel_leftovers() -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
+
+    def __enter__(self) -> BackgroundLoop:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,400 @@
+import logging
+import random
+from collections import Counter
+
+import pytest
+
+from chatgpt_proxy.errors import NoUpstreamKeys, UpstreamError, UpstreamRateLimited
+from chatgpt_proxy.upstream.pool import KeyPool, KeyState, PoolPolicy, UpstreamKey
+
+SECRETS = ["sk-secret-aaaa1111", "sk-secret-bbbb2222", "sk-secret-cccc3333"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_pool(
+    n: int = 3, clock: FakeClock | None = None, **kwargs: object
+) -> tuple[KeyPool, FakeClock]:
+    clock = clock or FakeClock()
+    secrets = [f"sk-secret-{i:04d}-xyz" for i in range(n)]
+    pool = KeyPool("openai", secrets, clock=clock, rng=random.Random(0), **kwargs)  # type: ignore[arg-type]
+    return pool, clock
+
+
+def take(pool: KeyPool, exclude: tuple[str, ...] = ()) -> UpstreamKey:
+    key = pool.acquire(exclude)
+    pool.release(key)
+    return key
+
+
+def test_aliases_are_pool_name_and_one_based_index() -> None:
+    keys = KeyPool("openai", SECRETS).keys()
+    assert [key.alias for key in keys] == ["openai#1", "openai#2", "openai#3"]
+    pool = KeyPool("openai", SECRETS)
+    assert pool.by_alias("openai#2") is pool.keys()[1]
+    assert pool.by_alias("openai#9") is None
+
+
+def test_round_robin_is_fair() -> None:
+    pool, _ = make_pool(4)
+    counts = Counter(take(pool).alias for _ in range(400))
+    assert counts == {f"openai#{i}": 100 for i in range(1, 5)}
+
+
+def test_round_robin_is_fair_among_usable_keys() -> None:
+    pool, _ = make_pool(4)
+    pool.report_rate_limited(pool.keys()[1], retry_after=60)
+    counts = Counter(take(pool).alias for _ in range(300))
+    assert counts == {"openai#1": 100, "openai#3": 100, "openai#4": 100}
+
+
+def test_acquire_counts_requests_and_inflight() -> None:
+    pool, _ = make_pool(1)
+    key = pool.acquire()
+    assert (key.inflight, key.requests) == (1, 1)
+    pool.release(key)
+    pool.release(key)
+    assert key.inflight == 0
+
+
+def test_least_busy_picks_fewest_inflight() -> None:
+    pool, _ = make_pool(3, strategy="least_busy")
+    a, b, c = pool.keys()
+    assert [pool.acquire() for _ in range(3)] == [a, b, c]  # all idle: ties go round-robin
+    assert [pool.acquire() for _ in range(2)] == [a, b]
+    assert [a.inflight, b.inflight, c.inflight] == [2, 2, 1]
+    assert pool.acquire() is c
+    pool.release(b)
+    assert pool.acquire() is b
+    pool.release(a)
+    pool.release(a)
+    assert pool.acquire() is a
+
+
+def test_least_busy_skips_unusable_keys() -> None:
+    pool, _ = make_pool(3, strategy="least_busy")
+    a, b, c = pool.keys()
+    pool.report_retired(a, "invalid")
+    pool.report_rate_limited(b, retry_after=10)
+    assert [pool.acquire() for _ in range(3)] == [c, c, c]
+
+
+def test_random_only_picks_usable_keys() -> None:
+    pool, _ = make_pool(5, strategy="random")
+    keys = pool.keys()
+    pool.report_retired(keys[0], "invalid")
+    pool.report_retired(keys[3], "no_quota")
+    pool.report_rate_limited(keys[4], retry_after=60)
+    counts = Counter(take(pool).alias for _ in range(600))
+    assert set(counts) == {"openai#2", "openai#3"}
+    assert 240 < counts["openai#2"] < 360
+
+
+def test_random_is_roughly_uniform() -> None:
+    pool, _ = make_pool(3, strategy="random")
+    counts = Counter(take(pool).alias for _ in range(3000))
+    assert all(900 < c < 1100 for c in counts.values()), counts
+
+
+def test_rate_limited_key_cools_for_retry_after_then_returns() -> None:
+    pool, clock = make_pool(2)
+    first = pool.keys()[0]
+    pool.report_rate_limited(first, retry_after=30)
+    assert first.state is KeyState.COOLING
+    assert {take(pool).alias for _ in range(4)} == {"openai#2"}
+    clock.advance(29.9)
+    assert {take(pool).alias for _ in range(4)} == {"openai#2"}
+    clock.advance(0.1)
+    assert {take(pool).alias for _ in range(4)} == {"openai#1", "openai#2"}
+    assert first.state is KeyState.ACTIVE
+
+
+def test_rate_limited_without_hint_uses_default_cooldown() -> None:
+    pool, clock = make_pool(1, policy=PoolPolicy(default_cooldown=20))
+    key = pool.keys()[0]
+    pool.report_rate_limited(key, retry_after=None)
+    assert pool.snapshot()[0].until == pytest.approx(20)
+    clock.advance(19)
+    with pytest.raises(UpstreamRateLimited):
+        pool.acquire()
+    clock.advance(1)
+    assert pool.acquire() is key
+
+
+@pytest.mark.parametrize(
+    ("hint", "expected"), [(0, 0.1), (-5, 0.1), (10**7, 3600), (float("nan"), 20)]
+)
+def test_cooldown_is_floored_and_capped(hint: float, expected: float) -> None:
+    pool, _ = make_pool(1)
+    pool.report_rate_limited(pool.keys()[0], retry_after=hint)
+    assert pool.snapshot()[0].until == pytest.approx(expected)
+
+
+def test_concurrent_429s_keep_the_longest_cooldown() -> None:
+    pool, _ = make_pool(1)
+    key = pool.keys()[0]
+    pool.report_rate_limited(key, retry_after=50)
+    pool.report_rate_limited(key, retry_after=5)
+    assert pool.snapshot()[0].until == pytest.approx(50)
+    pool.report_rate_limited(key, retry_after=70)
+    assert pool.snapshot()[0].until == pytest.approx(70)
+
+
+def test_all_cooling_raises_rate_limited_with_earliest_expiry() -> None:
+    pool, _ = make_pool(3)
+    for key, seconds in zip(pool.keys(), [45, 30, 90], strict=True):
+        pool.report_rate_limited(key, retry_after=seconds)
+    with pytest.raises(UpstreamRateLimited) as caught:
+        pool.acquire()
+    assert caught.value.retry_after == pytest.approx(30)
+    assert caught.value.headers["retry-after"] == "30"
+    assert caught.value.status == 429
+    assert "openai" in caught.value.message
+
+
+def test_rate_limited_retry_after_is_capped_at_120() -> None:
+    pool, _ = make_pool(2)
+    keys = pool.keys()
+    for key in keys:
+        pool.report_rate_limited(key, retry_after=600)
+    with pytest.raises(UpstreamRateLimited) as caught:
+        pool.acquire()
+    assert caught.value.retry_after == 120
+    assert caught.value.headers["retry-after"] == "120"
+
+
+def test_all_retired_raises_no_upstream_keys() -> None:
+    pool, _ = make_pool(2)
+    keys = pool.keys()
+    for key in keys:
+        pool.report_retired(key, "invalid")
+    with pytest.raises(NoUpstreamKeys) as caught:
+        pool.acquire()
+    assert caught.value.status == 503
+    assert "openai" in caught.value.message
+
+
+def test_empty_pool_raises_no_upstream_keys() -> None:
+    with pytest.raises(NoUpstreamKeys):
+        KeyPool("openai", []).acquire()
+
+
+def test_cooling_and_retired_mix_raises_rate_limited() -> None:
+    pool, _ = make_pool(3)
+    pool.report_retired(pool.keys()[0], "invalid")
+    pool.report_rate_limited(pool.keys()[1], retry_after=15)
+    pool.report_retired(pool.keys()[2], "no_quota")
+    with pytest.raises(UpstreamRateLimited) as caught:
+        pool.acquire()
+    assert caught.value.headers["retry-after"] == "15"
+
+
+def test_only_ejected_keys_raise_upstream_error() -> None:
+    pool, _ = make_pool(2)
+    keys = pool.keys()
+    for key in keys:
+        for _ in range(3):
+            pool.report_failure(key)
+    with pytest.raises(UpstreamError) as caught:
+        pool.acquire()
+    assert type(caught.value) is UpstreamError
+    assert "failing" in caught.value.message
+
+
+def test_exclude_skips_keys_already_tried() -> None:
+    pool, _ = make_pool(3)
+    first = take(pool)
+    second = take(pool, exclude=(first.alias,))
+    third = take(pool, exclude=(first.alias, second.alias))
+    assert len({first.alias, second.alias, third.alias}) == 3
+    for _ in range(5):
+        assert take(pool, exclude=("openai#1", "openai#3")).alias == "openai#2"
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "random", "least_busy"])
+def test_exclude_all_raises_upstream_error(strategy: str) -> None:
+    pool, _ = make_pool(3, strategy=strategy)
+    with pytest.raises(UpstreamError) as caught:
+        pool.acquire(exclude={"openai#1", "openai#2", "openai#3"})
+    assert type(caught.value) is UpstreamError
+    assert caught.value.message == "all upstream keys of openai failed for this request"
+
+
+def test_exclude_judges_only_the_keys_left() -> None:
+    pool, _ = make_pool(3)
+    pool.report_retired(pool.keys()[1], "invalid")
+    pool.report_rate_limited(pool.keys()[2], retry_after=10)
+    with pytest.raises(UpstreamRateLimited):
+        pool.acquire(exclude={"openai#1"})
+    with pytest.raises(NoUpstreamKeys):
+        pool.acquire(exclude={"openai#1", "openai#3"})
+
+
+def test_consecutive_failures_eject_for_a_doubling_capped_time() -> None:
+    policy = PoolPolicy(eject_after=3, eject_base=1.0, eject_max=5.0)
+    pool, clock = make_pool(2, policy=policy)
+    key = pool.keys()[0]
+    pool.report_failure(key)
+    pool.report_failure(key)
+    assert key.state is KeyState.ACTIVE
+    pool.report_failure(key)
+    assert key.state is KeyState.EJECTED
+    assert {take(pool).alias for _ in range(4)} == {"openai#2"}
+    lengths = []
+    for _ in range(4):
+        lengths.append(pool.snapshot()[0].until)
+        clock.advance(lengths[-1])
+        assert pool.snapshot()[0].state is KeyState.ACTIVE
+        pool.report_failure(key)  # on probation: one more failure ejects again
+        assert key.state is KeyState.EJECTED
+    lengths.append(pool.snapshot()[0].until)
+    assert lengths == pytest.approx([1.0, 2.0, 4.0, 5.0, 5.0])
+    assert key.failures == 7
+
+
+def test_failures_while_ejected_do_not_extend_the_ejection() -> None:
+    pool, _ = make_pool(1)
+    key = pool.keys()[0]
+    for _ in range(10):
+        pool.report_failure(key)
+    assert key.ejections == 1
+    assert pool.snapshot()[0].until == pytest.approx(1.0)
+
+
+def test_success_resets_failures_and_ejection_growth() -> None:
+    pool, clock = make_pool(1)
+    key = pool.keys()[0]
+    pool.report_failure(key)
+    pool.report_failure(key)
+    pool.report_success(key)
+    pool.report_failure(key)
+    pool.report_failure(key)
+    assert key.state is KeyState.ACTIVE
+    pool.report_failure(key)
+    clock.advance(1)
+    pool.report_failure(key)
+    assert pool.snapshot()[0].until == pytest.approx(2.0)
+    pool.report_success(key)  # a request started before the ejection came back fine
+    assert key.state is KeyState.ACTIVE
+    for _ in range(3):
+        pool.report_failure(key)
+    assert pool.snapshot()[0].until == pytest.approx(1.0)
+
+
+def test_success_does_not_end_a_cooldown() -> None:
+    pool, _ = make_pool(1)
+    key = pool.keys()[0]
+    pool.report_rate_limited(key, retry_after=10)
+    pool.report_success(key)
+    assert key.state is KeyState.COOLING
+
+
+def test_retired_keys_are_listed_and_readmitted() -> None:
+    pool, _ = make_pool(3)
+    a, b, _c = pool.keys()
+    pool.report_retired(a, "invalid")
+    pool.report_retired(b, "no_quota")
+    assert pool.retired() == [a, b]
+    pool.report_rate_limited(a, retry_after=5)  # a retired key stays retired
+    pool.report_success(a)
+    assert a.state is KeyState.RETIRED
+    pool.readmit(a)
+    assert a.state is KeyState.ACTIVE
+    assert (a.retired_reason, a.consecutive_failures, a.ejections) == (None, 0, 0)
+    assert pool.retired() == [b]
+    assert {take(pool).alias for _ in range(4)} == {"openai#1", "openai#3"}
+
+
+def test_snapshot_reports_state_and_reason() -> None:
+    pool, _ = make_pool(3)
+    _a, b, c = pool.keys()
+    held = pool.acquire()
+    pool.report_rate_limited(b, retry_after=12)
+    pool.report_retired(c, "no_quota")
+    statuses = pool.snapshot()
+    assert [s.state for s in statuses] == [KeyState.ACTIVE, KeyState.COOLING, KeyState.RETIRED]
+    assert [s.until for s in statuses] == [None, pytest.approx(12), None]
+    assert [s.reason for s in statuses] == [None, None, "no_quota"]
+    assert statuses[0].inflight == 1 and statuses[0].requests == 1
+    pool.release(held)
+
+
+def test_no_secret_in_any_str_or_repr() -> None:
+    pool, _ = make_pool(3)
+    a, b, c = pool.keys()
+    pool.report_rate_limited(a, retry_after=5)
+    pool.report_retired(b, f"invalid: upstream said key {b.secret} is wrong")
+    for _ in range(3):
+        pool.report_failure(c)
+    objects: list[object] = [pool, *pool.keys(), *pool.snapshot(), pool.policy]
+    try:
+        pool.acquire()
+    except UpstreamRateLimited as err:
+        objects += [err, err.body()]
+    for obj in objects:
+        for text in (str(obj), repr(obj)):
+            for secret in (a.secret, b.secret, c.secret):
+                assert secret not in text
+    assert repr(a) == "<UpstreamKey openai#1 cooling>"
+    assert "invalid" in str(pool.snapshot()[1].reason)
+
+
+def test_logs_name_the_alias_never_the_secret(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatgpt_proxy.upstream")
+    pool, _ = make_pool(2)
+    a, b = pool.keys()
+    pool.report_retired(a, "invalid")
+    pool.report_retired(a, "invalid")
+    for _ in range(3):
+        pool.report_failure(b)
+    pool.report_success(b)
+    pool.readmit(a)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # retired once, ejected once
+    assert "openai#1" in warnings[0].getMessage() and "invalid" in warnings[0].getMessage()
+    assert "openai#2" in warnings[1].getMessage()
+    assert all(r.name == "chatgpt_proxy.upstream" for r in caplog.records)
+    for record in caplog.records:
+        assert a.secret not in record.getMessage()
+        assert b.secret not in record.getMessage()
+
+
+def test_apply_remote_state_mirrors_cooling_and_retirement(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatgpt_proxy.upstream")
+    pool, clock = make_pool(3)
+    a, b, c = pool.keys()
+    pool.apply_remote_state("openai#1", KeyState.COOLING, 25.0, None)
+    pool.apply_remote_state("openai#2", KeyState.RETIRED, None, "no_quota")
+    pool.apply_remote_state("openai#9", KeyState.RETIRED, None, "invalid")  # unknown: ignored
+    assert not caplog.records
+    assert a.state is KeyState.COOLING
+    assert pool.snapshot()[0].until == pytest.approx(25)
+    assert (b.state, b.retired_reason) == (KeyState.RETIRED, "no_quota")
+    assert {take(pool).alias for _ in range(3)} == {"openai#3"}
+    pool.apply_remote_state("openai#2", KeyState.COOLING, 5.0, None)  # retirement wins
+    assert b.state is KeyState.RETIRED
+    pool.apply_remote_state("openai#2", KeyState.ACTIVE, None, None)  # another replica readmitted
+    assert b.state is KeyState.ACTIVE
+    clock.advance(25)
+    assert {take(pool).alias for _ in range(3)} == {"openai#1", "openai#2", "openai#3"}
+    assert c.state is KeyState.ACTIVE
+
+
+def test_invalid_configuration_is_rejected() -> None:
+    with pytest.raises(ValueError, match="strategy"):
+        KeyPool("openai", SECRETS, strategy="fastest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        PoolPolicy(eject_after=0)
+    with pytest.raises(ValueError):
+        PoolPolicy(eject_base=10, eject_max=5)
