@@ -132,7 +132,14 @@ class Proxy:
     def create_key(self, name: str = "test", policy: KeyPolicy | None = None) -> str:
         key, secret = self.loop.run(self.state.store.create(name, policy or KeyPolicy()))
         self.state.keys.apply(key)
+        if self.key_record is None:
+            self.key_record = key
         return secret
+
+    @property
+    def key_id(self) -> str:
+        assert self.key_record is not None
+        return self.key_record.id
 
     def close(self) -> None:
         for client in self._clients:

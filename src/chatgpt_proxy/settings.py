@@ -123,11 +123,12 @@ class RuleSettings(_Section):
         description="name of the rule: the reason a blocked client is told",
         pattern=r"^[A-Za-z0-9_.:/ -]{1,60}$",
     )
+    # default= by keyword: rules are built in code too, and mypy reads only that spelling.
     words: tuple[str, ...] = Field(
-        (), description="words or phrases that block, as whole words, case-insensitive"
+        default=(), description="words or phrases that block, as whole words, case-insensitive"
     )
     patterns: tuple[str, ...] = Field(
-        (), description="regular expressions (Python syntax) that block, case-insensitive"
+        default=(), description="regular expressions (Python syntax) that block, case-insensitive"
     )
 
     @field_validator("words")

@@ -11,7 +11,7 @@ dropped at once (aiohttp's ``handler_cancellation``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -44,6 +44,8 @@ class Outcome:
 
 
 OnDone = Callable[[Outcome], None]
+# Judges a whole successful answer before any of it is sent; raising a ProxyError replaces it.
+CheckAnswer = Callable[[bytes], Awaitable[None]]
 
 
 class EventSplitter:
@@ -69,6 +71,7 @@ async def relay(
     *,
     strip_usage: bool = False,
     on_done: OnDone | None = None,
+    check_answer: CheckAnswer | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends."""
     upstream = reply.response
@@ -76,7 +79,7 @@ async def relay(
     try:
         if upstream.content_type == "text/event-stream":
             return await _relay_events(request, reply, outcome, strip_usage)
-        return await _relay_body(request, reply, redactor, outcome)
+        return await _relay_body(request, reply, redactor, outcome, check_answer)
     finally:
         reply.close(broken=not outcome.complete)
         if on_done is not None:
@@ -140,18 +143,26 @@ def _is_usage_only(event: bytes) -> bool:
 
 
 async def _relay_body(
-    request: web.Request, reply: Reply, redactor: Redactor, outcome: Outcome
+    request: web.Request,
+    reply: Reply,
+    redactor: Redactor,
+    outcome: Outcome,
+    check_answer: CheckAnswer | None,
 ) -> web.StreamResponse:
     upstream = reply.response
     headers = client_response_headers(upstream.headers)
     is_json = upstream.content_type == "application/json"
     length = upstream.content_length
-    if upstream.status >= 400 or (length is not None and length <= _WHOLE_ANSWER_LIMIT):
-        body = await reply.read(_WHOLE_ANSWER_LIMIT)
+    checked = check_answer is not None and upstream.status < 300 and is_json
+    whole = length is not None and length <= _WHOLE_ANSWER_LIMIT
+    if upstream.status >= 400 or whole or checked:
+        body = await reply.read(_USAGE_SCAN_LIMIT if checked else _WHOLE_ANSWER_LIMIT)
         if upstream.status >= 400:
             body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
         elif is_json:
             outcome.usage = usage_in_json(body)
+            if checked and check_answer is not None:
+                await check_answer(body)
         outcome.complete = True
         return web.Response(body=body, status=upstream.status, headers=headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)

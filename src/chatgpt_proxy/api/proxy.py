@@ -20,7 +20,7 @@ from chatgpt_proxy.app import STATE, AppState, context
 from chatgpt_proxy.errors import InvalidRequest, ModelNotAllowed, ProxyError, UnknownRoute
 from chatgpt_proxy.keystore import ClientKey, UsageEvent
 from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
-from chatgpt_proxy.streaming import Outcome, relay
+from chatgpt_proxy.streaming import CheckAnswer, Outcome, relay
 from chatgpt_proxy.upstream.client import Body, Outbound
 from chatgpt_proxy.usage import estimate_tokens
 
@@ -29,6 +29,7 @@ BodyKind = Literal["json", "multipart", "none"]
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
+_CHECKED_ANSWERS = frozenset({"chat.completions", "completions", "responses"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +138,27 @@ class Forward:
                 _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
 
             return await relay(
-                request, reply, state.redactor, strip_usage=strip_usage, on_done=done
+                request,
+                reply,
+                state.redactor,
+                strip_usage=strip_usage,
+                on_done=done,
+                check_answer=self._answer_check(state, key),
             )
         finally:
             usage = outcomes[0].usage if outcomes else None
             await admission.settle(usage.total_tokens if usage else 0)
             await admission.release()
+
+    def _answer_check(self, state: AppState, key: ClientKey) -> CheckAnswer | None:
+        if self.endpoint.name not in _CHECKED_ANSWERS or not state.settings.moderation.check_output:
+            return None
+        moderator, name = state.moderator, self.endpoint.name
+
+        async def check(body: bytes) -> None:
+            await moderator.check_output(name, body, key)
+
+        return check
 
     def _upstream_path(self, request: web.Request) -> str:
         params = request.match_info

@@ -69,7 +69,10 @@ def load_engine(spec: str, settings: ModerationSettings) -> Engine:
         raise ConfigError(f"moderation.engines: cannot load {spec!r}: {exc}") from exc
     if not callable(target):
         raise ConfigError(f"moderation.engines: {spec!r} is not callable")
-    engine = target(settings)
+    try:
+        engine = target(settings)
+    except Exception as exc:  # a plug-in's own failure, reported at start-up with its name
+        raise ConfigError(f"moderation.engines: {spec!r} failed: {exc!r}") from exc
     if not isinstance(engine, Engine) or not isinstance(getattr(engine, "name", None), str):
         raise ConfigError(
             f"moderation.engines: {spec!r} did not return an engine "

@@ -120,13 +120,12 @@ class UpstreamClient:
         )
 
     async def send(self, upstream: Upstream, outbound: Outbound) -> Reply:
-        pool = upstream.pool
         deadline = self._clock() + self._timeouts.request
         replayable = outbound.body is None or isinstance(outbound.body, bytes)
         url = upstream.settings.base_url + outbound.path
         if outbound.query:
             url += "?" + outbound.query
-        timeout = self._stream_timeout if outbound.stream else self._answer_timeout
+        limits = self._stream_timeout if outbound.stream else self._answer_timeout
         self._budget.record_request()
         tried: set[str] = set()
         failures = 0
@@ -137,42 +136,15 @@ class UpstreamClient:
                 raise last or UpstreamTimeout("The upstream did not answer before the deadline.")
             key = self._acquire(upstream, tried, last)
             tried.add(key.alias)
-            headers = upstream_request_headers(
-                outbound.headers,
-                key.secret,
-                organization=upstream.settings.organization,
-                project=upstream.settings.project,
-            )
-            try:
-                async with asyncio.timeout(min(self._timeouts.first_byte, remaining)):
-                    response = await self._session.request(
-                        outbound.method,
-                        url,
-                        headers=headers,
-                        data=outbound.body,
-                        allow_redirects=False,
-                        timeout=timeout,
-                    )
-            except TimeoutError:
-                pool.release(key)
-                pool.report_failure(key)
-                last = UpstreamTimeout(f"The upstream {upstream.name} did not answer in time.")
-            except (aiohttp.ClientError, OSError) as exc:
-                pool.release(key)
-                pool.report_failure(key)
-                last = UpstreamError(
-                    f"The upstream {upstream.name} could not be reached ({type(exc).__name__})."
-                )
-            else:
-                verdict = await self._judge(upstream, key, response)
-                if verdict is None:
-                    return Reply(response, upstream, key, attempts=len(tried))
-                last = verdict
-                if not isinstance(verdict, UpstreamError | UpstreamTimeout):
-                    # Tied to that key, not to the request: another key is tried at once.
-                    if not replayable:
-                        raise verdict
-                    continue
+            outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
+            if isinstance(outcome, aiohttp.ClientResponse):
+                return Reply(outcome, upstream, key, attempts=len(tried))
+            last = outcome
+            if not isinstance(outcome, UpstreamError | UpstreamTimeout):
+                # Tied to that key, not to the request: another key is tried at once.
+                if not replayable:
+                    raise outcome
+                continue
             failures += 1
             if (
                 not replayable
@@ -199,6 +171,59 @@ class UpstreamClient:
         upstream.pool.release(key)
         raise last
 
+    async def _attempt(
+        self,
+        upstream: Upstream,
+        key: UpstreamKey,
+        outbound: Outbound,
+        url: str,
+        limits: aiohttp.ClientTimeout,
+        remaining: float,
+    ) -> aiohttp.ClientResponse | ProxyError:
+        """One try on one key: the response to relay, or why it failed.
+
+        The key goes back to the pool here unless its response is handed on, however the try
+        ends (a client that leaves cancels it half-way).
+        """
+        headers = upstream_request_headers(
+            outbound.headers,
+            key.secret,
+            organization=upstream.settings.organization,
+            project=upstream.settings.project,
+        )
+        handed_on = False
+        try:
+            async with asyncio.timeout(min(self._timeouts.first_byte, remaining)):
+                response = await self._session.request(
+                    outbound.method,
+                    url,
+                    headers=headers,
+                    data=outbound.body,
+                    allow_redirects=False,
+                    timeout=limits,
+                )
+        except TimeoutError:
+            upstream.pool.release(key)
+            upstream.pool.report_failure(key)
+            return UpstreamTimeout(f"The upstream {upstream.name} did not answer in time.")
+        except (aiohttp.ClientError, OSError) as exc:
+            upstream.pool.release(key)
+            upstream.pool.report_failure(key)
+            return UpstreamError(
+                f"The upstream {upstream.name} could not be reached ({type(exc).__name__})."
+            )
+        except BaseException:
+            upstream.pool.release(key)
+            raise
+        try:
+            verdict = await self._judge(upstream, key, response)
+            handed_on = verdict is None
+            return response if verdict is None else verdict
+        finally:
+            if not handed_on:
+                upstream.pool.release(key)
+                response.release()
+
     async def _judge(
         self, upstream: Upstream, key: UpstreamKey, response: aiohttp.ClientResponse
     ) -> ProxyError | None:
@@ -212,8 +237,6 @@ class UpstreamClient:
             pool.report_success(key)  # the client's own mistake: no penalty to the key
             return None
         detail = await _error_body(response)
-        pool.release(key)
-        response.release()
         if status == 401:
             pool.report_retired(key, "invalid")
             return UpstreamRateLimited("The upstream key was refused; retry.", retry_after=1)
