@@ -96,7 +96,9 @@ def test_service_down_blocks_with_503_by_default(moderated: Proxy, fake: FakeOpe
     assert fake.count("/v1/chat/completions") == 0
 
 
-def test_service_down_passes_under_allow(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:
+def test_service_down_passes_under_allow(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
     proxy = make_proxy(moderation={"enabled": True, "on_error": "allow"})
     fake.moderation_down = True
     assert _chat(proxy, [{"role": "user", "content": "hello"}]).choices
