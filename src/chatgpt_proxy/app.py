@@ -28,6 +28,7 @@ from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.moderation import Moderator, build_moderator
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.settings import Settings
+from chatgpt_proxy.upstream.affinity import Affinity
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.prober import Prober
 from chatgpt_proxy.upstream.router import Router
@@ -51,6 +52,7 @@ class AppState:
     metrics: Metrics
     redactor: Redactor
     catalog: ModelCatalog
+    affinity: Affinity = field(default_factory=Affinity)
     ready: bool = False
 
 

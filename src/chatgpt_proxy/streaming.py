@@ -22,7 +22,7 @@ from chatgpt_proxy.errors import UpstreamError
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.upstream.client import Reply
-from chatgpt_proxy.usage import Usage, usage_in_event, usage_in_json
+from chatgpt_proxy.usage import Usage, event_data, usage_in_event, usage_in_json
 
 logger = logging.getLogger("chatgpt_proxy.streaming")
 
@@ -32,6 +32,7 @@ _WHOLE_ANSWER_LIMIT = 1024 * 1024
 # How much of a larger JSON answer is kept to find its usage; beyond it usage is unknown.
 _USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 _USAGE_NULL = b',"usage":null'
+_CREATED = b'"response.created"'
 
 
 @dataclass(slots=True)
@@ -41,6 +42,7 @@ class Outcome:
     status: int
     usage: Usage | None = None
     complete: bool = False
+    resource_id: str | None = None  # the id of a Responses API response this answer created
 
 
 OnDone = Callable[[Outcome], None]
@@ -72,14 +74,18 @@ async def relay(
     strip_usage: bool = False,
     on_done: OnDone | None = None,
     check_answer: CheckAnswer | None = None,
+    capture_id: bool = False,
 ) -> web.StreamResponse:
-    """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends."""
+    """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends.
+
+    ``capture_id`` notes the id of the response object the answer creates (Responses API).
+    """
     upstream = reply.response
     outcome = Outcome(upstream.status)
     try:
         if upstream.content_type == "text/event-stream":
-            return await _relay_events(request, reply, outcome, strip_usage)
-        return await _relay_body(request, reply, redactor, outcome, check_answer)
+            return await _relay_events(request, reply, outcome, strip_usage, capture_id)
+        return await _relay_body(request, reply, redactor, outcome, check_answer, capture_id)
     finally:
         reply.close(broken=not outcome.complete)
         if on_done is not None:
@@ -87,7 +93,7 @@ async def relay(
 
 
 async def _relay_events(
-    request: web.Request, reply: Reply, outcome: Outcome, strip_usage: bool
+    request: web.Request, reply: Reply, outcome: Outcome, strip_usage: bool, capture_id: bool
 ) -> web.StreamResponse:
     headers = client_response_headers(reply.response.headers)
     headers.update(SSE_HEADERS)
@@ -117,6 +123,8 @@ async def _relay_events(
         for event in splitter.feed(chunk):
             if (usage := usage_in_event(event)) is not None:
                 outcome.usage = usage
+            if capture_id and outcome.resource_id is None and _CREATED in event:
+                outcome.resource_id = _created_id(event)
     await response.write_eof()
     return response
 
@@ -133,12 +141,34 @@ def _without_usage(events: list[bytes], outcome: Outcome) -> bytes:
     return b"".join(kept)
 
 
-def _is_usage_only(event: bytes) -> bool:
-    data = event.strip().removeprefix(b"data:").strip()
+def _event_document(event: bytes) -> object:
     try:
-        document = orjson.loads(data)
+        return orjson.loads(event_data(event))
     except orjson.JSONDecodeError:
-        return False
+        return None
+
+
+def _created_id(event: bytes) -> str | None:
+    document = _event_document(event)
+    if isinstance(document, dict) and isinstance(response := document.get("response"), dict):
+        return _string(response.get("id"))
+    return None
+
+
+def _object_id(body: bytes) -> str | None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return _string(document.get("id")) if isinstance(document, dict) else None
+
+
+def _string(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _is_usage_only(event: bytes) -> bool:
+    document = _event_document(event)
     return isinstance(document, dict) and document.get("choices") == []
 
 
@@ -148,6 +178,7 @@ async def _relay_body(
     redactor: Redactor,
     outcome: Outcome,
     check_answer: CheckAnswer | None,
+    capture_id: bool,
 ) -> web.StreamResponse:
     upstream = reply.response
     headers = client_response_headers(upstream.headers)
@@ -161,6 +192,8 @@ async def _relay_body(
             body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
         elif is_json:
             outcome.usage = usage_in_json(body)
+            if capture_id and upstream.status < 300:
+                outcome.resource_id = _object_id(body)
             if checked and check_answer is not None:
                 await check_answer(body)
         outcome.complete = True

@@ -57,11 +57,16 @@ def usage_in_json(body: bytes) -> Usage | None:
         return None
 
 
+def event_data(event: bytes) -> bytes:
+    """The payload of one SSE event: its ``data:`` lines, joined."""
+    return b"".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
+
+
 def usage_in_event(event: bytes) -> Usage | None:
-    """The usage carried by one SSE event (its ``data:`` lines), if any."""
+    """The usage carried by one SSE event, if any."""
     if _USAGE_MARK not in event:
         return None
-    data = b"".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
+    data = event_data(event)
     if not data or data == b"[DONE]":
         return None
     return usage_in_json(data)

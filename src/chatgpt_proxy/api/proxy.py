@@ -21,6 +21,7 @@ from chatgpt_proxy.errors import InvalidRequest, ModelNotAllowed, ProxyError, Un
 from chatgpt_proxy.keystore import ClientKey, UsageEvent
 from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
 from chatgpt_proxy.streaming import CheckAnswer, Outcome, relay
+from chatgpt_proxy.upstream.affinity import Holder
 from chatgpt_proxy.upstream.client import Body, Outbound
 from chatgpt_proxy.usage import estimate_tokens
 
@@ -114,7 +115,10 @@ class Forward:
             ctx.model = model
             if not key.policy.allows_model(model):
                 raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
+        holder = self._holder(state, request, parsed)
         upstream = state.router.route(model)
+        if holder is not None:
+            upstream = state.router.get(holder.upstream) or upstream
         admission = await state.limiter.admit(key, estimate_tokens(parsed.document))
         ctx.headers.update(admission.headers)
         outcomes: list[Outcome] = []
@@ -122,7 +126,13 @@ class Forward:
             await state.moderator.check(self.endpoint.name, parsed.document, key)
             body, strip_usage = self._usage_stream(parsed)
             outbound = Outbound(
-                request.method, path, request.query_string, request.headers, body, parsed.stream
+                request.method,
+                path,
+                request.query_string,
+                request.headers,
+                body,
+                parsed.stream,
+                prefer_key=holder.alias if holder is not None else None,
             )
             try:
                 reply = await state.client.send(upstream, outbound)
@@ -136,6 +146,9 @@ class Forward:
             def done(outcome: Outcome) -> None:
                 outcomes.append(outcome)
                 _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
+                if outcome.resource_id is not None:
+                    holder = Holder(upstream.name, reply.alias)
+                    state.affinity.remember(outcome.resource_id, holder)
 
             return await relay(
                 request,
@@ -144,11 +157,20 @@ class Forward:
                 strip_usage=strip_usage,
                 on_done=done,
                 check_answer=self._answer_check(state, key),
+                capture_id=self.endpoint.name == "responses",
             )
         finally:
             usage = outcomes[0].usage if outcomes else None
             await admission.settle(usage.total_tokens if usage else 0)
             await admission.release()
+
+    def _holder(self, state: AppState, request: web.Request, parsed: _Parsed) -> Holder | None:
+        """The key holding the stored response this request refers to, if this proxy knows it."""
+        resource_id = request.match_info.get("id")
+        if resource_id is None and self.endpoint.name.startswith("responses"):
+            previous = parsed.document.get("previous_response_id")
+            resource_id = previous if isinstance(previous, str) else None
+        return state.affinity.holder(resource_id) if resource_id is not None else None
 
     def _answer_check(self, state: AppState, key: ClientKey) -> CheckAnswer | None:
         if self.endpoint.name not in _CHECKED_ANSWERS or not state.settings.moderation.check_output:

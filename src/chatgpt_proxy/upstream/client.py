@@ -50,6 +50,7 @@ class Outbound:
     headers: CIMultiDictProxy[str]
     body: Body = None
     stream: bool = False
+    prefer_key: str | None = None  # the alias holding the resource this request refers to
 
 
 @dataclass(slots=True)
@@ -134,7 +135,7 @@ class UpstreamClient:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise last or UpstreamTimeout("The upstream did not answer before the deadline.")
-            key = self._acquire(upstream, tried, last)
+            key = self._acquire(upstream, tried, last, outbound.prefer_key)
             tried.add(key.alias)
             outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
             if isinstance(outcome, aiohttp.ClientResponse):
@@ -159,9 +160,11 @@ class UpstreamClient:
                 raise last
             await asyncio.sleep(delay)
 
-    def _acquire(self, upstream: Upstream, tried: set[str], last: ProxyError | None) -> UpstreamKey:
+    def _acquire(
+        self, upstream: Upstream, tried: set[str], last: ProxyError | None, prefer: str | None
+    ) -> UpstreamKey:
         try:
-            return upstream.pool.acquire(exclude=tried)
+            return upstream.pool.acquire(exclude=tried, prefer=prefer)
         except ProxyError:
             if last is None:
                 raise

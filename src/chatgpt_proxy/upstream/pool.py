@@ -155,13 +155,19 @@ class KeyPool:
         self._rng = rng if rng is not None else random.Random()
         self._cursor = 0
 
-    def acquire(self, exclude: Container[str] = ()) -> UpstreamKey:
-        """Choose a usable key whose alias is not in ``exclude`` (the keys this request tried)."""
+    def acquire(self, exclude: Container[str] = (), prefer: str | None = None) -> UpstreamKey:
+        """Choose a usable key whose alias is not in ``exclude`` (the keys this request tried).
+
+        ``prefer`` names the key that holds a stored resource (a Responses API response lives
+        in the account that created it); it is taken when usable, else the strategy chooses.
+        """
         now = self._clock()
-        if self.strategy == "random":
-            key = self._pick_random(now, exclude)
-        else:
-            key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
+        key = self._by_alias.get(prefer) if prefer is not None else None
+        if key is None or key.alias in exclude or not _usable(key, now):
+            if self.strategy == "random":
+                key = self._pick_random(now, exclude)
+            else:
+                key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
         if key is None:
             raise self._unavailable(now, exclude)
         key.inflight += 1
