@@ -10,6 +10,7 @@ Standard library only (run.sh may call it before the venv has the project instal
     python bench/lib.py wait URL [--timeout S]        # until URL answers (any status)
     python bench/lib.py probe URL [--key K] [--stream] [--expect 200]
     python bench/lib.py rss PID                       # "VmRSS_kB VmHWM_kB"
+    python bench/lib.py cputime PID                   # CPU seconds used so far
     python bench/lib.py children PID                  # pids whose parent is PID
 """
 
@@ -169,6 +170,7 @@ _HTTP_COMMON = """\
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
+    open_file_cache max=16;
     client_body_temp_path {tmp}/{name}-body;
     proxy_temp_path {tmp}/{name}-proxy;
     fastcgi_temp_path {tmp}/{name}-fastcgi;
@@ -190,6 +192,7 @@ def upstream_conf(tmp: Path, json_port: int, sse_port: int) -> str:
         }}
 """
     name = "upstream"
+    (tmp / "stream.sse").write_text(sse_stream())
     return (
         _nginx_main(tmp, name)
         + "http {\n"
@@ -204,10 +207,15 @@ def upstream_conf(tmp: Path, json_port: int, sse_port: int) -> str:
 {common}    }}
     server {{
         listen 127.0.0.1:{sse_port} backlog=4096;
+        # Too long for `return` (nginx caps a config token at 4 kB): a static file. nginx's
+        # static handler refuses POST with a 405, so that error redirects to the same URI,
+        # which nginx does as a GET.
         location = /v1/chat/completions {{
+            alias {tmp}/stream.sse;
+            types {{ }}
             default_type text/event-stream;
             add_header Cache-Control no-cache;
-            return 200 {_nginx_literal(sse_stream())};
+            error_page 405 =200 $uri;
         }}
 {common}    }}
 }}
@@ -287,9 +295,7 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _request(
-    url: str, *, key: str | None, stream: bool, prompt: str = PROMPT
-) -> tuple[int, bytes]:
+def _request(url: str, *, key: str | None, stream: bool, prompt: str = PROMPT) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -354,6 +360,28 @@ def rss(pid: int) -> str:
     return f"{values['VmRSS']} {values['VmHWM']}"
 
 
+def cputime(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def versions() -> str:
+    """Python and the serving libraries, as the venv running this sees them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = [f"Python {sys.version.split()[0]}"]
+    for package in ("chatgpt-proxy", "aiohttp", "uvloop", "orjson"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join(found)
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -406,6 +434,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--unique", action="store_true", help="mark the prompt with @N@ for post.lua")
     p = sub.add_parser("rss")
     p.add_argument("pid", type=int)
+    sub.add_parser("versions")
+    p = sub.add_parser("cputime")
+    p.add_argument("pid", type=int)
     p = sub.add_parser("children")
     p.add_argument("pid", type=int)
     args = parser.parse_args(argv)
@@ -443,6 +474,10 @@ def main(argv: list[str]) -> int:
         print(request_body(stream=args.stream, prompt=prompt))
     elif args.command == "rss":
         print(rss(args.pid))
+    elif args.command == "cputime":
+        print(f"{cputime(args.pid):.2f}")
+    elif args.command == "versions":
+        print(versions())
     elif args.command == "children":
         print(" ".join(map(str, children(args.pid))))
     return 0

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -22,16 +23,25 @@ from chatgpt_proxy.auth import KeyCache
 from chatgpt_proxy.catalog import ModelCatalog
 from chatgpt_proxy.errors import MethodNotAllowed, ProxyError, RequestTooLarge, UnknownRoute
 from chatgpt_proxy.keystore import KeyStore
-from chatgpt_proxy.limits import Limiter, NoLimits
+from chatgpt_proxy.limits import Limiter
+from chatgpt_proxy.limits.fallback import FallbackLimiter
+from chatgpt_proxy.limits.memory import MemoryLimiter
+from chatgpt_proxy.limits.redis import RedisLimiter
 from chatgpt_proxy.metering import Meter
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.moderation import Moderator, build_moderator
+from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.redis_link import RedisLink
 from chatgpt_proxy.settings import Settings
+from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.upstream.affinity import Affinity
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.prober import Prober
 from chatgpt_proxy.upstream.router import Router
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger("chatgpt_proxy.access")
 errors_logger = logging.getLogger("chatgpt_proxy.app")
@@ -53,6 +63,8 @@ class AppState:
     redactor: Redactor
     catalog: ModelCatalog
     affinity: Affinity = field(default_factory=Affinity)
+    redis: Redis | None = None  # the one Redis client, when redis_url is set
+    shared: SharedState | None = None  # key changes and upstream states, with Redis
     ready: bool = False
 
 
@@ -125,10 +137,22 @@ async def _open_state(
     keys = KeyCache(store, refresh_seconds=settings.auth.cache_refresh_seconds)
     await keys.start()
     stack.push_async_callback(keys.stop)
-    meter = Meter(store)
+    pricing = Pricing(settings.pricing)
+    meter = Meter(store, pricing=pricing)
     meter.start()
     stack.push_async_callback(meter.close)
-    limiter: Limiter = NoLimits()
+    link = RedisLink.open(settings) if settings.redis_url is not None else None
+    limiter: Limiter = MemoryLimiter(store, pricing)
+    shared = None
+    if link is not None:
+        stack.push_async_callback(link.close)  # closed last: the others below still use it
+        shared_limiter = RedisLimiter(
+            link, store, pricing, lease_seconds=settings.limits.concurrency_lease_seconds
+        )
+        limiter = FallbackLimiter(shared_limiter, MemoryLimiter(store, pricing), link)
+        shared = SharedState(link, router, keys)
+        await shared.start()
+        stack.push_async_callback(shared.stop)
     stack.push_async_callback(limiter.close)
     moderator = build_moderator(settings, client, router)
     stack.push_async_callback(moderator.close)
@@ -142,9 +166,12 @@ async def _open_state(
         lambda: float(moderator.blocks_total),
     )
     catalog = ModelCatalog(client, router)
-    return AppState(
+    state = AppState(
         settings, router, client, store, keys, limiter, moderator, meter, metrics, redactor, catalog
     )
+    state.redis = link.client if link is not None else None
+    state.shared = shared
+    return state
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -2,8 +2,9 @@
 
 Every client key (as its hash) is mirrored in memory and refreshed from the key store every
 ``cache_refresh_seconds``; changes made through this process (revocation by the admin API)
-apply at once. An unknown key is therefore rejected without touching the database, so a
-brute-forcer costs one hash and one dict lookup per guess.
+apply at once, and with Redis those made by another replica too (``reload``, called by
+``shared_state``), so the poll is only the fallback. An unknown key is therefore rejected
+without touching the database, so a brute-forcer costs one hash and one dict lookup per guess.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class KeyCache:
         for key in await self._store.changed_since(since):
             self.apply(key)
         self._since = started
+
+    async def reload(self, key_id: str) -> None:
+        """Re-read one key now: another replica created, changed or revoked it."""
+        key = await self._store.get(key_id)
+        if key is not None:
+            self.apply(key)
 
     def apply(self, key: ClientKey) -> None:
         """Take a key's latest state, e.g. right after this process revoked it."""

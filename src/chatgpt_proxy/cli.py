@@ -18,9 +18,11 @@ import orjson
 from chatgpt_proxy.errors import ConfigError, ProxyError
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy, KeyStore
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
+from chatgpt_proxy.limits.rules import default_policy
 from chatgpt_proxy.logs import configure_logging
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.settings import Settings, load_settings
+from chatgpt_proxy.shared_state import announce_key_change
 from chatgpt_proxy.upstream.prober import probe_all
 from chatgpt_proxy.upstream.router import Router
 
@@ -90,7 +92,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     async def first_key(store: KeyStore) -> str | None:
         if await store.count() > 0:
             return None
-        _, secret = await store.create("default", KeyPolicy())
+        _, secret = await store.create("default", default_policy(settings.limits))
         return secret
 
     secret = _with_store(settings, first_key)
@@ -150,14 +152,19 @@ def _show(key: ClientKey, as_json: bool) -> None:
 @_friendly
 def keys_create(name: str, as_json: bool, config_path: str | None, **fields: Any) -> None:
     """Issue a client key; the key itself is printed once, as the last line."""
-    wanted = parse_create({"name": name, **_request_fields(fields)})
+    settings = _settings(config_path)
+    wanted = parse_create(
+        {"name": name, **_request_fields(fields)}, default_policy(settings.limits)
+    )
     assert wanted.policy is not None and wanted.name is not None
     expires = None if wanted.expires_at is ... else wanted.expires_at
 
     async def create(store: KeyStore) -> tuple[ClientKey, str]:
-        return await store.create(name, wanted.policy or KeyPolicy(), expires)
+        created = await store.create(name, wanted.policy or KeyPolicy(), expires)
+        await announce_key_change(settings, created[0].id)
+        return created
 
-    key, secret = _with_store(_settings(config_path), create)
+    key, secret = _with_store(settings, create)
     if as_json:
         click.echo(orjson.dumps({**key.public_dict(), "key": secret}).decode())
         return
@@ -189,8 +196,16 @@ def keys_list(as_json: bool, config_path: str | None) -> None:
 @config_option
 @_friendly
 def keys_revoke(key_id: str, config_path: str | None) -> None:
-    """Revoke a client key: refused by every replica within a second or two."""
-    key = _with_store(_settings(config_path), lambda store: store.revoke(key_id))
+    """Revoke a client key: refused by every replica at once with Redis, else within seconds."""
+    settings = _settings(config_path)
+
+    async def revoke(store: KeyStore) -> ClientKey | None:
+        key = await store.revoke(key_id)
+        if key is not None:
+            await announce_key_change(settings, key.id)
+        return key
+
+    key = _with_store(settings, revoke)
     if key is None:
         raise click.ClickException(f"no client key with id {key_id!r}")
     click.echo(f"revoked {key.id} ({key.name})")
@@ -214,11 +229,15 @@ def keys_update(
         if key is None:
             return None
         change = parse_update(key, data)
-        return await store.update(
+        updated = await store.update(
             key.id, name=change.name, policy=change.policy, expires_at=change.expires_at
         )
+        if updated is not None:
+            await announce_key_change(settings, updated.id)
+        return updated
 
-    key = _with_store(_settings(config_path), update)
+    settings = _settings(config_path)
+    key = _with_store(settings, update)
     if key is None:
         raise click.ClickException(f"no client key with id {key_id!r}")
     _show(key, as_json)

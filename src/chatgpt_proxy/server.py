@@ -12,7 +12,9 @@ import asyncio
 import logging
 import multiprocessing
 import signal
+import uuid
 from collections.abc import Callable
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -48,7 +50,11 @@ class _OpenAIErrorHandler(RequestHandler):
             error = InvalidRequest("The request is not valid HTTP: malformed line or header.")
             error.status = status
         response = web.Response(
-            body=error.body(), status=error.status, content_type="application/json"
+            body=error.body(),
+            status=error.status,
+            content_type="application/json",
+            # Every answer carries these, even one the app's middleware never saw.
+            headers={"x-request-id": "req_" + uuid.uuid4().hex, "openai-processing-ms": "0"},
         )
         response.force_close()
         return response
@@ -60,6 +66,12 @@ class _Server(web.Server):
 
 
 class ProxyRunner(web.AppRunner):
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        # aiohttp refuses header fields over 8 KiB before auth runs; a long junk key must still
+        # be a 401 invalid_api_key, so allow 16 KiB (auth rejects anything over 512 chars).
+        kwargs.setdefault("max_field_size", 16 * 1024)
+        super().__init__(app, **kwargs)
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # same state; only the protocol it builds differs

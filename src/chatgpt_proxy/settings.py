@@ -237,6 +237,53 @@ class ModerationSettings(_Section):
         return value
 
 
+class LimitSettings(_Section):
+    default_rpm: int | None = Field(None, ge=1, description="requests per minute of a new key")
+    default_tpm: int | None = Field(None, ge=1, description="tokens per minute of a new key")
+    default_max_concurrency: int | None = Field(
+        None, ge=1, description="requests a new key may have in flight at once"
+    )
+    default_daily_token_budget: int | None = Field(
+        None, ge=0, description="tokens a new key may use per UTC day"
+    )
+    default_total_token_budget: int | None = Field(
+        None, ge=0, description="tokens a new key may use in total"
+    )
+    default_daily_cost_budget: float | None = Field(
+        None, ge=0, description="USD a new key may spend per UTC day (priced by `pricing`)"
+    )
+    default_total_cost_budget: float | None = Field(
+        None, ge=0, description="USD a new key may spend in total (priced by `pricing`)"
+    )
+    default_models: tuple[str, ...] = Field(
+        (), description="model globs a new key may use; empty: every model"
+    )
+    redis_prefix: str = Field(
+        "cgp:",
+        pattern=r"^[A-Za-z0-9_.:-]{0,40}$",
+        description="prefix of every Redis key and channel (to share one Redis among proxies)",
+    )
+    redis_timeout: float = Field(
+        0.5,
+        gt=0,
+        description="seconds a Redis call may take; past it, or on any Redis error, each "
+        "process enforces limits on its own until Redis answers again",
+    )
+    redis_recheck_seconds: float = Field(
+        1.0, gt=0, description="while Redis is unreachable, how often it is tried again"
+    )
+    concurrency_lease_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="how long a concurrency slot held by a process that died stays taken",
+    )
+
+
+class PriceSettings(_Section):
+    prompt: float = Field(ge=0, description="USD per 1M prompt (input) tokens")
+    completion: float = Field(ge=0, description="USD per 1M completion (output) tokens")
+
+
 class AuthSettings(_Section):
     admin_key: SecretStr | None = Field(
         None, description="bearer token of the admin API; the admin API is off without it"
@@ -247,20 +294,50 @@ class AuthSettings(_Section):
 
 
 class Settings(_Section):
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(
+        default_factory=ServerSettings,  # type: ignore[arg-type]
+        description="the listening socket, request bodies, logging and worker processes",
+    )
     upstreams: tuple[UpstreamSettings, ...] = Field(
         min_length=1, description="a request goes to the first upstream whose models match"
     )
-    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)  # type: ignore[arg-type]
-    retries: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
-    pool: PoolSettings = Field(default_factory=PoolSettings)  # type: ignore[arg-type]
-    moderation: ModerationSettings = Field(default_factory=ModerationSettings)  # type: ignore[arg-type]
-    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
+    timeouts: TimeoutSettings = Field(
+        default_factory=TimeoutSettings,  # type: ignore[arg-type]
+        description="time limits of upstream calls, in seconds",
+    )
+    retries: RetrySettings = Field(
+        default_factory=RetrySettings,  # type: ignore[arg-type]
+        description="retries of a failed upstream call, on another key",
+    )
+    pool: PoolSettings = Field(
+        default_factory=PoolSettings,  # type: ignore[arg-type]
+        description="how upstream keys rest after a 429 and are ejected after failures",
+    )
+    moderation: ModerationSettings = Field(
+        default_factory=ModerationSettings,  # type: ignore[arg-type]
+        description="checking inputs (and optionally answers) before forwarding them",
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings,  # type: ignore[arg-type]
+        description="the admin API's key and the client key cache",
+    )
     database_url: str = Field(
         "sqlite:///./chatgpt-proxy.db", description="sqlite:///FILE or postgresql://..."
     )
     redis_url: str | None = Field(
-        None, description="redis://... to share limits and state across replicas"
+        None,
+        description="redis://... to share limits and state across replicas; without it, "
+        "limits, cooldowns and revocations are per process (each of `server.workers` and "
+        "each replica counts on its own)",
+    )
+    limits: LimitSettings = Field(
+        default_factory=LimitSettings,  # type: ignore[arg-type]
+        description="limits of new client keys, and how limits are shared through Redis",
+    )
+    pricing: dict[str, PriceSettings] = Field(
+        {},
+        description="model glob -> {prompt, completion} USD per 1M tokens, first match wins; "
+        "usage of a model without a price costs 0, so cost budgets ignore it",
     )
 
     @field_validator("upstreams")
@@ -420,6 +497,7 @@ def _describe(model: type[BaseModel], out: list[str], indent: int) -> None:
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out.append(f"{pad}# {field.description}")
             out.append(f"{pad}{name}:")
             _describe(annotation, out, indent + 2)
             continue

@@ -47,7 +47,7 @@ def test_chat_stream_without_usage_request(proxy: Proxy, fake: FakeOpenAI) -> No
     assert all("usage" not in c.model_dump(exclude_unset=True) for c in chunks)
 
 
-def test_chat_stream_raw_has_no_usage_key(proxy: Proxy) -> None:
+def test_chat_stream_raw_has_no_usage_key(proxy: Proxy, fake: FakeOpenAI) -> None:
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
     with proxy.http().stream(
         "POST",
@@ -64,6 +64,22 @@ def test_chat_stream_raw_has_no_usage_key(proxy: Proxy) -> None:
     assert documents[0]["choices"][0]["delta"]["role"] == "assistant"
     assert documents[-1]["choices"][0]["finish_reason"] == "stop"
     assert len(documents) == 2 + len(DEFAULT_REPLY.split())
+    assert len({(d["id"], d["created"]) for d in documents}) == 1
+    # The proxy asked for usage itself (to meter the stream) and hid it again.
+    assert fake.last("/v1/chat/completions").json()["stream_options"] == {"include_usage": True}
+
+
+def test_completions_stream_raw_has_no_usage_key(proxy: Proxy) -> None:
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "stream": True}
+    with proxy.http().stream(
+        "POST", "/v1/completions", json=body, headers={"Authorization": f"Bearer {proxy.key}"}
+    ) as response:
+        raw = response.read()
+    events = _sse_events(raw)
+    assert events[-1] == b"data: [DONE]"
+    assert b'"usage"' not in raw
+    documents = [orjson.loads(e.removeprefix(b"data: ")) for e in events[:-1]]
+    assert "".join(d["choices"][0]["text"] for d in documents) == DEFAULT_REPLY
 
 
 def test_chat_stream_with_usage_request(proxy: Proxy, fake: FakeOpenAI) -> None:
@@ -94,6 +110,35 @@ def test_unknown_fields_reach_upstream_byte_for_byte(proxy: Proxy, fake: FakeOpe
     )
     assert answer.status_code == 200
     assert fake.last("/v1/chat/completions").body == sent
+
+
+def test_stream_body_asking_for_usage_is_forwarded_byte_for_byte(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    sent = (
+        b'{"model": "gpt-4o-mini", "stream": true, "vendor_x": [1, {"y": null}],'
+        b' "stream_options": {"include_usage": true},'
+        b' "messages": [{"role": "user", "content": "hi"}]}'
+    )
+    with proxy.http().stream(
+        "POST",
+        "/v1/chat/completions",
+        content=sent,
+        headers={"Authorization": f"Bearer {proxy.key}", "Content-Type": "application/json"},
+    ) as response:
+        raw = response.read()
+    assert fake.last("/v1/chat/completions").body == sent
+    assert b'"usage":{' in raw and raw.endswith(b"data: [DONE]\n\n")
+
+
+def test_upstream_400_on_a_stream_request(proxy: Proxy) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        proxy.client().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "[[fault:400]]"}],
+            stream=True,
+        )
+    assert caught.value.code == "invalid_value" and caught.value.param == "temperature"
 
 
 def test_unknown_sdk_extra_body_fields_pass(proxy: Proxy, fake: FakeOpenAI) -> None:
@@ -270,6 +315,19 @@ def test_models_list_filtered_by_upstream_globs(
     )
     ids = sorted(m.id for m in proxy.client().models.list())
     assert ids == ["gpt-4o", "gpt-4o-mini"]
+
+
+def test_models_retrieve_outside_the_globs_is_404(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    upstream = {"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])}
+    proxy = make_proxy(upstreams=[{**upstream, "models": ["gpt-4o*"]}])
+    client = proxy.client()
+    assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("whisper-1")
+    assert caught.value.code == "model_not_found"
+    assert fake.count("/v1/models/whisper-1") == 0
 
 
 def test_models_retrieve(proxy: Proxy, fake: FakeOpenAI) -> None:

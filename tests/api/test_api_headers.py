@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx2
+import orjson
 import pytest
 
 from fake_openai import FAKE_KEYS, ORGANIZATION, PROJECT, FakeOpenAI
@@ -89,7 +92,12 @@ def test_sdk_raw_response_headers(proxy: Proxy) -> None:
         ("GET", "/", {}, 404),
         ("GET", "/v1/chat/completions", {}, 405),
         ("POST", "/v1/chat/completions", {"content": b"{not json"}, 400),
-        ("POST", "/v1/chat/completions", {"json": {"model": "gpt-4o-mini", "x": "[[fault:html]]"}}, 502),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"json": {"model": "gpt-4o-mini", "x": "[[fault:html]]"}},
+            502,
+        ),
         ("GET", "/healthz", {}, 200),
     ],
 )
@@ -177,3 +185,28 @@ def test_sdk_organization_option_is_not_forwarded(proxy: Proxy, fake: FakeOpenAI
     headers = fake.last("/v1/chat/completions").headers
     assert "openai-organization" not in headers and "openai-project" not in headers
     assert headers["authorization"] in {f"Bearer {key}" for key in FAKE_KEYS[:2]}
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x00Header: y\r\n\r\n",
+        b"NOT-HTTP\r\n\r\n",
+    ],
+)
+def test_malformed_requests_are_stamped_too(proxy: Proxy, request_bytes: bytes) -> None:
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    }
+    assert headers[b"x-request-id"].startswith(b"req_")
+    assert headers[b"openai-processing-ms"].isdigit()
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"

@@ -12,7 +12,6 @@ import orjson
 
 from harness import Recorder
 
-
 ANY = object()  # any error code
 
 

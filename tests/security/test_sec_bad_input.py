@@ -1,7 +1,9 @@
-"""Bad input: every one is answered in OpenAI's error envelope, never a 500, a hang or a redirect."""
+"""Bad input: each answered in OpenAI's error envelope, never a 500, a hang or a redirect."""
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -9,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 from aiohttp import web
-
-from fake_openai import REDIRECT_TARGET, FakeOpenAI
-from harness import ADMIN_KEY, Proxy
 from sec_helpers import assert_openai_error, check_error, raw_request
+
+from fake_openai import FAKE_KEYS, REDIRECT_TARGET, FakeOpenAI, KeyFault
+from harness import ADMIN_KEY, Proxy
 from servers import BackgroundLoop
 
 CHAT = "/v1/chat/completions"
@@ -65,9 +67,7 @@ def test_wrong_content_type_is_400(
 
 
 def test_model_that_is_not_a_string_is_400(proxy: Proxy, fake: FakeOpenAI) -> None:
-    response = proxy.http().post(
-        CHAT, json={**HELLO, "model": ["gpt-4o"]}, headers=_auth(proxy)
-    )
+    response = proxy.http().post(CHAT, json={**HELLO, "model": ["gpt-4o"]}, headers=_auth(proxy))
     error = check_error(response, 400)
     assert error["param"] == "model"
     assert fake.count(CHAT) == 0
@@ -111,13 +111,67 @@ def test_chunked_body_over_limit_is_413_while_streaming_in(
 
 def _multipart(size: int, boundary: str = "testboundary") -> bytes:
     return (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="model"\r\n\r\n'
-        "whisper-1\r\n"
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="file"; filename="a.mp3"\r\n'
-        "Content-Type: audio/mpeg\r\n\r\n"
-    ).encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="model"\r\n\r\n'
+            "whisper-1\r\n"
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="a.mp3"\r\n'
+            "Content-Type: audio/mpeg\r\n\r\n"
+        ).encode()
+        + b"\0" * size
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "head"),
+    [
+        (CHAT, "application/json", b'{"model": "gpt-4o-mini", "messages": [{"content": "'),
+        (
+            "/v1/audio/transcriptions",
+            "multipart/form-data; boundary=testboundary",
+            b"--testboundary\r\n"
+            b'Content-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            b"--testboundary\r\n"
+            b'Content-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n',
+        ),
+    ],
+)
+def test_endless_chunked_body_is_cut_at_the_limit(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI, path: str, content_type: str, head: bytes
+) -> None:
+    """A body that never ends is answered 413 once the limit is passed: counted as it comes."""
+    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT})
+    url = proxy.url.removeprefix("http://")
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.key}\r\n"
+            f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        chunk = b"x" * 1024
+        for _ in range(SMALL_LIMIT * 3 // len(chunk)):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        # No terminating chunk: a proxy that waits for the whole body would hang here.
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            assert data, "connection closed without an answer"
+            answer += data
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        declared = re.search(rb"(?i)content-length: *(\d+)", head_part)
+        assert declared is not None, head_part
+        length = int(declared.group(1))
+        while len(body) < length:
+            data = sock.recv(65536)
+            assert data, "connection closed in the middle of the answer"
+            body += data
+    proxy.recorder.add_bytes(answer + body)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert_openai_error(413, body, expected_status=413, code="request_too_large")
+    assert all(r.path != path or len(r.body) <= SMALL_LIMIT * 2 for r in fake.requests)
 
 
 def test_multipart_over_limit_is_413(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:
@@ -220,9 +274,7 @@ def test_wrong_method_is_405_json(proxy: Proxy, fake: FakeOpenAI, method: str, p
         "/v1/models/http:%2F%2F169.254.169.254%2F",
     ],
 )
-def test_path_traversal_reaches_nothing_upstream(
-    proxy: Proxy, fake: FakeOpenAI, path: str
-) -> None:
+def test_path_traversal_reaches_nothing_upstream(proxy: Proxy, fake: FakeOpenAI, path: str) -> None:
     request = (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Authorization: Bearer {proxy.key}\r\nConnection: close\r\n\r\n"
@@ -323,7 +375,8 @@ def test_host_header_does_not_choose_the_upstream(
     assert response.status_code == 200
     assert hits == []
     assert fake.count(CHAT) == 1
-    assert fake.last(CHAT).headers["host"] == fake.url.removeprefix("http://")  # type: ignore[union-attr]
+    assert fake.url is not None
+    assert fake.last(CHAT).headers["host"] == fake.url.removeprefix("http://")
 
 
 # ---------------------------------------------------------------- malformed HTTP
@@ -383,7 +436,7 @@ def test_malformed_request_line_is_a_400_json_error(proxy: Proxy, fake: FakeOpen
         "Bearer",
         "Bearer ",
         "pk-justthekeywithoutscheme",
-        "Bearer pk-\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9",
+        "Bearer pk-" + "\u00e9" * 30,
     ],
 )
 def test_bad_credentials_are_401(proxy: Proxy, fake: FakeOpenAI, authorization: str) -> None:
@@ -398,9 +451,7 @@ def test_bad_credentials_are_401(proxy: Proxy, fake: FakeOpenAI, authorization: 
         + body
     )
     response = raw_request(proxy.url, request, proxy.recorder)
-    assert_openai_error(
-        response.status, response.body, expected_status=401, code="invalid_api_key"
-    )
+    assert_openai_error(response.status, response.body, expected_status=401, code="invalid_api_key")
     assert fake.requests == []
     # The store is still there, and the real key still works.
     assert proxy.http().post(CHAT, json=HELLO, headers=_auth(proxy)).status_code == 200
@@ -490,12 +541,10 @@ def test_upstream_html_or_redirect_is_502_and_not_forwarded(
 
 @pytest.mark.parametrize("fault", ["html", "redirect"])
 def test_upstream_key_answering_html_or_redirect_is_skipped(
-    proxy: Proxy, fake: FakeOpenAI, fault: str
+    proxy: Proxy, fake: FakeOpenAI, fault: KeyFault
 ) -> None:
-    from fake_openai import FAKE_KEYS
-
-    fake.script_key(FAKE_KEYS[0], fault)  # type: ignore[arg-type]
-    fake.script_key(FAKE_KEYS[1], fault)  # type: ignore[arg-type]
+    fake.script_key(FAKE_KEYS[0], fault)
+    fake.script_key(FAKE_KEYS[1], fault)
     response = proxy.http(follow_redirects=False).post(CHAT, json=HELLO, headers=_auth(proxy))
     check_error(response, 502, "upstream_error")
     assert "location" not in response.headers

@@ -21,6 +21,7 @@ from chatgpt_proxy.errors import (
 )
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
+from chatgpt_proxy.limits.rules import default_policy
 from chatgpt_proxy.requestbody import read_json
 
 
@@ -48,14 +49,24 @@ async def _key_or_404(state: AppState, key_id: str) -> ClientKey:
     return key
 
 
+async def _changed(state: AppState, key: ClientKey) -> None:
+    """Apply a key's change here at once, and (with Redis) on every other replica too.
+
+    Without Redis the others see it at their next poll of the store (``cache_refresh_seconds``).
+    """
+    state.keys.apply(key)
+    if state.shared is not None:
+        await state.shared.key_changed(key.id)
+
+
 async def create_key(request: web.Request) -> web.Response:
     state = _authorize(request)
     _, document = await read_json(request, 64 * 1024)
-    wanted = parse_create(document)
+    wanted = parse_create(document, default_policy(state.settings.limits))
     assert wanted.name is not None and wanted.policy is not None
     expires = None if wanted.expires_at is ... else wanted.expires_at
     key, secret = await state.store.create(wanted.name, wanted.policy, expires)
-    state.keys.apply(key)
+    await _changed(state, key)
     return _json({**key.public_dict(), "key": secret}, status=201)
 
 
@@ -81,7 +92,7 @@ async def update_key(request: web.Request) -> web.Response:
     )
     if updated is None:
         raise UnknownRoute(f"No client key with id {key.id!r}.", param="id")
-    state.keys.apply(updated)
+    await _changed(state, updated)
     return _json(updated.public_dict())
 
 
@@ -90,7 +101,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     key = await state.store.revoke(request.match_info["id"])
     if key is None:
         raise UnknownRoute(f"No client key with id {request.match_info['id']!r}.", param="id")
-    state.keys.apply(key)  # refused from now on in this process, at the next poll elsewhere
+    await _changed(state, key)
     return _json(key.public_dict())
 
 

@@ -119,9 +119,10 @@ class Forward:
         upstream = state.router.route(model)
         if holder is not None:
             upstream = state.router.get(holder.upstream) or upstream
-        admission = await state.limiter.admit(key, estimate_tokens(parsed.document))
+        admission = await state.limiter.admit(key, estimate_tokens(parsed.document), model)
         ctx.headers.update(admission.headers)
         outcomes: list[Outcome] = []
+        costs: list[float] = []
         try:
             await state.moderator.check(self.endpoint.name, parsed.document, key)
             body, strip_usage = self._usage_stream(parsed)
@@ -145,7 +146,9 @@ class Forward:
 
             def done(outcome: Outcome) -> None:
                 outcomes.append(outcome)
-                _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
+                costs.append(
+                    _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
+                )
                 if outcome.resource_id is not None:
                     holder = Holder(upstream.name, reply.alias)
                     state.affinity.remember(outcome.resource_id, holder)
@@ -161,7 +164,7 @@ class Forward:
             )
         finally:
             usage = outcomes[0].usage if outcomes else None
-            await admission.settle(usage.total_tokens if usage else 0)
+            await admission.settle(usage.total_tokens if usage else 0, costs[0] if costs else 0.0)
             await admission.release()
 
     def _holder(self, state: AppState, request: web.Request, parsed: _Parsed) -> Holder | None:
@@ -236,8 +239,10 @@ def _meter(
     alias: str,
     outcome: Outcome,
     started: float,
-) -> None:
+) -> float:
+    """Record the request's usage; its cost in USD (0 when the model has no price)."""
     usage = outcome.usage
+    cost = state.meter.pricing.cost(model, usage)
     state.meter.record(
         UsageEvent(
             key_id=key.id,
@@ -249,8 +254,10 @@ def _meter(
             completion_tokens=usage.completion_tokens if usage else 0,
             total_tokens=usage.total_tokens if usage else 0,
             latency_ms=int((time.monotonic() - started) * 1000),
+            cost=cost,
         )
     )
+    return cost or 0.0
 
 
 def add_proxy_routes(app: web.Application) -> None:

@@ -42,7 +42,12 @@ def _upgrade(connection: sa.Connection, revision: str) -> None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the database to ``revision`` in one transaction (DDL is transactional on both)."""
+    """Bring the database to ``revision`` in one transaction (DDL is transactional on both).
+
+    The lock is taken before Alembic is entered, and that matters twice: Alembic's ``context``
+    and ``op`` are process-wide proxies, so two upgrades interleaving on one event loop would
+    corrupt each other even before they raced in the database.
+    """
     async with engine.connect() as conn:
         if conn.dialect.name == "sqlite":
             # Take SQLite's write lock up front: a CLI and a server migrating one file at once

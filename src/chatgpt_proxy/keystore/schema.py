@@ -23,6 +23,10 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
+# Alembic's bookkeeping table, named for this package so the database can be shared with another
+# application that uses Alembic's default "alembic_version".
+VERSION_TABLE = "chatgpt_proxy_alembic_version"
+
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend.
@@ -100,6 +104,13 @@ usage_events = sa.Table(
     sa.Index("ix_usage_events_created_at", "created_at"),
 )
 
-# Alembic's bookkeeping table, named for this package so the database can be shared with another
-# application that uses Alembic's default "alembic_version".
-VERSION_TABLE = "chatgpt_proxy_alembic_version"
+
+def aware_utc(value: datetime, param: str) -> datetime:
+    """``value`` in UTC; a naive datetime is refused, being ambiguous (local time? UTC?).
+
+    The store checks its arguments with this before any SQL runs, so the mistake is a
+    ``ValueError`` at its caller rather than a database error.
+    """
+    if value.tzinfo is None:
+        raise ValueError(f"{param} must be a timezone-aware datetime")
+    return value.astimezone(UTC)

@@ -1,8 +1,18 @@
 """Per-key limits: the seam every limiter implements (DESIGN §2 ``limits/``).
 
-A request is *admitted* before it is forwarded, with an estimate of its tokens reserved, and
-*settled* once the upstream reports what it really used; ``release`` ends its concurrency
-slot. ``headers`` are the ``x-ratelimit-*`` headers the client sees.
+A request is *admitted* before it is forwarded, with an estimate of its tokens (and, for a key
+with a cost budget, of their price for ``model``) reserved, and *settled* once the upstream
+reports what it really used; ``release`` ends its concurrency slot and must always be called,
+after ``settle`` (a limiter may apply both at once, then). ``headers`` are the
+``x-ratelimit-*`` headers the client sees. ``admit`` raises the refusal (``RateLimited``,
+``QuotaExceeded``) itself.
+
+The limiters, all following the rules in ``limits.rules``:
+
+* ``NoLimits``: admits everything (tests, and a key without limits in every limiter);
+* ``memory.MemoryLimiter``: one process, no other service; the default;
+* ``redis.RedisLimiter``: shared by every process and replica through Redis;
+* ``fallback.FallbackLimiter``: Redis while it answers, memory while it does not.
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ class Admission(Protocol):
 
 
 class Limiter(Protocol):
-    async def admit(self, key: ClientKey, estimated_tokens: int) -> Admission: ...
+    async def admit(
+        self, key: ClientKey, estimated_tokens: int, model: str | None = None
+    ) -> Admission: ...
 
     async def close(self) -> None: ...
 
@@ -38,13 +50,16 @@ class _Unlimited:
         return None
 
 
+UNLIMITED: Admission = _Unlimited()
+
+
 class NoLimits:
-    """Admits everything: for keys and deployments without limits."""
+    """Admits everything: for deployments and tests without limits."""
 
-    _admission = _Unlimited()
-
-    async def admit(self, key: ClientKey, estimated_tokens: int) -> Admission:
-        return self._admission
+    async def admit(
+        self, key: ClientKey, estimated_tokens: int, model: str | None = None
+    ) -> Admission:
+        return UNLIMITED
 
     async def close(self) -> None:
         return None

@@ -1,0 +1,104 @@
+"""The usage queries behind ``KeyStore``: recording events and summing them per key.
+
+Pure statement builders; ``store.py`` runs them and owns the error boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+import sqlalchemy as sa
+
+from chatgpt_proxy.keystore.models import UsageEvent, UsageRow
+from chatgpt_proxy.keystore.schema import aware_utc, usage_events
+
+# The model name comes from the client; PostgreSQL would refuse an over-long one and with it the
+# whole batch, so text is clipped to the column widths instead.
+_TEXT_LIMITS = {"model": 200, "upstream": 100, "endpoint": 100}
+_TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def event_rows(events: Sequence[UsageEvent]) -> list[dict[str, Any]]:
+    """Insert parameters for ``events``, one dict each, for a single executemany."""
+    return [_event_row(event) for event in events]
+
+
+def _event_row(event: UsageEvent) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "key_id": event.key_id,
+        "created_at": aware_utc(event.created_at, "created_at"),
+        "status": event.status,
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": event.total_tokens,
+        "cost": event.cost,
+        "latency_ms": event.latency_ms,
+    }
+    for name, limit in _TEXT_LIMITS.items():
+        row[name] = getattr(event, name)[:limit]
+    return row
+
+
+def summary_query(dialect: str, key_id: str, since: date | None) -> sa.Select[Any]:
+    """A key's requests, tokens and cost per UTC day and model, ordered by day then model."""
+    day = _utc_day(dialect, usage_events.c.created_at)
+    sums = [sa.func.coalesce(sa.func.sum(usage_events.c[c]), 0).label(c) for c in _TOKEN_COLUMNS]
+    query = (
+        sa.select(
+            day,
+            usage_events.c.model,
+            sa.func.count().label("requests"),
+            *sums,
+            sa.func.coalesce(sa.func.sum(usage_events.c.cost), 0.0).label("cost"),
+        )
+        .where(usage_events.c.key_id == key_id)
+        .group_by(day, usage_events.c.model)
+        .order_by(day, usage_events.c.model)
+    )
+    if since is not None:
+        start = datetime.combine(since, time.min, tzinfo=UTC)
+        query = query.where(usage_events.c.created_at >= start)
+    return query
+
+
+def summary_rows(rows: Sequence[sa.Row[Any]]) -> list[UsageRow]:
+    return [
+        UsageRow(
+            day=_as_date(row.day),
+            model=row.model,
+            requests=int(row.requests),
+            prompt_tokens=int(row.prompt_tokens),
+            completion_tokens=int(row.completion_tokens),
+            total_tokens=int(row.total_tokens),
+            cost=float(row.cost),  # NULL costs (unknown prices) count as zero
+        )
+        for row in rows
+    ]
+
+
+def totals_query(key_id: str, since: datetime | None) -> sa.Select[Any]:
+    """A key's total tokens and cost since ``since`` (or ever): what budgets are checked against."""
+    query = sa.select(
+        sa.func.coalesce(sa.func.sum(usage_events.c.total_tokens), 0),
+        sa.func.coalesce(sa.func.sum(usage_events.c.cost), 0.0),
+    ).where(usage_events.c.key_id == key_id)
+    if since is not None:
+        query = query.where(usage_events.c.created_at >= aware_utc(since, "since"))
+    return query
+
+
+def _utc_day(dialect: str, column: sa.ColumnElement[datetime]) -> sa.Label[Any]:
+    if dialect == "postgresql":
+        # timezone('UTC', timestamptz) is the UTC wall time whatever the session's TimeZone. The
+        # zone is a literal, not a bind parameter, so GROUP BY matches the selected expression.
+        utc = sa.func.timezone(sa.literal_column("'UTC'"), column)
+        return sa.cast(utc, sa.Date).label("day")
+    # SQLite holds naive UTC ISO strings (see schema.UTCDateTime); date() takes their day.
+    return sa.func.date(column).label("day")
+
+
+def _as_date(value: date | str) -> date:
+    # PostgreSQL returns a date, SQLite date()'s text.
+    return date.fromisoformat(value) if isinstance(value, str) else value

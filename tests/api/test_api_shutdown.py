@@ -1,0 +1,171 @@
+"""Graceful shutdown of a real `chatgpt-proxy serve` process (DESIGN §4): SIGTERM mid-stream."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx2
+import orjson
+import pytest
+import yaml
+
+from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
+
+GRACE_SECONDS = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Lines:
+    """The lines a process writes to a pipe, read on a thread so a test can wait with a timeout."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self._queue: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        for line in pipe:
+            self._queue.put(line.rstrip("\n"))
+
+    def next(self, timeout: float) -> str:
+        line = self._queue.get(timeout=timeout)
+        self.seen.append(line)
+        return line
+
+
+class _Served:
+    def __init__(self, process: subprocess.Popen[str], url: str, key: str, stderr: Path):
+        self.process = process
+        self.url = url
+        self.key = key
+        self.stderr = stderr
+
+
+@pytest.fixture
+def served(fake: FakeOpenAI, tmp_path: Path) -> Iterator[_Served]:
+    port = _free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "upstreams": [
+                    {"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])}
+                ],
+                "database_url": f"sqlite:///{tmp_path / 'proxy.db'}",
+                "server": {"grace_seconds": GRACE_SECONDS},
+                "moderation": {"enabled": False},
+            }
+        )
+    )
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chatgpt_proxy",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert process.stdout is not None
+        lines = _Lines(process.stdout)
+        assert "created one named 'default'" in lines.next(timeout=20)
+        key = lines.next(timeout=5).strip()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx2.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert process.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, "the proxy never came up"
+            time.sleep(0.05)
+        yield _Served(process, url, key, stderr)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        logs = stderr.read_text()
+        for secret in FAKE_KEYS:
+            assert secret not in logs
+
+
+def test_serve_prints_a_working_default_key(served: _Served) -> None:
+    assert served.key.startswith("pk-")
+    answer = httpx2.post(
+        served.url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {served.key}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"] == DEFAULT_REPLY
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=GRACE_SECONDS + 5) == 0
+
+
+def test_sigterm_lets_a_stream_in_flight_finish(served: _Served) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "[[fault:slow:0.3]] [[fault:long:6]]"}],
+        "stream": True,
+    }
+    with (
+        httpx2.Client(timeout=20) as client,
+        client.stream(
+            "POST",
+            served.url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {served.key}"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.iter_raw()
+        received = [next(chunks)]
+        served.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.5)  # the server stops listening at once
+
+        with pytest.raises(httpx2.ConnectError):
+            httpx2.get(served.url + "/healthz", timeout=2)
+        assert served.process.poll() is None  # still finishing the stream
+
+        received.extend(chunks)
+    raw = b"".join(received)
+    assert raw.endswith(b"data: [DONE]\n\n")
+    events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e.strip()]
+    documents = [orjson.loads(e) for e in events[:-1]]
+    text = "".join(d["choices"][0]["delta"].get("content") or "" for d in documents)
+    assert text == " ".join(f"word{i}" for i in range(6))
+    assert documents[-1]["choices"][0]["finish_reason"] == "stop"
+
+    assert served.process.wait(timeout=GRACE_SECONDS + 5) == 0
+    assert time.monotonic() - signalled < GRACE_SECONDS + 3

@@ -1,0 +1,113 @@
+"""The Redis limiter's own concerns: shared counts, forgotten scripts, lost counters, leases."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+from limits_rig import Rig
+from redis.asyncio import Redis
+
+from chatgpt_proxy.limits.fallback import FallbackLimiter
+from chatgpt_proxy.limits.memory import MemoryLimiter
+from chatgpt_proxy.limits.redis import RedisLimiter
+from chatgpt_proxy.redis_link import RedisLink
+from services import redis_url
+
+
+def _second_limiter(rig: Rig) -> RedisLimiter:
+    """Another process's limiter: its own client, the same Redis and prefix."""
+    assert rig.link is not None
+    link = RedisLink(Redis.from_url(redis_url()), prefix=rig.link.prefix)
+    return RedisLimiter(link, rig.store, rig.pricing)
+
+
+def test_two_limiters_on_one_redis_share_every_count(redis_rig: Rig) -> None:
+    rig = redis_rig
+    other = _second_limiter(rig)
+    key = rig.key(rpm=3, max_concurrency=10)
+    rig.admit(key, 1)
+    rig.admit(key, 1)
+    rig.loop.run(other.admit(key, 1))
+    assert rig.refused(key, 1).code == "rate_limit_exceeded"
+    with pytest.raises(Exception, match="RPM"):
+        rig.loop.run(other.admit(key, 1))
+    rig.loop.run(other.close())
+
+
+def test_forgotten_scripts_are_loaded_again(redis_rig: Rig) -> None:
+    rig = redis_rig
+    key = rig.key(max_concurrency=1)
+    admission = rig.admit(key, 1)
+    rig.redis("SCRIPT", "FLUSH")  # as after a Redis restart
+    rig.finish(admission, 1)  # the settle script is loaded again, and the slot freed
+    rig.redis("SCRIPT", "FLUSH")
+    rig.finish(rig.admit(key, 1), 1)
+
+
+def test_lost_budget_counters_are_seeded_again_from_the_store(redis_rig: Rig) -> None:
+    rig = redis_rig
+    assert rig.link is not None
+    key = rig.key(total_token_budget=100)
+    rig.finish(rig.admit(key, 10), 10)
+    rig.record(key, 95)
+    for name in rig.redis("KEYS", rig.link.prefix + "*:b:*"):
+        rig.redis("DEL", name)  # lost, as in a Redis restart without persistence
+    rig.finish(rig.admit(key, 1), 10)  # seeded from the store's 95: some is left, then 105
+    assert rig.refused(key, 1).code == "insufficient_quota"
+
+
+def test_a_slot_held_by_a_process_that_died_is_freed_by_its_lease(redis_rig: Rig) -> None:
+    rig = redis_rig
+    assert rig.link is not None
+    short = RedisLimiter(rig.link, rig.store, rig.pricing, lease_seconds=0.3)
+    key = rig.key(max_concurrency=1)
+    rig.loop.run(short.admit(key, 1))  # never released: its process "died"
+    with pytest.raises(Exception, match="in flight"):
+        rig.loop.run(short.admit(key, 1))
+    time.sleep(0.4)
+    rig.loop.run(short.admit(key, 1))
+
+
+def test_release_without_settle_keeps_the_reservation(redis_rig: Rig) -> None:
+    rig = redis_rig
+    key = rig.key(tpm=100)
+    admission = rig.admit(key, 70)
+
+    async def release() -> None:
+        await admission.release()
+        assert isinstance(rig.limiter, RedisLimiter)
+        await rig.limiter.flush()
+
+    rig.loop.run(release())
+    assert rig.refused(key, 40).code == "rate_limit_exceeded"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_without_redis_the_local_limits_apply_and_it_is_logged_once(
+    redis_rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = redis_rig
+    dead = RedisLink(Redis.from_url(f"redis://127.0.0.1:{_closed_port()}"), recheck_seconds=60)
+    limiter = FallbackLimiter(
+        RedisLimiter(dead, rig.store), MemoryLimiter(rig.store, rig.pricing), dead
+    )
+    key = rig.key(rpm=2)
+    with caplog.at_level(logging.INFO, logger="chatgpt_proxy.redis"):
+        for _ in range(2):
+            rig.loop.run(limiter.admit(key, 1))
+        with pytest.raises(Exception, match="RPM"):
+            rig.loop.run(limiter.admit(key, 1))
+    assert not dead.up
+    warnings = [r for r in caplog.records if r.name == "chatgpt_proxy.redis"]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    rig.loop.run(limiter.close())
+    rig.loop.run(dead.close())

@@ -1,0 +1,96 @@
+"""A revocation, a policy change or an upstream cooldown on one replica reaches all in < 1 s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import openai
+import pytest
+from replica_harness import ADMIN, Replicas, chat
+
+from chatgpt_proxy.upstream.pool import KeyState
+from fake_openai import FAKE_KEYS, FakeOpenAI
+from harness import Proxy
+
+
+def _refused(client: openai.OpenAI) -> bool:
+    try:
+        chat(client)
+    except openai.AuthenticationError:
+        return True
+    return False
+
+
+def test_a_key_revoked_on_one_replica_stops_working_on_all_within_a_second(
+    replicas: Replicas,
+) -> None:
+    key_id, secret = replicas.create_key()
+    clients = replicas.clients(secret)
+    for client in clients:
+        chat(client)
+    answer = replicas.proxies[1].http().delete(f"/admin/keys/{key_id}", headers=ADMIN)
+    assert answer.status_code == 200
+    # The store's poll is 30 s here: only Redis can carry the revocation this fast.
+    for client in (clients[0], clients[2]):
+        assert replicas.wait_until(lambda c=client: _refused(c), timeout=1.0) < 1.0
+    with pytest.raises(openai.AuthenticationError):
+        chat(clients[1])
+
+
+def test_a_policy_change_on_one_replica_applies_on_all(replicas: Replicas) -> None:
+    key_id, secret = replicas.create_key(rpm=1)
+    answer = (
+        replicas.proxies[0].http().patch(f"/admin/keys/{key_id}", json={"rpm": 6}, headers=ADMIN)
+    )
+    assert answer.status_code == 200
+    policy = lambda proxy: proxy.state.keys.authenticate(f"Bearer {secret}").policy  # noqa: E731
+    replicas.wait_until(lambda: all(policy(p).rpm == 6 for p in replicas.proxies), timeout=1.0)
+    assert sum(o.status == 200 for o in replicas.drive(secret, 9)) == 6
+
+
+def _state(proxy: Proxy, alias: str) -> KeyState:
+    [status] = [s for s in proxy.state.router.upstreams[0].pool.snapshot() if s.alias == alias]
+    return status.state
+
+
+def test_an_upstream_key_cooled_on_one_replica_is_skipped_by_all(
+    replicas: Replicas, fake: FakeOpenAI, make_proxy: Callable[..., Proxy]
+) -> None:
+    first, second, third = replicas.proxies
+    fake.script_key(FAKE_KEYS[0], "rate_limit", times=1, retry_after=30)
+    chat(first.client())  # openai#1 answers 429: cooled, and the request retried on openai#2
+    assert _state(first, "openai#1") is KeyState.COOLING
+    for proxy in (second, third):
+        waited = replicas.wait_until(
+            lambda p=proxy: _state(p, "openai#1") is KeyState.COOLING, timeout=1.0
+        )
+        assert waited < 1.0
+    before = len(fake.requests)
+    for _ in range(4):
+        chat(second.client())
+        chat(third.client())
+    assert set(fake.keys_used()[before:]) == {FAKE_KEYS[1]}
+    # A replica that starts later learns it from the stored states.
+    settings = first.state.settings
+    late = make_proxy(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        limits={"redis_prefix": settings.limits.redis_prefix},
+    )
+    replicas.wait_until(lambda: _state(late, "openai#1") is KeyState.COOLING, timeout=1.0)
+    assert _state(first, "openai#2") is KeyState.ACTIVE  # nothing echoed, nothing invented
+
+
+def test_a_readmitted_upstream_key_comes_back_on_all(replicas: Replicas) -> None:
+    first, second, _ = replicas.proxies
+    pool = first.state.router.upstreams[0].pool
+    key = pool.by_alias("openai#2")
+    assert key is not None
+    first.loop.run(_call(lambda: pool.report_retired(key, "invalid")))
+    replicas.wait_until(lambda: _state(second, "openai#2") is KeyState.RETIRED, timeout=1.0)
+    first.loop.run(_call(lambda: pool.readmit(key)))
+    replicas.wait_until(lambda: _state(second, "openai#2") is KeyState.ACTIVE, timeout=1.0)
+
+
+async def _call(function: Callable[[], None]) -> None:
+    function()  # on the proxies' loop, as the upstream client would
