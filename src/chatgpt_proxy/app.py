@@ -9,9 +9,10 @@ Wiring only. Everything that lives as long as the server is created here, kept o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -47,6 +48,17 @@ logger = logging.getLogger("chatgpt_proxy.access")
 errors_logger = logging.getLogger("chatgpt_proxy.app")
 
 
+class RequestIds:
+    """Unique request ids without a system call each: a random prefix per process, a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
+
+
 @dataclass(slots=True)
 class AppState:
     """Every long-lived part of a running proxy."""
@@ -63,6 +75,7 @@ class AppState:
     redactor: Redactor
     catalog: ModelCatalog
     affinity: Affinity = field(default_factory=Affinity)
+    request_ids: RequestIds = field(default_factory=RequestIds)
     redis: Redis | None = None  # the one Redis client, when redis_url is set
     shared: SharedState | None = None  # key changes and upstream states, with Redis
     ready: bool = False
@@ -180,7 +193,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def _handle_request(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Gives each request its id, renders every error as OpenAI's envelope, logs one line."""
-    ctx = RequestContext("req_" + uuid.uuid4().hex, time.monotonic())
+    state = request.app[STATE]
+    ctx = RequestContext(state.request_ids.next(), time.monotonic())
     request[CONTEXT] = ctx
     try:
         response = await handler(request)
@@ -192,7 +206,6 @@ async def _handle_request(request: web.Request, handler: Handler) -> web.StreamR
         # The logs' redacting filter scrubs the traceback of anything secret.
         errors_logger.exception("unexpected error in %s %s", request.method, request.path)
         response = error_response(ProxyError("The server had an error processing your request."))
-    state = request.app[STATE]
     elapsed = time.monotonic() - ctx.started
     state.metrics.observe(ctx.endpoint, response.status, elapsed)
     if state.settings.server.access_log:

@@ -7,6 +7,7 @@ of every upstream key is read only when ``/metrics`` is scraped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -73,14 +74,20 @@ class Metrics:
             "chatgpt_proxy_tokens", "tokens reported by upstreams", ["kind"], registry=self.registry
         )
         self.registry.register(_PoolCollector(upstreams))
+        # Looking a labelled child up takes a lock and builds a tuple: keep them at hand.
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def watch(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Export a number another component keeps, read at scrape time."""
         self.registry.register(_CallbackCounter(name, help_text, read))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        children = self._children.get((endpoint, status))
+        if children is None:
+            children = (self.requests.labels(endpoint, str(status)), self.latency.labels(endpoint))
+            self._children[(endpoint, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -72,19 +72,13 @@ def usage_in_event(event: bytes) -> Usage | None:
     return usage_in_json(data)
 
 
-def estimate_tokens(document: Mapping[str, Any]) -> int:
+def estimate_tokens(document: Mapping[str, Any], body_size: int) -> int:
     """A cheap upper-leaning guess of a request's tokens, reserved before it is forwarded.
 
-    About four bytes of text a token, plus the completion it may ask for; the reservation is
-    settled with the upstream's own count afterwards, so only its order of size matters.
+    About four bytes of body a token, plus the completion it may ask for; the reservation is
+    settled with the upstream's own count afterwards, so only its order of size matters, and
+    measuring the body already read costs nothing.
     """
-    size = 0
-    for name in ("messages", "prompt", "input", "instructions"):
-        value = document.get(name)
-        if isinstance(value, str):
-            size += len(value)
-        elif value is not None:
-            size += len(orjson.dumps(value))
     limit = next(
         (
             value
@@ -93,4 +87,4 @@ def estimate_tokens(document: Mapping[str, Any]) -> int:
         ),
         0,
     )
-    return size // 4 + limit
+    return body_size // 4 + limit

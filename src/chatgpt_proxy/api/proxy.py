@@ -95,6 +95,13 @@ class _Parsed:
     stream: bool
     upload: StreamedUpload | None = None  # to tell a stop at the size limit from a failure
 
+    def estimate(self) -> int:
+        if isinstance(self.body, bytes):
+            size = len(self.body)
+        else:
+            size = sum(len(value) for value in self.document.values() if isinstance(value, str))
+        return estimate_tokens(self.document, size)
+
 
 class Forward:
     """The handler of one endpoint."""
@@ -119,7 +126,7 @@ class Forward:
         upstream = state.router.route(model)
         if holder is not None:
             upstream = state.router.get(holder.upstream) or upstream
-        admission = await state.limiter.admit(key, estimate_tokens(parsed.document), model)
+        admission = await state.limiter.admit(key, parsed.estimate(), model)
         ctx.headers.update(admission.headers)
         outcomes: list[Outcome] = []
         costs: list[float] = []

@@ -112,12 +112,10 @@ class UpstreamClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._budget = RetryBudget(retries.budget_ratio, retries.budget_min_per_second, clock=clock)
+        # aiohttp's read timeout bounds the wait for the headers, cheaper than a timeout
+        # context around every request; a stream then gets its idle timeout (see _reads_idle).
         self._answer_timeout = aiohttp.ClientTimeout(
             sock_connect=timeouts.connect, sock_read=timeouts.first_byte
-        )
-        # A stream's headers come at once; after them the idle timeout bounds every silence.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            sock_connect=timeouts.connect, sock_read=timeouts.stream_idle
         )
 
     async def send(self, upstream: Upstream, outbound: Outbound) -> Reply:
@@ -126,7 +124,7 @@ class UpstreamClient:
         url = upstream.settings.base_url + outbound.path
         if outbound.query:
             url += "?" + outbound.query
-        limits = self._stream_timeout if outbound.stream else self._answer_timeout
+        limits = self._answer_timeout
         self._budget.record_request()
         tried: set[str] = set()
         failures = 0
@@ -139,6 +137,8 @@ class UpstreamClient:
             tried.add(key.alias)
             outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
             if isinstance(outcome, aiohttp.ClientResponse):
+                if outbound.stream:
+                    _reads_idle(outcome, self._timeouts.stream_idle)
                 return Reply(outcome, upstream, key, attempts=len(tried))
             last = outcome
             if not isinstance(outcome, UpstreamError | UpstreamTimeout):
@@ -194,17 +194,18 @@ class UpstreamClient:
             organization=upstream.settings.organization,
             project=upstream.settings.project,
         )
+        if limits.sock_read is not None and remaining < limits.sock_read:
+            limits = aiohttp.ClientTimeout(sock_connect=limits.sock_connect, sock_read=remaining)
         handed_on = False
         try:
-            async with asyncio.timeout(min(self._timeouts.first_byte, remaining)):
-                response = await self._session.request(
-                    outbound.method,
-                    url,
-                    headers=headers,
-                    data=outbound.body,
-                    allow_redirects=False,
-                    timeout=limits,
-                )
+            response = await self._session.request(
+                outbound.method,
+                url,
+                headers=headers,
+                data=outbound.body,
+                allow_redirects=False,
+                timeout=limits,
+            )
         except TimeoutError:
             upstream.pool.release(key)
             upstream.pool.report_failure(key)
@@ -261,6 +262,13 @@ class UpstreamClient:
         if status < 300 or _is_html(response):
             return UpstreamError(f"The upstream {upstream.name} answered with an HTML page.")
         return UpstreamError(f"The upstream {upstream.name} failed with status {status}.")
+
+
+def _reads_idle(response: aiohttp.ClientResponse, seconds: float) -> None:
+    """From now on each read of this stream may wait ``seconds``, not the first-byte timeout."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = seconds
 
 
 def _is_html(response: aiohttp.ClientResponse) -> bool:
