@@ -1,10 +1,11 @@
-"""Usage metering: every answered request's usage, written in batches off the hot path.
+"""Usage metering: every answered request's usage, summed in memory and written per interval.
 
-``record`` only appends to a bounded buffer; a background task writes it to the key store
-every ``interval`` seconds or as soon as ``batch_size`` events wait, and ``close`` writes
-what is left, so a clean shutdown loses nothing. If the database is down the events are
-kept (up to ``max_pending``) and written when it returns. ``pricing`` is what the events'
-``cost`` is computed with (``meter.pricing.cost(model, usage)``).
+``record`` adds a request to the tally of its group (client key, model, upstream key alias,
+endpoint, status): a few additions, no allocation for a group already seen, no I/O. A
+background task writes one row per group every ``interval`` seconds, so the database sees
+rows per second whatever the request rate; ``close`` writes what is left, so a clean shutdown
+loses nothing. If the database is down, tallies are kept (up to ``max_groups``) and written
+when it returns. ``pricing`` is what a request's ``cost`` is computed with.
 """
 
 from __future__ import annotations
@@ -12,22 +13,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from dataclasses import dataclass
 
 from chatgpt_proxy.errors import ProxyError
 from chatgpt_proxy.keystore import KeyStore, UsageEvent
 from chatgpt_proxy.pricing import Pricing
+from chatgpt_proxy.usage import Usage
 
 logger = logging.getLogger("chatgpt_proxy.metering")
 
+Group = tuple[str, str, str, str, int]  # key id, model, upstream alias, endpoint, status
+
+
+@dataclass(slots=True)
+class _Tally:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost: float | None = None
+    latency_ms: int = 0
+
+    def merge(self, other: _Tally) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.latency_ms += other.latency_ms
+        if other.cost is not None:
+            self.cost = (self.cost or 0.0) + other.cost
+
 
 class Meter:
-    """Buffers usage events and writes them in batches.
+    """Sums usage per group and writes it in batches.
 
     >>> meter = Meter(store, pricing=Pricing(settings.pricing))
     >>> meter.start()
-    >>> meter.record(UsageEvent(...))      # never waits
-    >>> await meter.close()                # flushes
+    >>> meter.record("key_1", "gpt-4o", "openai#1", "chat.completions", 200, usage, 0.001, 350)
+    >>> await meter.close()                # writes what is left
     """
 
     def __init__(
@@ -35,44 +58,69 @@ class Meter:
         store: KeyStore,
         *,
         interval: float = 1.0,
-        batch_size: int = 500,
-        max_pending: int = 100_000,
+        max_groups: int = 100_000,
         pricing: Pricing | None = None,
     ) -> None:
         self._store = store
         self.pricing = pricing if pricing is not None else Pricing({})
         self._interval = interval
-        self._batch_size = batch_size
-        self._pending: deque[UsageEvent] = deque(maxlen=max_pending)
-        self._wake = asyncio.Event()
+        self._max_groups = max_groups
+        self._tallies: dict[Group, _Tally] = {}
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
-        self.written = 0
+        self.written = 0  # requests written, not rows
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-meter")
 
-    def record(self, event: UsageEvent) -> None:
-        if len(self._pending) == self._pending.maxlen:
-            self.dropped += 1  # bounded: the oldest event is pushed out, and counted
-        self._pending.append(event)
-        if len(self._pending) >= self._batch_size:
-            self._wake.set()
+    def record(
+        self,
+        key_id: str,
+        model: str,
+        upstream: str,
+        endpoint: str,
+        status: int,
+        usage: Usage | None,
+        cost: float | None,
+        latency_ms: int,
+    ) -> None:
+        group = (key_id, model, upstream, endpoint, status)
+        tally = self._tallies.get(group)
+        if tally is None:
+            if len(self._tallies) >= self._max_groups:
+                self.dropped += 1  # bounded: a flood of new groups while the database is down
+                return
+            tally = self._tallies[group] = _Tally()
+        tally.requests += 1
+        tally.latency_ms += latency_ms
+        if usage is not None:
+            tally.prompt_tokens += usage.prompt_tokens
+            tally.completion_tokens += usage.completion_tokens
+            tally.total_tokens += usage.total_tokens
+        if cost is not None:
+            tally.cost = (tally.cost or 0.0) + cost
+
+    @property
+    def pending(self) -> int:
+        """Requests recorded and not yet written."""
+        return sum(tally.requests for tally in self._tallies.values())
 
     async def flush(self) -> None:
-        """Write every event recorded so far; when it returns, they are all in the store."""
+        """Write every request recorded so far; when it returns, they are all in the store."""
         # One flush at a time: a second caller waits for the batch the first is writing,
         # rather than return while it is still on its way.
         async with self._flushing:
-            while self._pending:
-                batch = [self._pending.popleft() for _ in range(min(len(self._pending), 1000))]
-                try:
-                    await self._store.record_usage(batch)
-                except ProxyError:
-                    self._pending.extendleft(reversed(batch))
-                    raise
-                self.written += len(batch)
+            if not self._tallies:
+                return
+            batch, self._tallies = self._tallies, {}
+            try:
+                await self._store.record_usage([_event(g, t) for g, t in batch.items()])
+            except ProxyError:
+                for group, tally in batch.items():
+                    self._tallies.setdefault(group, _Tally()).merge(tally)
+                raise
+            self.written += sum(tally.requests for tally in batch.values())
 
     async def close(self) -> None:
         if self._task is not None:
@@ -85,14 +133,12 @@ class Meter:
         try:
             await self.flush()
         except ProxyError as exc:
-            logger.error("%d usage events could not be written: %s", len(self._pending), exc)
+            logger.error("%d requests' usage could not be written: %s", self.pending, exc)
 
     async def _run(self) -> None:
         failing = False
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            self._wake.clear()
+            await asyncio.sleep(self._interval)
             try:
                 await self.flush()
             except ProxyError as exc:
@@ -101,3 +147,20 @@ class Meter:
                 failing = True
             else:
                 failing = False
+
+
+def _event(group: Group, tally: _Tally) -> UsageEvent:
+    key_id, model, upstream, endpoint, status = group
+    return UsageEvent(
+        key_id=key_id,
+        model=model,
+        upstream=upstream,
+        endpoint=endpoint,
+        status=status,
+        prompt_tokens=tally.prompt_tokens,
+        completion_tokens=tally.completion_tokens,
+        total_tokens=tally.total_tokens,
+        latency_ms=tally.latency_ms,
+        cost=tally.cost,
+        requests=tally.requests,
+    )

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from chatgpt_proxy.app import STATE, AppState, context
 from chatgpt_proxy.errors import InvalidRequest, ModelNotAllowed, ProxyError, UnknownRoute
-from chatgpt_proxy.keystore import ClientKey, UsageEvent
+from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
 from chatgpt_proxy.streaming import CheckAnswer, Outcome, relay
 from chatgpt_proxy.upstream.affinity import Holder
@@ -250,19 +250,9 @@ def _meter(
     """Record the request's usage; its cost in USD (0 when the model has no price)."""
     usage = outcome.usage
     cost = state.meter.pricing.cost(model, usage)
+    latency_ms = int((time.monotonic() - started) * 1000)
     state.meter.record(
-        UsageEvent(
-            key_id=key.id,
-            model=model or "-",
-            upstream=alias,
-            endpoint=endpoint,
-            status=outcome.status,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            total_tokens=usage.total_tokens if usage else 0,
-            latency_ms=int((time.monotonic() - started) * 1000),
-            cost=cost,
-        )
+        key.id, model or "-", alias, endpoint, outcome.status, usage, cost, latency_ms
     )
     return cost or 0.0
 

@@ -164,7 +164,11 @@ class ClientKey:
 
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
-    """One metered request, recorded in batches off the hot path."""
+    """The usage of ``requests`` requests alike (key, model, upstream key, endpoint, status).
+
+    Tokens, cost and ``latency_ms`` are sums over those requests; the meter writes one such
+    row per group and flush, so a busy proxy writes rows per second, not per request.
+    """
 
     key_id: str
     model: str
@@ -177,6 +181,7 @@ class UsageEvent:
     latency_ms: int
     cost: float | None = None  # USD; None when the model's price is unknown
     created_at: datetime = field(default_factory=_utcnow)
+    requests: int = 1
 
 
 @dataclass(frozen=True, slots=True)

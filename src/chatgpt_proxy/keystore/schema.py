@@ -93,11 +93,14 @@ usage_events = sa.Table(
     sa.Column("upstream", sa.String(100), nullable=False),  # key alias, e.g. "openai#1"
     sa.Column("endpoint", sa.String(100), nullable=False),
     sa.Column("status", sa.Integer(), nullable=False),
+    # A row stands for every request of one key, model, upstream key, endpoint and status
+    # that one flush of the meter wrote: metering writes per interval, not per request.
+    sa.Column("requests", sa.Integer(), nullable=False, server_default="1"),
     sa.Column("prompt_tokens", sa.Integer(), nullable=False),
     sa.Column("completion_tokens", sa.Integer(), nullable=False),
     sa.Column("total_tokens", sa.Integer(), nullable=False),
     sa.Column("cost", sa.Float(), nullable=True),  # USD; NULL when the price is unknown
-    sa.Column("latency_ms", sa.Integer(), nullable=False),
+    sa.Column("latency_ms", sa.Integer(), nullable=False),  # summed over the row's requests
     # Every usage query is "this key since then": one composite index serves it, and serves
     # lookups by key_id alone. created_at alone is for pruning old events across all keys.
     sa.Index("ix_usage_events_key_id_created_at", "key_id", "created_at"),

@@ -30,6 +30,7 @@ def _event_row(event: UsageEvent) -> dict[str, Any]:
         "key_id": event.key_id,
         "created_at": aware_utc(event.created_at, "created_at"),
         "status": event.status,
+        "requests": event.requests,
         "prompt_tokens": event.prompt_tokens,
         "completion_tokens": event.completion_tokens,
         "total_tokens": event.total_tokens,
@@ -49,7 +50,7 @@ def summary_query(dialect: str, key_id: str, since: date | None) -> sa.Select[An
         sa.select(
             day,
             usage_events.c.model,
-            sa.func.count().label("requests"),
+            sa.func.sum(usage_events.c.requests).label("requests"),
             *sums,
             sa.func.coalesce(sa.func.sum(usage_events.c.cost), 0.0).label("cost"),
         )

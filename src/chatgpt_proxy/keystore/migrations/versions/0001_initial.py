@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("upstream", sa.String(100), nullable=False),
         sa.Column("endpoint", sa.String(100), nullable=False),
         sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("requests", sa.Integer(), nullable=False, server_default="1"),
         sa.Column("prompt_tokens", sa.Integer(), nullable=False),
         sa.Column("completion_tokens", sa.Integer(), nullable=False),
         sa.Column("total_tokens", sa.Integer(), nullable=False),
