@@ -13,8 +13,8 @@ from chatgpt_proxy.moderation import ItemResult, MemoryVerdictCache, RedisVerdic
 from services import redis_url
 
 MODEL = "omni-moderation-latest"
-CLEAN = ItemResult(frozenset(), {"hate": 0.01, "violence": 0.02})
-FLAGGED = ItemResult(frozenset({"violence"}), {"hate": 0.01, "violence": 0.93})
+CLEAN = ItemResult.of((), {"hate": 0.01, "violence": 0.02})
+FLAGGED = ItemResult.of({"violence"}, {"hate": 0.01, "violence": 0.93})
 
 
 class FakeClock:

@@ -56,6 +56,11 @@ class OpenAIModerationEngine:
         self._settings = settings
         self._cache = cache
         self.errors_total = 0
+        # Merged once: judging a cached verdict is then a lookup per flagged or scored category.
+        self._thresholds = {
+            False: _merged([settings.thresholds]),
+            True: _merged([settings.thresholds, settings.strict_thresholds]),
+        }
 
     def upstream(self) -> Upstream:
         """The upstream whose key pool serves moderation calls (ModelNotFound if none does)."""
@@ -94,23 +99,19 @@ class OpenAIModerationEngine:
 
     def _blocking(self, result: ItemResult, *, strict: bool) -> list[str]:
         allowed = self._settings.categories
+        thresholds = self._thresholds[strict]
+        if not thresholds:  # the common case: the endpoint's own flags decide, scores unread
+            return sorted(c for c in result.flagged if allowed is None or c in allowed)
+        scores = result.scores
         blocking = []
-        for category in sorted(result.flagged | set(result.scores)):
+        for category in sorted(result.flagged | set(scores)):
             if allowed is not None and category not in allowed:
                 continue
-            threshold = self._threshold(category, strict=strict)
-            score = result.scores.get(category, 0.0)
+            threshold = thresholds.get(category, thresholds.get("*"))
+            score = scores.get(category, 0.0)
             if category in result.flagged or (threshold is not None and score >= threshold):
                 blocking.append(category)
         return blocking
-
-    def _threshold(self, category: str, *, strict: bool) -> float | None:
-        tables = [self._settings.thresholds]
-        if strict:
-            tables.append(self._settings.strict_thresholds)
-        found = [t[category] if category in t else t.get("*") for t in tables]
-        known = [value for value in found if value is not None]
-        return min(known) if known else None
 
     async def _moderate(self, unseen: Mapping[str, Item]) -> dict[str, ItemResult]:
         texts = [(key, item) for key, item in unseen.items() if isinstance(item, str)]
@@ -185,7 +186,7 @@ def _parse_result(entry: Mapping[str, Any]) -> ItemResult:
     categories = entry["categories"]
     scores = entry.get("category_scores") or {}
     flagged = frozenset(str(name) for name, value in categories.items() if value is True)
-    return ItemResult(
+    return ItemResult.of(
         flagged,
         {
             str(name): float(score)
@@ -204,3 +205,14 @@ async def _read_capped(reply: Reply) -> bytes:
             raise ModerationFailed("the endpoint's answer is too large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _merged(tables: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """One table giving, per category (and ``"*"``), the lowest threshold any table sets."""
+    merged: dict[str, float] = {}
+    for category in {name for table in tables for name in table}:
+        found = [table.get(category, table.get("*")) for table in tables]
+        known = [value for value in found if value is not None]
+        if known:
+            merged[category] = min(known)
+    return merged
