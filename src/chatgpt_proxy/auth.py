@@ -9,15 +9,14 @@ without touching the database, so a brute-forcer costs one hash and one dict loo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from chatgpt_proxy.errors import AuthenticationFailed, ProxyError
+from chatgpt_proxy.errors import AuthenticationFailed
 from chatgpt_proxy.keystore import ClientKey, KeyStore, hash_secret, looks_like_key
+from chatgpt_proxy.periodic import Periodic
 
 logger = logging.getLogger("chatgpt_proxy.auth")
 
@@ -47,24 +46,18 @@ class KeyCache:
         now: Callable[[], datetime] = _now,
     ) -> None:
         self._store = store
-        self._refresh_seconds = refresh_seconds
         self._now = now
         self._by_hash: dict[str, ClientKey] = {}
         self._hash_of: dict[str, str] = {}
         self._since: datetime | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._poll = Periodic("refreshing client keys", refresh_seconds, self.refresh)
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._poll(), name="key-cache-refresh")
+        self._poll.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._poll.stop()
 
     async def refresh(self) -> None:
         started = self._now()
@@ -102,20 +95,6 @@ class KeyCache:
         if key.expires_at is not None and key.expires_at <= self._now():
             raise AuthenticationFailed("This API key has expired.")
         return key
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_seconds)
-            try:
-                await self.refresh()
-            except ProxyError as exc:
-                if not self._failing:
-                    logger.warning("client keys could not be refreshed: %s", exc.message)
-                self._failing = True
-            else:
-                if self._failing:
-                    logger.info("client keys are refreshed again")
-                self._failing = False
 
 
 def _bearer(authorization: str | None) -> str:

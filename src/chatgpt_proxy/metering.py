@@ -11,12 +11,12 @@ when it returns. ``pricing`` is what a request's ``cost`` is computed with.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
 from chatgpt_proxy.errors import ProxyError
 from chatgpt_proxy.keystore import KeyStore, UsageEvent
+from chatgpt_proxy.periodic import Periodic
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.usage import Usage
 
@@ -63,16 +63,15 @@ class Meter:
     ) -> None:
         self._store = store
         self.pricing = pricing if pricing is not None else Pricing({})
-        self._interval = interval
         self._max_groups = max_groups
         self._tallies: dict[Group, _Tally] = {}
         self._flushing = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("writing usage", interval, self.flush)
         self.dropped = 0
         self.written = 0  # requests written, not rows
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-meter")
+        self._periodic.start()
 
     def record(
         self,
@@ -123,30 +122,13 @@ class Meter:
             self.written += sum(tally.requests for tally in batch.values())
 
     async def close(self) -> None:
-        if self._task is not None:
-            # Holding the flush lock: a batch on its way is written, not cancelled half-way.
-            async with self._flushing:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
+        # Holding the flush lock: a batch on its way is written, not cancelled half-way.
+        async with self._flushing:
+            await self._periodic.stop()
         try:
             await self.flush()
         except ProxyError as exc:
             logger.error("%d requests' usage could not be written: %s", self.pending, exc)
-
-    async def _run(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.flush()
-            except ProxyError as exc:
-                if not failing:
-                    logger.warning("usage could not be written yet: %s", exc.message)
-                failing = True
-            else:
-                failing = False
 
 
 def _event(group: Group, tally: _Tally) -> UsageEvent:

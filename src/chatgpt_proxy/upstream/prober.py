@@ -7,8 +7,6 @@ re-admitted to its pool.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from enum import StrEnum
 
@@ -23,6 +21,7 @@ from chatgpt_proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from chatgpt_proxy.periodic import Periodic
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.client import Outbound, UpstreamClient
 from chatgpt_proxy.upstream.pool import KeyPool, UpstreamKey
@@ -80,18 +79,13 @@ class Prober:
     def __init__(self, client: UpstreamClient, router: Router, *, interval: float) -> None:
         self._client = client
         self._router = router
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("probing retired upstream keys", interval, self.run_once)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="upstream-prober")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
 
     async def run_once(self) -> None:
         for upstream in self._router.upstreams:
@@ -101,11 +95,6 @@ class Prober:
                 if health is Health.OK:
                     upstream.pool.readmit(key)
                     logger.info("upstream key %s recovered and is back in use", key.alias)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.run_once()
 
 
 async def probe_all(settings: Settings) -> list[tuple[str, Health]]:
