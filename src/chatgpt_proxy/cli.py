@@ -255,12 +255,14 @@ def keys_usage(key_id: str, as_json: bool, config_path: str | None) -> None:
         click.echo(orjson.dumps([row.to_dict() for row in rows]).decode())
         return
     click.echo(
-        f"{'DAY':<11} {'MODEL':<28} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} {'TOTAL':>10}"
+        f"{'DAY':<11} {'MODEL':<28} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} "
+        f"{'TOTAL':>10} {'COST USD':>10}"
     )
     for row in rows:
         click.echo(
             f"{row.day.isoformat():<11} {row.model[:28]:<28} {row.requests:>9} "
-            f"{row.prompt_tokens:>10} {row.completion_tokens:>11} {row.total_tokens:>10}"
+            f"{row.prompt_tokens:>10} {row.completion_tokens:>11} {row.total_tokens:>10} "
+            f"{row.cost:>10.4f}"
         )
 
 

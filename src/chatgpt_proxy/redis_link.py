@@ -46,7 +46,8 @@ class RedisUnavailable(Exception):
 
 
 @functools.cache
-def _client_errors() -> tuple[type[BaseException], ...]:
+def client_errors() -> tuple[type[BaseException], ...]:
+    """What the Redis client raises when Redis is unreachable or failing."""
     from redis.exceptions import RedisError
 
     return (RedisError, OSError, TimeoutError)
@@ -58,7 +59,7 @@ def redis_errors(operation: str = "call") -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if isinstance(exc, _client_errors()):
+        if isinstance(exc, client_errors()):
             raise RedisUnavailable(
                 f"Redis is unavailable ({operation}: {type(exc).__name__})"
             ) from exc
@@ -89,7 +90,7 @@ def connect(settings: Settings) -> Redis:
     except ValueError as exc:
         # The URL may hold a password: name the problem, not the value.
         raise ConfigError("redis_url is not a valid redis:// URL") from exc
-    client: Redis = asyncio_redis.Redis(connection_pool=pool)
+    client: Redis = asyncio_redis.Redis.from_pool(pool)  # closing the client closes the pool
     return client
 
 

@@ -42,6 +42,7 @@ logger = logging.getLogger("chatgpt_proxy.shared_state")
 
 _STATES_TTL_MS = 86_400_000
 _EARLY = 0.5  # seconds: a state that ends this much before its time ended on purpose
+_RESUBSCRIBE_SECONDS = 0.5
 
 
 class SharedState:
@@ -58,7 +59,7 @@ class SharedState:
         self._keys_channel = f"{link.prefix}keys"
         self._upstreams_channel = f"{link.prefix}upstreams"
         self._states = f"{link.prefix}upstream-states"
-        self._seen: dict[str, tuple[KeyState, float]] = {}  # alias -> (state, until, monotonic)
+        self._seen: dict[str, tuple[KeyState, float]] = {}  # alias -> (state, until: monotonic)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -93,10 +94,7 @@ class SharedState:
                     await self._subscribe()
                 except RedisUnavailable as exc:
                     self._link.failed(exc)
-            await asyncio.sleep(self._link_recheck())
-
-    def _link_recheck(self) -> float:
-        return max(self._tick, 0.5)
+            await asyncio.sleep(_RESUBSCRIBE_SECONDS)
 
     async def _subscribe(self) -> None:
         with redis_errors("subscribe"):
@@ -105,7 +103,8 @@ class SharedState:
                 await pubsub.subscribe(self._keys_channel, self._upstreams_channel)
                 # Subscribed first, then read: a state published in between is not missed.
                 for value in (await self._link.client.hgetall(self._states)).values():
-                    self._apply_upstream(orjson.loads(value), stored=True)
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        self._apply_upstream(orjson.loads(value), stored=True)
                 async for message in pubsub.listen():
                     await self._on_message(message)
             finally:
@@ -118,9 +117,13 @@ class SharedState:
         if isinstance(channel, bytes):
             channel = channel.decode()
         if channel == self._upstreams_channel:
-            self._apply_upstream(orjson.loads(data), stored=False)
+            try:
+                self._apply_upstream(orjson.loads(data), stored=False)
+            except (ValueError, KeyError, TypeError):  # another version, or not ours at all
+                logger.debug("ignored a malformed upstream state on %s", channel)
             return
-        replica, _, key_id = data.decode().partition(":")
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        replica, _, key_id = text.partition(":")
         if replica == self._replica:
             return
         try:

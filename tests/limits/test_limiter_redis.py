@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -111,3 +112,22 @@ def test_without_redis_the_local_limits_apply_and_it_is_logged_once(
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     rig.loop.run(limiter.close())
     rig.loop.run(dead.close())
+
+
+def test_an_admission_whose_request_went_away_is_undone(redis_rig: Rig) -> None:
+    rig = redis_rig
+    key = rig.key(max_concurrency=1, tpm=100)
+    assert isinstance(rig.limiter, RedisLimiter)
+    limiter = rig.limiter
+
+    async def cancelled_while_admitted() -> None:
+        task = asyncio.create_task(limiter.admit(key, 90))
+        await asyncio.sleep(0)  # queued: on its way to Redis with the next pipeline
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await limiter.flush()  # the admission ran in Redis; its undoing follows it
+
+    rig.loop.run(cancelled_while_admitted())
+    rig.loop.run(limiter.flush())
+    rig.finish(rig.admit(key, 90), 90)  # the slot and the 90 tokens were given back

@@ -17,9 +17,10 @@ from services import redis_url
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A prefix of Redis keys for this test alone; its keys are deleted afterwards."""
+    url = redis_url()  # or skip, before anything starts
     prefix = f"cgp-test:{secrets.token_hex(4)}:"
     yield prefix
-    client = SyncRedis.from_url(redis_url())
+    client = SyncRedis.from_url(url)
     names = list(client.scan_iter(match=prefix + "*"))
     if names:
         client.delete(*names)

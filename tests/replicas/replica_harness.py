@@ -4,7 +4,7 @@ Each replica is a separate app with its own state (key cache, limiter, pools), a
 in its own process; they share the session's background loop. A ``RedisServer`` is a private
 ``redis-server`` on a spare port that a test may kill and start again::
 
-    replicas = Replicas.start(make_proxy, database_url, redis_url, count=3)
+    replicas = Replicas.start(make_proxy, database_url=url, redis_url=redis)  # 3 replicas
     key_id, secret = replicas.create_key(rpm=30)
     outcomes = replicas.drive(secret, 45, chat)       # round-robin over the replicas, at once
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -166,6 +167,15 @@ class RedisServer:
             return bool(client.ping())
         except Exception:
             return False
+
+    def pause(self) -> None:
+        """Stop the process without closing its sockets: a Redis that hangs."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self._process is not None:

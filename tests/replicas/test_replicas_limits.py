@@ -11,7 +11,7 @@ from replica_harness import Replicas, chat, reported_tokens
 from fake_openai import FakeOpenAI
 
 # 6 words of prompt and 20 of answer: 26 tokens as the fake counts them. The proxy's estimate
-# (a quarter of the messages' JSON, ~22, plus max_tokens) is above that, as it should be.
+# (a quarter of the body's bytes, ~38, plus max_tokens) is above that, as it should be.
 STORY = "[[fault:slow:0.02]] [[fault:long:20]] please tell a story"
 STORY_TOKENS = 26
 MAX_TOKENS = 25
@@ -45,7 +45,7 @@ def test_concurrent_streams_never_overrun_tpm(replicas: Replicas, fake: FakeOpen
     key_id, secret = replicas.create_key(tpm=tpm)
     outcomes = replicas.drive(secret, 30, story_stream)
     statuses = Counter(o.status for o in outcomes)
-    assert statuses[200] >= 6 and statuses[429] >= 1, statuses
+    assert statuses[200] >= 3 and statuses[429] >= 1, statuses
     assert {o.code for o in outcomes if o.status == 429} == {"rate_limit_exceeded"}
     used, _ = replicas.usage_totals(key_id)
     assert used == statuses[200] * STORY_TOKENS

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import openai
+import orjson
 import pytest
+from redis import Redis as SyncRedis
 from replica_harness import ADMIN, Replicas, chat
 
 from chatgpt_proxy.upstream.pool import KeyState
 from fake_openai import FAKE_KEYS, FakeOpenAI
 from harness import Proxy
+from services import redis_url
 
 
 def _refused(client: openai.OpenAI) -> bool:
@@ -94,3 +98,21 @@ def test_a_readmitted_upstream_key_comes_back_on_all(replicas: Replicas) -> None
 
 async def _call(function: Callable[[], None]) -> None:
     function()  # on the proxies' loop, as the upstream client would
+
+
+def test_a_cooldown_is_published_once_and_never_echoed(
+    replicas: Replicas, fake: FakeOpenAI, redis_prefix: str
+) -> None:
+    listener = SyncRedis.from_url(redis_url()).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(redis_prefix + "upstreams")
+    listener.get_message(timeout=1.0)  # the subscription's confirmation
+    fake.script_key(FAKE_KEYS[0], "rate_limit", times=1, retry_after=30)
+    chat(replicas.proxies[0].client())
+    for proxy in replicas.proxies[1:]:
+        replicas.wait_until(lambda p=proxy: _state(p, "openai#1") is KeyState.COOLING)
+    time.sleep(0.5)  # five watcher ticks on every replica
+    messages = []
+    while (message := listener.get_message(timeout=0.2)) is not None:
+        messages.append(orjson.loads(message["data"]))
+    listener.close()
+    assert [(m["alias"], m["state"]) for m in messages] == [("openai#1", "cooling")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -46,3 +47,32 @@ def test_redis_killed_mid_run_then_back(
     _, fresh = replicas.create_key(rpm=6)
     assert Counter(o.status for o in replicas.drive(fresh, 12)) == {200: 6, 429: 6}
     assert len(_lines(recorder, mark, LOST)) == 3
+
+
+def test_a_redis_that_hangs_costs_at_most_its_timeout(
+    make_proxy: Callable[..., Proxy],
+    database_url: str,
+    redis_server: RedisServer,
+    recorder: Recorder,
+    fake: FakeOpenAI,
+) -> None:
+    replicas = Replicas.start(
+        make_proxy,
+        count=2,
+        database_url=database_url,
+        redis_url=redis_server.url,
+        limits={"redis_recheck_seconds": 0.2, "redis_timeout": 0.3},
+    )
+    mark = len(recorder.log_lines)
+    _, secret = replicas.create_key(rpm=100)
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        outcomes = replicas.drive(secret, 10)
+        elapsed = time.monotonic() - started
+    finally:
+        redis_server.resume()
+    assert Counter(o.status for o in outcomes) == {200: 10}
+    assert elapsed < 3.0  # a timeout or two, not a hang
+    assert len(_lines(recorder, mark, LOST)) == 2
+    replicas.wait_until(lambda: len(_lines(recorder, mark, BACK)) == 2, timeout=5.0)

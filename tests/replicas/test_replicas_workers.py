@@ -80,7 +80,7 @@ def served(config: Path, tmp_path: Path, secret: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        Replicas.wait_until(lambda: _healthy(url), timeout=30)
+        Replicas.wait_until(lambda: _healthy(url) and _listening(port) == 2, timeout=30)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -98,6 +98,15 @@ def _healthy(url: str) -> bool:
         return httpx2.get(url + "/healthz", timeout=1).status_code == 200
     except httpx2.HTTPError:
         return False
+
+
+def _listening(port: int) -> int:
+    """Sockets listening on ``port``: one per worker once each has started (Linux)."""
+    table = Path("/proc/net/tcp")
+    if not table.exists():
+        return 2  # elsewhere, trust /healthz
+    rows = [line.split() for line in table.read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "0A")
 
 
 def _one_connection(url: str, secret: str) -> Outcome:

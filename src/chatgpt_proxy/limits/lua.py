@@ -11,10 +11,13 @@ share one window. Keys of one client key share a ``{key_id}`` hash tag::
     PREFIX{key_id}:b:EPOCH    hash   tokens, cost: spent in total (+ reserved)
     PREFIX{key_id}:d:EPOCH:DAY hash  tokens, cost: spent that UTC day (+ reserved)
 
-A limit of -1 means none. The admit script answers
-``{code, detail, requests_in_window, tokens_in_window, reset_ms}``: code 0 admitted, -1 a budget
-counter must be seeded first (detail: 1 total, 2 daily, 3 both), else the index of the reason
-in ``REASONS`` + 1 with detail = milliseconds until a retry may pass.
+Arguments travel as few space-separated strings (the client's cost is per argument): admit
+takes the request id, ``"estimate cost"`` and ``"rpm tpm concurrency daily_tokens
+total_tokens daily_cost total_cost window_ms lease_ms total_ttl_ms daily_ttl_ms"``; settle
+takes ``"id flags used_tokens token_delta cost_delta"``. A limit of -1 means none. The admit
+script answers ``"code detail requests_in_window tokens_in_window reset_ms"``: code 0
+admitted, -1 a budget counter must be seeded first (detail: 1 total, 2 daily, 3 both), else
+the index of the reason in ``REASONS`` + 1 with detail = milliseconds until a retry may pass.
 """
 
 from __future__ import annotations
@@ -41,35 +44,48 @@ REASONS = (
     OVER_CONCURRENCY,
 )
 
-ADMIT = """
+_FIELDS = """
+local function fields(text)
+  local out = {}
+  for value in string.gmatch(text, '%S+') do out[#out + 1] = value end
+  return out
+end
+"""
+
+ADMIT = (
+    _FIELDS
+    + """
 local window, weights, slots, total, daily = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, est, est_cost = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local rpm, tpm, max_slots = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local daily_tokens, total_tokens = tonumber(ARGV[7]), tonumber(ARGV[8])
-local daily_cost, total_cost = tonumber(ARGV[9]), tonumber(ARGV[10])
-local window_ms, lease_ms = tonumber(ARGV[11]), tonumber(ARGV[12])
-local total_ttl, daily_ttl = tonumber(ARGV[13]), tonumber(ARGV[14])
+local id, req, lim = ARGV[1], fields(ARGV[2]), fields(ARGV[3])
+local est, est_cost = tonumber(req[1]), req[2]
+local rpm, tpm, max_slots = tonumber(lim[1]), tonumber(lim[2]), tonumber(lim[3])
+local daily_tokens, total_tokens = tonumber(lim[4]), tonumber(lim[5])
+local daily_cost, total_cost = tonumber(lim[6]), tonumber(lim[7])
+local window_ms, lease_ms = tonumber(lim[8]), tonumber(lim[9])
+local total_ttl, daily_ttl = tonumber(lim[10]), tonumber(lim[11])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- One string, not an array: the client reads one line instead of six.
+local function answer(code, wait, count, used, reset)
+  local fields = {code, math.max(0, math.ceil(wait)), count, used, math.max(0, math.ceil(reset))}
+  return table.concat(fields, ' ')
+end
 local has_total = total_tokens >= 0 or total_cost >= 0
 local has_daily = daily_tokens >= 0 or daily_cost >= 0
 local missing = 0
 if has_total and redis.call('EXISTS', total) == 0 then missing = missing + 1 end
 if has_daily and redis.call('EXISTS', daily) == 0 then missing = missing + 2 end
-if missing > 0 then return {-1, missing, 0, 0, 0} end
+if missing > 0 then return answer(-1, missing, 0, 0, 0) end
 
 local function spent(key, field)
   return tonumber(redis.call('HGET', key, field) or '0') or 0
 end
-local function refuse(code, wait, count, used, reset)
-  return {code, math.max(0, math.ceil(wait)), count, used, math.max(0, math.ceil(reset))}
-end
 local function over(limit, key, field) return limit >= 0 and spent(key, field) >= limit end
-if over(daily_tokens, daily, 'tokens') then return refuse(1, 0, 0, 0, 0) end
-if over(total_tokens, total, 'tokens') then return refuse(2, 0, 0, 0, 0) end
-if over(daily_cost, daily, 'cost') then return refuse(3, 0, 0, 0, 0) end
-if over(total_cost, total, 'cost') then return refuse(4, 0, 0, 0, 0) end
+if over(daily_tokens, daily, 'tokens') then return answer(1, 0, 0, 0, 0) end
+if over(total_tokens, total, 'tokens') then return answer(2, 0, 0, 0, 0) end
+if over(daily_cost, daily, 'cost') then return answer(3, 0, 0, 0, 0) end
+if over(total_cost, total, 'cost') then return answer(4, 0, 0, 0, 0) end
 
 local windowed = rpm >= 0 or tpm >= 0
 local count, used = 0, 0
@@ -97,9 +113,9 @@ if windowed then
   count = redis.call('ZCARD', window)
   used = spent(weights, '~sum')
   if rpm >= 0 and count >= rpm then
-    return refuse(5, expiry(count - rpm), count, used, expiry(0))
+    return answer(5, expiry(count - rpm), count, used, expiry(0))
   end
-  if tpm >= 0 and est > tpm then return refuse(7, 0, count, used, expiry(0)) end
+  if tpm >= 0 and est > tpm then return answer(7, 0, count, used, expiry(0)) end
   if tpm >= 0 and used + est > tpm then
     local need, freed, start, wait = used + est - tpm, 0, 0, window_ms
     while start < count and freed < need do
@@ -114,13 +130,13 @@ if windowed then
       end
       start = start + 100
     end
-    return refuse(6, wait, count, used, expiry(0))
+    return answer(6, wait, count, used, expiry(0))
   end
 end
 if max_slots >= 0 then
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   if redis.call('ZCARD', slots) >= max_slots then
-    return refuse(8, 1000, count, used, expiry(0))
+    return answer(8, 1000, count, used, expiry(0))
   end
   redis.call('ZADD', slots, now + lease_ms, id)
   redis.call('PEXPIRE', slots, lease_ms)
@@ -143,33 +159,37 @@ if has_daily then
   redis.call('HINCRBYFLOAT', daily, 'cost', est_cost)
   redis.call('PEXPIRE', daily, daily_ttl)
 end
-return {0, 0, count, used, math.max(0, math.ceil(expiry(0)))}
+return answer(0, 0, count, used, expiry(0))
 """
+)
 
-# ARGV: request id, flags (1 window, 2 slot, 4 total, 8 daily), used tokens, token delta,
-# cost delta. A counter that has gone (expired, Redis restarted) is left to be seeded afresh:
-# HINCRBY would create it holding this delta alone.
-SETTLE = """
+# Flags: 1 window, 2 slot, 4 total, 8 daily. A counter that has gone (expired, Redis
+# restarted) is left to be seeded afresh: HINCRBY would create it holding this delta alone.
+SETTLE = (
+    _FIELDS
+    + """
 local window, weights, slots, total, daily = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, flags = ARGV[1], tonumber(ARGV[2])
+local a = fields(ARGV[1])
+local id, flags, used, delta, cost_delta = a[1], tonumber(a[2]), a[3], a[4], a[5]
 if flags % 2 == 1 then
   local old = redis.call('HGET', weights, id)
   if old then
-    redis.call('HSET', weights, id, ARGV[3])
-    redis.call('HINCRBY', weights, '~sum', tonumber(ARGV[3]) - tonumber(old))
+    redis.call('HSET', weights, id, used)
+    redis.call('HINCRBY', weights, '~sum', tonumber(used) - tonumber(old))
   end
 end
 if math.floor(flags / 2) % 2 == 1 then redis.call('ZREM', slots, id) end
 if math.floor(flags / 4) % 2 == 1 and redis.call('EXISTS', total) == 1 then
-  redis.call('HINCRBY', total, 'tokens', ARGV[4])
-  redis.call('HINCRBYFLOAT', total, 'cost', ARGV[5])
+  redis.call('HINCRBY', total, 'tokens', delta)
+  redis.call('HINCRBYFLOAT', total, 'cost', cost_delta)
 end
 if math.floor(flags / 8) % 2 == 1 and redis.call('EXISTS', daily) == 1 then
-  redis.call('HINCRBY', daily, 'tokens', ARGV[4])
-  redis.call('HINCRBYFLOAT', daily, 'cost', ARGV[5])
+  redis.call('HINCRBY', daily, 'tokens', delta)
+  redis.call('HINCRBYFLOAT', daily, 'cost', cost_delta)
 end
 return 1
 """
+)
 
 # KEYS[1] a budget hash; ARGV: tokens, cost, ttl ms. Only the first seeder of a counter wins.
 SEED = """

@@ -1,0 +1,214 @@
+"""Lua script calls to Redis, sent in pipelines: whatever arrived while the last one was out.
+
+Every admission is one script call and its answer is awaited; every settlement is one call
+nobody waits for. Sent one by one, each costs a round trip and most of the client's CPU goes
+to the per-command machinery; here the calls that arrive while a pipeline is on its way are
+sent together in the next one, on one connection, so a busy process makes few round trips
+and an idle one adds a single loop iteration of latency::
+
+    pipe = AutoPipeline(link)
+    result = await pipe.call(script, keys, args)     # answered when its pipeline returns
+    pipe.send(script, keys, args)                    # fire and forget (bounded queue)
+    await pipe.drain()                               # everything queued has been sent
+
+A call whose caller went away (the request was cancelled) may still have run in Redis:
+``on_orphan`` receives its result, so an admission nobody will settle is released at once.
+A pipeline that fails fails its callers with ``RedisUnavailable`` and drops its unanswered
+sends (they were settlements: their leases and windows lapse by themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable, client_errors, redis_errors
+
+logger = logging.getLogger("chatgpt_proxy.limits")
+
+_MAX_BATCH = 512
+_MAX_QUEUED = 100_000  # sends waiting, at most: past it new ones are dropped, never a call
+
+Args = Sequence[str | int | bytes]
+
+
+class Script:
+    """A Lua script, called by its SHA and loaded again when Redis has forgotten it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass(slots=True)
+class _Call:
+    script: Script
+    keys: Args
+    args: Args
+    future: asyncio.Future[Any] | None
+    on_orphan: Callable[[Any], None] | None = None
+
+
+class AutoPipeline:
+    """Script calls to one Redis, batched into pipelines; one pipeline in flight at a time."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._queue: deque[_Call] = deque()
+        self._sends = 0
+        self._task: asyncio.Task[None] | None = None
+        self._connection: Any = None  # one pipeline at a time: one connection of our own
+
+    async def call(
+        self,
+        script: Script,
+        keys: Args,
+        args: Args,
+        on_orphan: Callable[[Any], None] | None = None,
+    ) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Call(script, keys, args, future, on_orphan))
+        self._kick()
+        return await future
+
+    def send(self, script: Script, keys: Args, args: Args) -> None:
+        if self._sends >= _MAX_QUEUED:
+            return  # bounded: a settlement lost this way lapses with its lease and window
+        self._sends += 1
+        self._queue.append(_Call(script, keys, args, None))
+        self._kick()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been sent, or dropped with its pipeline."""
+        while self._queue or (self._task is not None and not self._task.done()):
+            # Through the one task: two senders on one connection would mix their answers.
+            await asyncio.shield(self._kick())
+
+    def _kick(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-limits")
+        return self._task
+
+    async def _run(self) -> None:
+        while self._queue:
+            size = min(len(self._queue), _MAX_BATCH)
+            batch = [self._queue.popleft() for _ in range(size)]
+            self._sends -= sum(1 for call in batch if call.future is None)
+            try:
+                results = await self._execute(batch)
+            except Exception as exc:
+                if not isinstance(exc, RedisUnavailable):
+                    # A bug, not an outage; still, no request may hang or fail for it.
+                    logger.exception("Redis limits pipeline failed")
+                    exc = RedisUnavailable(f"Redis limits failed ({type(exc).__name__})")
+                self._link.failed(exc)
+                for call in batch:
+                    if call.future is not None and not call.future.done():
+                        call.future.set_exception(exc)
+                continue
+            for call, result in zip(batch, results, strict=True):
+                _deliver(call, result)
+
+    async def close(self) -> None:
+        """Send what is queued, then give the connection back to the client's pool."""
+        await self.drain()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(RedisUnavailable), redis_errors("release"):
+                await self._link.client.connection_pool.release(connection)
+
+    async def _execute(self, batch: Sequence[_Call]) -> list[Any]:
+        with redis_errors("pipeline"):
+            results = await self._round_trip(batch)
+            missing = [i for i, result in enumerate(results) if _no_script(result)]
+            if missing:  # Redis restarted or was flushed: load the scripts, then send those again
+                for script in {batch[i].script.sha: batch[i].script for i in missing}.values():
+                    await self._link.client.script_load(script.source)
+                again = await self._round_trip([batch[i] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+        return results
+
+    async def _round_trip(self, batch: Sequence[_Call]) -> list[Any]:
+        """Write the whole batch at once, then read one answer per call, on our connection.
+
+        The commands are packed here rather than by the client: its general packer costs more
+        than the rest of an admission. A connection that failed before answering anything (a
+        stale one, after a Redis restart) is retried once, fresh, as the client itself would.
+        """
+        packed = b"".join(_pack(call) for call in batch)
+        for attempt in (1, 2):
+            if self._connection is None:
+                pool: Any = self._link.client.connection_pool
+                self._connection = await pool.get_connection()
+            connection = self._connection
+            results: list[Any] = []
+            try:
+                await connection.send_packed_command(packed, check_health=False)
+                for _ in batch:
+                    results.append(await _answer(connection))
+            except BaseException as exc:
+                await connection.disconnect()  # half read: never reuse it as it is
+                if results or attempt == 2 or not isinstance(exc, client_errors()):
+                    raise
+                continue
+            return results
+        raise AssertionError("unreachable")
+
+
+def _pack(call: _Call) -> bytes:
+    """``EVALSHA sha numkeys keys... args...`` in the Redis protocol (RESP)."""
+    parts = [call.script.sha.encode(), str(len(call.keys)).encode()]
+    parts += [_bytes(value) for value in call.keys]
+    parts += [_bytes(value) for value in call.args]
+    out = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + 1)]
+    out += [b"$%d\r\n%s\r\n" % (len(part), part) for part in parts]
+    return b"".join(out)
+
+
+def _bytes(value: str | int | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode() if isinstance(value, int) else value.encode()
+
+
+async def _answer(connection: Any) -> Any:
+    try:
+        return await connection.read_response()
+    except _errors()[0] as exc:  # an answer (NOSCRIPT, a script error), not a broken link
+        return exc
+
+
+def _deliver(call: _Call, result: Any) -> None:
+    future = call.future
+    if future is None:
+        return
+    if future.cancelled():
+        if call.on_orphan is not None and not isinstance(result, Exception):
+            call.on_orphan(result)
+        return
+    if isinstance(result, Exception):
+        # A script error is a bug here, not an outage: still, the request must not fail.
+        future.set_exception(RedisUnavailable(f"Redis script failed: {type(result).__name__}"))
+    else:
+        future.set_result(result)
+
+
+def _no_script(result: object) -> bool:
+    """Whether Redis answered that it does not know the script (it restarted, or was flushed)."""
+    return isinstance(result, _errors()[1])
+
+
+@functools.cache
+def _errors() -> tuple[type[Exception], type[Exception]]:
+    # Imported on first use: this module loads without the optional redis package.
+    from redis.exceptions import NoScriptError, ResponseError
+
+    return ResponseError, NoScriptError
