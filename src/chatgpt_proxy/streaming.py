@@ -22,7 +22,7 @@ from chatgpt_proxy.errors import UpstreamError
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.upstream.client import Reply
-from chatgpt_proxy.usage import Usage, event_data, usage_in_event, usage_in_json
+from chatgpt_proxy.usage import Usage, event_data, usage_in_document, usage_in_json
 
 logger = logging.getLogger("chatgpt_proxy.streaming")
 
@@ -32,6 +32,8 @@ _WHOLE_ANSWER_LIMIT = 1024 * 1024
 # How much of a larger JSON answer is kept to find its usage; beyond it usage is unknown.
 _USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 _USAGE_NULL = b',"usage":null'
+_USAGE_MARK = b'"usage"'
+_USAGE_NULL_MARK = b'"usage":null'
 _CREATED = b'"response.created"'
 
 
@@ -51,19 +53,20 @@ CheckAnswer = Callable[[bytes], Awaitable[None]]
 
 
 class EventSplitter:
-    """Cuts an SSE byte stream into whole events, keeping only the unfinished tail."""
+    """Cuts an SSE byte stream after its last whole event, keeping the unfinished tail."""
 
     def __init__(self) -> None:
         self._pending = b""
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> bytes:
+        """The whole events completed by ``chunk`` (``b""`` if none), terminators included."""
         data = self._pending + chunk if self._pending else chunk
         end = data.rfind(b"\n\n")
         if end < 0:
             self._pending = data
-            return []
+            return b""
         self._pending = data[end + 2 :]
-        return [event + b"\n\n" for event in data[:end].split(b"\n\n")]
+        return data[: end + 2]
 
 
 async def relay(
@@ -115,30 +118,40 @@ async def _relay_events(
             outcome.complete = True
             break
         if strip_usage:
-            chunk = _without_usage(splitter.feed(chunk), outcome)
-            if chunk:
-                await response.write(chunk)
+            # Whole events only, so the usage chunk can be cut out and nothing split half-way.
+            if whole := splitter.feed(chunk):
+                await response.write(_without_usage(whole, outcome))
             continue
         await response.write(chunk)
-        for event in splitter.feed(chunk):
-            if (usage := usage_in_event(event)) is not None:
-                outcome.usage = usage
-            if capture_id and outcome.resource_id is None and _CREATED in event:
-                outcome.resource_id = _created_id(event)
+        whole = splitter.feed(chunk)
+        if _has_usage(whole) or (capture_id and outcome.resource_id is None and _CREATED in whole):
+            for event in whole.split(b"\n\n"):
+                document = _event_document(event)
+                outcome.usage = usage_in_document(document) or outcome.usage
+                if capture_id and outcome.resource_id is None and _CREATED in event:
+                    outcome.resource_id = _created_id(document)
     await response.write_eof()
     return response
 
 
-def _without_usage(events: list[bytes], outcome: Outcome) -> bytes:
-    kept = []
-    for event in events:
-        usage = usage_in_event(event)
-        if usage is not None:
-            outcome.usage = usage
-            if _is_usage_only(event):
-                continue
-        kept.append(event.replace(_USAGE_NULL, b""))
-    return b"".join(kept)
+def _has_usage(events: bytes) -> bool:
+    """Whether some event carries a usage object (not just OpenAI's ``"usage":null``)."""
+    return events.count(_USAGE_MARK) > events.count(_USAGE_NULL_MARK)
+
+
+def _without_usage(events: bytes, outcome: Outcome) -> bytes:
+    """``events`` as the client would have had them: no usage chunk, no ``"usage":null``."""
+    if _has_usage(events):
+        kept = []
+        for event in events.split(b"\n\n")[:-1]:
+            if _USAGE_MARK in event:
+                document = _event_document(event)
+                outcome.usage = usage_in_document(document) or outcome.usage
+                if isinstance(document, dict) and document.get("choices") == []:
+                    continue
+            kept.append(event + b"\n\n")
+        events = b"".join(kept)
+    return events.replace(_USAGE_NULL, b"")
 
 
 def _event_document(event: bytes) -> object:
@@ -148,8 +161,7 @@ def _event_document(event: bytes) -> object:
         return None
 
 
-def _created_id(event: bytes) -> str | None:
-    document = _event_document(event)
+def _created_id(document: object) -> str | None:
     if isinstance(document, dict) and isinstance(response := document.get("response"), dict):
         return _string(response.get("id"))
     return None
@@ -165,11 +177,6 @@ def _object_id(body: bytes) -> str | None:
 
 def _string(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _is_usage_only(event: bytes) -> bool:
-    document = _event_document(event)
-    return isinstance(document, dict) and document.get("choices") == []
 
 
 async def _relay_body(

@@ -62,16 +62,6 @@ def event_data(event: bytes) -> bytes:
     return b"".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
 
 
-def usage_in_event(event: bytes) -> Usage | None:
-    """The usage carried by one SSE event, if any."""
-    if _USAGE_MARK not in event:
-        return None
-    data = event_data(event)
-    if not data or data == b"[DONE]":
-        return None
-    return usage_in_json(data)
-
-
 def estimate_tokens(document: Mapping[str, Any], body_size: int) -> int:
     """A cheap upper-leaning guess of a request's tokens, reserved before it is forwarded.
 

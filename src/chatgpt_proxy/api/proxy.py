@@ -30,6 +30,7 @@ BodyKind = Literal["json", "multipart", "none"]
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _CHECKED_ANSWERS = frozenset({"chat.completions", "completions", "responses"})
 
 
@@ -233,6 +234,11 @@ class Forward:
             return parsed.body, False
         if options is not None and not isinstance(options, dict):
             return parsed.body, False  # malformed: the upstream tells the client so
+        if options is None and isinstance(parsed.body, bytes):
+            # Prepend the one member instead of re-encoding the whole history: cheaper, and
+            # every byte the client sent still goes up as it was.
+            start = parsed.body.index(b"{") + 1
+            return parsed.body[:start] + _INCLUDE_USAGE + parsed.body[start:], True
         document = dict(parsed.document)
         document["stream_options"] = {**(options or {}), "include_usage": True}
         return orjson.dumps(document), True
