@@ -88,10 +88,17 @@ class UpstreamSettings(_Section):
 class TimeoutSettings(_Section):
     connect: float = Field(10.0, gt=0, description="seconds to open a connection upstream")
     first_byte: float = Field(
-        300.0, gt=0, description="seconds to wait for the upstream's response headers"
+        300.0,
+        gt=0,
+        description="seconds to wait for the upstream's answer to begin (a non-streamed answer "
+        "comes whole, so this is its generation time)",
     )
-    stream_idle: float = Field(120.0, gt=0, description="seconds a stream may stay silent")
-    request: float = Field(600.0, gt=0, description="overall deadline of one request, retries in")
+    stream_idle: float = Field(
+        120.0, gt=0, description="seconds a stream may stay silent once it has begun"
+    )
+    request: float = Field(
+        600.0, gt=0, description="seconds to get an answer, every retry on another key included"
+    )
 
 
 class RetrySettings(_Section):
