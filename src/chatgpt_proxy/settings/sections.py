@@ -1,38 +1,25 @@
-"""The one place configuration is read: a YAML file, ``${ENV}`` interpolation, or env vars alone.
+"""The settings themselves: every section, field, type, default and description.
 
-Every setting is a typed field with a default and a description; those descriptions are the
-documentation, and ``config.example.yaml`` is generated from them (``example_yaml()``), so the
-two cannot drift apart::
-
-    settings = load_settings("config.yaml")      # validated once, immutable
-    settings.server.port                         # 3000
-
-Errors name the field and, for a file, the line it stands on.
+This is the one table of configuration: validation, the documentation and
+``config.example.yaml`` all come from it. Reading it from files and the environment is
+``loading``'s job.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from chatgpt_proxy.errors import ConfigError
-
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class _Section(BaseModel):
@@ -354,181 +341,3 @@ class Settings(_Section):
         if len(names) != len(set(names)):
             raise ValueError("upstream names must be unique")
         return value
-
-
-def load_settings(
-    path: str | Path | None = None, *, environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Read the config file (``./config.yaml`` if present and none given) or the environment."""
-    env = os.environ if environ is None else environ
-    if path is None and Path("config.yaml").is_file():
-        path = "config.yaml"
-    if path is None:
-        return _from_environment(env)
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
-    return parse_settings(text, env, source=str(file))
-
-
-def parse_settings(text: str, environ: Mapping[str, str], *, source: str = "<config>") -> Settings:
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    if node is None:
-        raise ConfigError(f"{source}: the file is empty")
-    lines: dict[tuple[str | int, ...], int] = {}
-    data = _node_value(node, (), lines, environ, source)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping")
-    return _validate(data, source, lines)
-
-
-def _node_value(
-    node: yaml.Node,
-    path: tuple[str | int, ...],
-    lines: dict[tuple[str | int, ...], int],
-    environ: Mapping[str, str],
-    source: str,
-) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            result[key] = _node_value(value_node, (*path, key), lines, environ, source)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _node_value(item, (*path, index), lines, environ, source)
-            for index, item in enumerate(node.value)
-        ]
-    assert isinstance(node, yaml.ScalarNode)
-    if isinstance(node.value, str) and "${" in node.value:
-        return _interpolate(node.value, environ, _where(source, path, lines[path]))
-    # Resolve plain scalars as YAML would (numbers, booleans, null) without losing line numbers.
-    return yaml.safe_load(yaml.serialize(node))
-
-
-def _interpolate(value: str, environ: Mapping[str, str], where: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in environ:
-            raise ConfigError(f"{where}: environment variable {name} is not set")
-        return environ[name]
-
-    return _ENV_REF.sub(replace, value)
-
-
-def _where(source: str, path: tuple[str | int, ...], line: int | None) -> str:
-    dotted = ".".join(f"[{part}]" if isinstance(part, int) else part for part in path)
-    dotted = dotted.replace(".[", "[")
-    at = f" (line {line})" if line else ""
-    return f"{source}: {dotted or '<top>'}{at}"
-
-
-def _validate(
-    data: dict[str, Any], source: str, lines: Mapping[tuple[str | int, ...], int]
-) -> Settings:
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        paths = [tuple(error["loc"]) for error in exc.errors()]
-        for error in exc.errors():
-            path = tuple(error["loc"])
-            if any(other[: len(path)] == path and other != path for other in paths):
-                continue  # a container's complaint about its own bad item says nothing more
-            line = next(
-                (lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None
-            )
-            problems.append(f"{_where(source, path, line)}: {error['msg']}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from exc
-
-
-def _from_environment(environ: Mapping[str, str]) -> Settings:
-    keys = [key.strip() for key in environ.get("OPENAI_API_KEYS", "").split(",") if key.strip()]
-    if not keys:
-        raise ConfigError(
-            "no configuration: write config.yaml (see config.example.yaml) or set "
-            "OPENAI_API_KEYS (comma-separated upstream keys)"
-        )
-    data: dict[str, Any] = {
-        "upstreams": [
-            {
-                "name": "openai",
-                "base_url": environ.get("OPENAI_BASE_URL", DEFAULT_BASE_URL),
-                "keys": keys,
-            }
-        ]
-    }
-    if admin_key := environ.get("CHATGPT_PROXY_ADMIN_KEY"):
-        data["auth"] = {"admin_key": admin_key}
-    if database_url := environ.get("CHATGPT_PROXY_DATABASE_URL"):
-        data["database_url"] = database_url
-    if redis_url := environ.get("CHATGPT_PROXY_REDIS_URL"):
-        data["redis_url"] = redis_url
-    return _validate(data, "environment", {})
-
-
-def example_yaml() -> str:
-    """The documented example configuration, generated from the fields' descriptions."""
-    out = [
-        "# chatgpt-proxy configuration. Every value may be ${ENV_VAR}.",
-        "# Generated from src/chatgpt_proxy/settings.py: edit the descriptions there.",
-        "",
-    ]
-    _describe(Settings, out, indent=0)
-    return "\n".join(out) + "\n"
-
-
-_EXAMPLE_VALUES: dict[str, Any] = {
-    "upstreams": [
-        {
-            "name": "openai",
-            "base_url": DEFAULT_BASE_URL,
-            "keys": ["${OPENAI_API_KEY}"],
-            "models": ["*"],
-            "strategy": "round_robin",
-        }
-    ],
-    "admin_key": "${CHATGPT_PROXY_ADMIN_KEY}",
-}
-
-
-def _describe(model: type[BaseModel], out: list[str], indent: int) -> None:
-    pad = " " * indent
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            out.append(f"{pad}# {field.description}")
-            out.append(f"{pad}{name}:")
-            _describe(annotation, out, indent + 2)
-            continue
-        if name == "upstreams":
-            out.append(f"{pad}# {field.description}")
-            out.append(f"{pad}upstreams:")
-            for line in _upstream_example():
-                out.append(f"{pad}  {line}")
-            continue
-        value = _EXAMPLE_VALUES.get(name, field.default)
-        if isinstance(value, SecretStr) or value is None:
-            value = _EXAMPLE_VALUES.get(name)
-        rendered = yaml.safe_dump(value, default_flow_style=True).strip()
-        rendered = rendered.removesuffix("\n...").removesuffix("...").strip() or "null"
-        out.append(f"{pad}{name}: {rendered}  # {field.description}")
-
-
-def _upstream_example() -> list[str]:
-    example = _EXAMPLE_VALUES["upstreams"][0]
-    lines = []
-    for index, (name, field) in enumerate(UpstreamSettings.model_fields.items()):
-        value = example.get(name, field.default)
-        rendered = yaml.safe_dump(value, default_flow_style=True).strip()
-        rendered = rendered.removesuffix("...").strip() or "null"
-        lead = "- " if index == 0 else "  "
-        lines.append(f"{lead}{name}: {rendered}  # {field.description}")
-    return lines
