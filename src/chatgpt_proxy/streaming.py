@@ -126,16 +126,19 @@ async def _relay_events(
         whole = splitter.feed(chunk)
         if _has_usage(whole) or (capture_id and outcome.resource_id is None and _CREATED in whole):
             for event in whole.split(b"\n\n"):
+                created = capture_id and outcome.resource_id is None and _CREATED in event
+                if not (created or _has_usage(event)):
+                    continue
                 document = _event_document(event)
                 outcome.usage = usage_in_document(document) or outcome.usage
-                if capture_id and outcome.resource_id is None and _CREATED in event:
+                if created:
                     outcome.resource_id = _created_id(document)
     await response.write_eof()
     return response
 
 
 def _has_usage(events: bytes) -> bool:
-    """Whether some event carries a usage object (not just OpenAI's ``"usage":null``)."""
+    """Whether an event carries a usage object, not just OpenAI's ``"usage":null``."""
     return events.count(_USAGE_MARK) > events.count(_USAGE_NULL_MARK)
 
 
@@ -144,7 +147,7 @@ def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     if _has_usage(events):
         kept = []
         for event in events.split(b"\n\n")[:-1]:
-            if _USAGE_MARK in event:
+            if _has_usage(event):  # parse only the one event that matters, not every chunk
                 document = _event_document(event)
                 outcome.usage = usage_in_document(document) or outcome.usage
                 if isinstance(document, dict) and document.get("choices") == []:
