@@ -38,6 +38,7 @@ from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.upstream.affinity import Affinity
 from chatgpt_proxy.upstream.client import UpstreamClient
+from chatgpt_proxy.upstream.idle import IdleWatch
 from chatgpt_proxy.upstream.prober import Prober
 from chatgpt_proxy.upstream.router import Router
 
@@ -142,7 +143,10 @@ async def _open_state(
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     stack.push_async_callback(session.close)
-    client = UpstreamClient(session, settings.timeouts, settings.retries)
+    idle = IdleWatch(settings.timeouts.stream_idle)
+    idle.start()
+    stack.push_async_callback(idle.stop)
+    client = UpstreamClient(session, settings.timeouts, settings.retries, idle=idle)
     if store is None:
         store = await KeyStore.open(settings.database_url)
         stack.push_async_callback(store.close)

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.errors import UpstreamError
+from chatgpt_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.upstream.client import Reply
@@ -102,20 +102,18 @@ async def _relay_events(
     headers.update(SSE_HEADERS)
     response = web.StreamResponse(status=reply.response.status, headers=headers)
     await response.prepare(request)
-    content = reply.response.content
     splitter = EventSplitter()
     while True:
         try:
-            chunk = await content.readany()
+            chunk = await reply.read_chunk()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning("upstream stream via %s broke off: %s", reply.alias, type(exc).__name__)
-            reply.report_failure()
-            await response.write(
-                UpstreamError("The upstream stream broke off before it finished.").sse_event()
-            )
+            await response.write(_broken(reply, type(exc).__name__).sse_event())
             break
         if not chunk:
-            outcome.complete = True
+            if reply.went_silent:  # closed by the idle watch, which may look like an end
+                await response.write(_broken(reply, "silence").sse_event())
+            else:
+                outcome.complete = True
             break
         if strip_usage:
             # Whole events only, so the usage chunk can be cut out and nothing split half-way.
@@ -135,6 +133,15 @@ async def _relay_events(
                     outcome.resource_id = _created_id(document)
     await response.write_eof()
     return response
+
+
+def _broken(reply: Reply, cause: str) -> ProxyError:
+    """Why a stream ended early, logged by key alias and told as an error event."""
+    logger.warning("upstream stream via %s broke off: %s", reply.alias, cause)
+    reply.report_failure()
+    if reply.went_silent:
+        return UpstreamTimeout("The upstream stream stayed silent for too long.")
+    return UpstreamError("The upstream stream broke off before it finished.")
 
 
 def _has_usage(events: bytes) -> bool:
@@ -214,7 +221,7 @@ async def _relay_body(
     kept_size = 0
     while True:
         try:
-            chunk = await upstream.content.readany()
+            chunk = await reply.read_chunk()
         except (aiohttp.ClientError, TimeoutError) as exc:
             reply.report_failure()
             logger.warning("upstream answer via %s broke off: %s", reply.alias, type(exc).__name__)

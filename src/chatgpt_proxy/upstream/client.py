@@ -29,6 +29,7 @@ from chatgpt_proxy.errors import (
 )
 from chatgpt_proxy.headers import upstream_request_headers
 from chatgpt_proxy.settings import RetrySettings, TimeoutSettings
+from chatgpt_proxy.upstream.idle import IdleWatch, Watched
 from chatgpt_proxy.upstream.pool import UpstreamKey
 from chatgpt_proxy.upstream.retry import RetryBudget, backoff_delay
 from chatgpt_proxy.upstream.router import Upstream
@@ -61,6 +62,7 @@ class Reply:
     upstream: Upstream
     key: UpstreamKey
     attempts: int
+    watched: Watched | None = None  # a stream's silence watch
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -71,6 +73,8 @@ class Reply:
         if self._closed:
             return
         self._closed = True
+        if self.watched is not None:
+            self.watched.done()
         self.upstream.pool.release(self.key)
         if broken:
             self.response.close()  # drops the connection: the upstream sees the cancel
@@ -79,6 +83,18 @@ class Reply:
 
     def report_failure(self) -> None:
         self.upstream.pool.report_failure(self.key)
+
+    @property
+    def went_silent(self) -> bool:
+        """Whether the stream was ended for staying silent longer than ``stream_idle``."""
+        return self.watched is not None and self.watched.went_silent
+
+    async def read_chunk(self) -> bytes:
+        """What has arrived of the answer (waiting for something); ``b""`` at its end."""
+        chunk = await self.response.content.readany()
+        if self.watched is not None:
+            self.watched.touch()
+        return chunk
 
     async def read(self, limit: int = 16 * 1024 * 1024) -> bytes:
         """The whole answer (up to ``limit`` bytes); a broken one is an ``UpstreamError``."""
@@ -105,15 +121,17 @@ class UpstreamClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        idle: IdleWatch | None = None,
     ) -> None:
         self._session = session
+        self._idle = idle
         self._timeouts = timeouts
         self._retries = retries
         self._clock = clock
         self._rng = rng or random.Random()
         self._budget = RetryBudget(retries.budget_ratio, retries.budget_min_per_second, clock=clock)
         # aiohttp's read timeout bounds the wait for the headers, cheaper than a timeout
-        # context around every request; a stream then gets its idle timeout (see _reads_idle).
+        # context around every request; a stream is then watched for silence instead.
         self._answer_timeout = aiohttp.ClientTimeout(
             sock_connect=timeouts.connect, sock_read=timeouts.first_byte
         )
@@ -137,9 +155,10 @@ class UpstreamClient:
             tried.add(key.alias)
             outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
             if isinstance(outcome, aiohttp.ClientResponse):
+                reply = Reply(outcome, upstream, key, attempts=len(tried))
                 if outbound.stream:
-                    _reads_idle(outcome, self._timeouts.stream_idle)
-                return Reply(outcome, upstream, key, attempts=len(tried))
+                    reply.watched = self._watch_silence(outcome)
+                return reply
             last = outcome
             if not isinstance(outcome, UpstreamError | UpstreamTimeout):
                 # Tied to that key, not to the request: another key is tried at once.
@@ -159,6 +178,20 @@ class UpstreamClient:
             if delay >= deadline - self._clock():
                 raise last
             await asyncio.sleep(delay)
+
+    def _watch_silence(self, response: aiohttp.ClientResponse) -> Watched | None:
+        """From the headers on, a stream may stay silent ``stream_idle``, not ``first_byte``."""
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        if self._idle is None:
+            if protocol is not None:
+                protocol.read_timeout = self._timeouts.stream_idle
+            return None
+        if protocol is not None:
+            # No timer re-armed on every chunk: the watch's one sweep ends silent streams.
+            protocol.read_timeout = None
+            protocol.start_timeout()
+        return self._idle.watch(response)
 
     def _acquire(
         self, upstream: Upstream, tried: set[str], last: ProxyError | None, prefer: str | None
@@ -262,13 +295,6 @@ class UpstreamClient:
         if status < 300 or _is_html(response):
             return UpstreamError(f"The upstream {upstream.name} answered with an HTML page.")
         return UpstreamError(f"The upstream {upstream.name} failed with status {status}.")
-
-
-def _reads_idle(response: aiohttp.ClientResponse, seconds: float) -> None:
-    """From now on each read of this stream may wait ``seconds``, not the first-byte timeout."""
-    connection = response.connection
-    if connection is not None and connection.protocol is not None:
-        connection.protocol.read_timeout = seconds
 
 
 def _is_html(response: aiohttp.ClientResponse) -> bool:

@@ -1,0 +1,77 @@
+"""Ending upstream streams that go silent: one sweep for all of them, not a timer per chunk.
+
+aiohttp's read timeout re-arms a timer on every chunk it receives; over a stream of many small
+chunks that costs more than relaying them. Instead each stream notes when it last received
+something, and one periodic sweep closes those silent for longer than ``stream_idle``: the
+relay then sees its upstream connection end, and tells the client with an error event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from chatgpt_proxy.periodic import Periodic
+
+
+class Watched:
+    """One stream under watch; ``touch()`` on every chunk received."""
+
+    __slots__ = ("_clock", "_streams", "last", "response", "went_silent")
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        streams: dict[int, Watched],
+        clock: Callable[[], float],
+    ) -> None:
+        self.response = response
+        self.last = clock()
+        self.went_silent = False
+        self._streams = streams
+        self._clock = clock
+        streams[id(self)] = self
+
+    def touch(self) -> None:
+        self.last = self._clock()
+
+    def done(self) -> None:
+        self._streams.pop(id(self), None)
+
+
+class IdleWatch:
+    """Closes the streams that received nothing for ``idle`` seconds.
+
+    >>> watch = IdleWatch(idle=120.0)
+    >>> watch.start()
+    >>> watched = watch.watch(response)   # then watched.touch() per chunk, watched.done()
+    """
+
+    def __init__(self, idle: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._idle = idle
+        self._clock = clock
+        self._streams: dict[int, Watched] = {}
+        # A sweep at a quarter of the limit ends a silent stream at most 25% late.
+        interval = max(0.05, min(1.0, idle / 4))
+        self._periodic = Periodic("ending silent upstream streams", interval, self._sweep)
+
+    def start(self) -> None:
+        self._periodic.start()
+
+    async def stop(self) -> None:
+        await self._periodic.stop()
+
+    def watch(self, response: aiohttp.ClientResponse) -> Watched:
+        return Watched(response, self._streams, self._clock)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def _sweep(self) -> None:
+        deadline = self._clock() - self._idle
+        for watched in [w for w in self._streams.values() if w.last < deadline]:
+            watched.went_silent = True
+            watched.done()
+            watched.response.close()
