@@ -13,7 +13,6 @@ import logging
 import multiprocessing
 import signal
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -111,7 +110,6 @@ def run(
     host: str | None = None,
     port: int | None = None,
     workers: int | None = None,
-    before_fork: Callable[[], None] | None = None,
 ) -> None:
     host = host or settings.server.host
     port = settings.server.port if port is None else port
@@ -127,10 +125,11 @@ def run(
     for process in processes:
         process.start()
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(_signum: int, _frame: object) -> None:
+        # Each worker stops gracefully on its own SIGTERM (see _serve).
         for process in processes:
-            if process.pid is not None and process.is_alive():
-                process.terminate() if signum == signal.SIGTERM else process.kill()
+            if process.is_alive():
+                process.terminate()
 
     signal.signal(signal.SIGTERM, forward)
     try:
