@@ -6,8 +6,10 @@ defence for what libraries put in exception texts (DESIGN §3.1).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from typing import TextIO
 
 from chatgpt_proxy.redaction import Redactor
 
@@ -28,8 +30,39 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record at once but flushes once per event-loop turn, not once per line.
+
+    Under load the access log writes hundreds of lines between two turns of the loop; one
+    system call for all of them instead of one each. Outside a running loop it flushes at once.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._flush_pending = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if not self._flush_pending:
+            self._flush_pending = True
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        self.flush()
+
+
 def configure_logging(level: str, redactor: Redactor) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = DeferredFlushHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter(redactor))
     root = logging.getLogger()

@@ -33,8 +33,13 @@ class Redactor:
         )
         self._patterns = [(re.compile(p), r) for p, r in _PATTERNS]
         self._patterns_bytes = [(re.compile(p.encode()), r.encode()) for p, r in _PATTERNS]
+        # One pass finds whether there is anything to replace: most text (every access log
+        # line) has nothing, and then costs one search instead of a substitution per pattern.
+        self._anything = re.compile("|".join([*parts, *(p for p, _ in _PATTERNS)]))
 
     def scrub(self, text: str) -> str:
+        if self._anything.search(text) is None:
+            return text
         if self._secrets is not None:
             text = self._secrets.sub("***", text)
         for pattern, replacement in self._patterns:

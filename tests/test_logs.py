@@ -1,0 +1,74 @@
+"""Logs: records scrubbed of upstream keys and account ids; lines flushed once per loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+from chatgpt_proxy.logs import DeferredFlushHandler, RedactingFilter
+from chatgpt_proxy.redaction import Redactor
+
+SECRET = "local-upstream-secret-0123"
+
+
+class _CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def _logger(stream: io.StringIO) -> tuple[logging.Logger, DeferredFlushHandler]:
+    handler = DeferredFlushHandler(stream)
+    handler.addFilter(RedactingFilter(Redactor([SECRET])))
+    logger = logging.getLogger(f"test-logs-{id(stream)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def test_secrets_key_shapes_and_account_ids_are_scrubbed() -> None:
+    redactor = Redactor([SECRET])
+    text = f"upstream said {SECRET} for sk-proj-abcdef123 in org-AbCdEf12 / proj_XyZ12345"
+    assert redactor.scrub(text) == "upstream said *** for sk-*** in org-*** / proj_***"
+    plain = "req_1 POST /v1/chat/completions 200 key=key_1 model=gpt-4o 3.1ms"
+    assert redactor.scrub(plain) is plain  # nothing to replace: the text is returned as it is
+    assert redactor.scrub_bytes(SECRET.encode() + b" org-AbCdEf12") == b"*** org-***"
+
+
+def test_a_traceback_is_scrubbed_too() -> None:
+    stream = io.StringIO()
+    logger, _ = _logger(stream)
+    try:
+        raise RuntimeError(f"connecting with {SECRET}")
+    except RuntimeError:
+        logger.exception("upstream failed")
+    assert SECRET not in stream.getvalue()
+    assert "RuntimeError: connecting with ***" in stream.getvalue()
+
+
+def test_lines_are_written_at_once_and_flushed_once_per_loop_turn() -> None:
+    stream = _CountingStream()
+    logger, _ = _logger(stream)
+
+    async def burst() -> int:
+        for n in range(100):
+            logger.info("line %d", n)
+        flushes_during_burst = stream.flushes
+        await asyncio.sleep(0)  # one turn of the loop
+        return flushes_during_burst
+
+    assert asyncio.run(burst()) == 0
+    assert stream.flushes == 1
+    assert stream.getvalue().count("\n") == 100
+
+
+def test_outside_a_loop_every_line_is_flushed() -> None:
+    stream = _CountingStream()
+    logger, _ = _logger(stream)
+    logger.info("one")
+    logger.info("two")
+    assert stream.flushes == 2
