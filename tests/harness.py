@@ -119,6 +119,11 @@ class Proxy:
         self._clients.append(client)
         return client
 
+    def post_json(self, path: str, content: bytes) -> httpx2.Response:
+        """POST these exact bytes as JSON with the client key; the answer is read whole."""
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        return self.http().post(path, content=content, headers=headers)
+
     def client(self, key: str | None = None, **kwargs: Any) -> openai.OpenAI:
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 30)

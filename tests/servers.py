@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
+import httpx2
 from aiohttp import web
 
 T = TypeVar("T")
@@ -125,3 +129,30 @@ class BackgroundLoop:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (closed again: a server may take it, or none)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def is_serving(url: str) -> bool:
+    """Whether the proxy at ``url`` answers ``/healthz``."""
+    try:
+        return httpx2.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen[str] | None = None, timeout: float = 20.0
+) -> None:
+    """Wait for a proxy started as a subprocess to answer; fail if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while not is_serving(url):
+        assert process is None or process.poll() is None, "the proxy exited before serving"
+        assert time.monotonic() < deadline, f"the proxy never came up at {url}"
+        time.sleep(0.05)

@@ -120,13 +120,7 @@ def test_stream_body_asking_for_usage_is_forwarded_byte_for_byte(
         b' "stream_options": {"include_usage": true},'
         b' "messages": [{"role": "user", "content": "hi"}]}'
     )
-    with proxy.http().stream(
-        "POST",
-        "/v1/chat/completions",
-        content=sent,
-        headers={"Authorization": f"Bearer {proxy.key}", "Content-Type": "application/json"},
-    ) as response:
-        raw = response.read()
+    raw = proxy.post_json("/v1/chat/completions", sent).content
     assert fake.last("/v1/chat/completions").body == sent
     assert b'"usage":{' in raw and raw.endswith(b"data: [DONE]\n\n")
 

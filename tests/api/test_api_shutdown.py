@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,9 @@ import pytest
 import yaml
 
 from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
+from servers import free_port, wait_until_serving
 
 GRACE_SECONDS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Lines:
@@ -59,7 +52,7 @@ class _Served:
 
 @pytest.fixture
 def served(fake: FakeOpenAI, tmp_path: Path) -> Iterator[_Served]:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -98,16 +91,7 @@ def served(fake: FakeOpenAI, tmp_path: Path) -> Iterator[_Served]:
         assert "created one named 'default'" in lines.next(timeout=20)
         key = lines.next(timeout=5).strip()
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx2.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert process.poll() is None, stderr.read_text()
-            assert time.monotonic() < deadline, "the proxy never came up"
-            time.sleep(0.05)
+        wait_until_serving(url, process)
         yield _Served(process, url, key, stderr)
     finally:
         if process.poll() is None:

@@ -13,13 +13,7 @@ def test_the_usage_request_is_one_member_prepended(proxy: Proxy, fake: FakeOpenA
         b'{ "model" : "gpt-4o-mini", "stream": true,\n'
         b' "messages": [{"role": "user", "content": "hi"}], "x_extra": [1, 2.50]}'
     )
-    with proxy.http().stream(
-        "POST",
-        "/v1/chat/completions",
-        content=sent,
-        headers={"Authorization": f"Bearer {proxy.key}", "Content-Type": "application/json"},
-    ) as answer:
-        body = answer.read()
+    body = proxy.post_json("/v1/chat/completions", sent).content
     received = fake.last("/v1/chat/completions").body
     assert received == b'{"stream_options":{"include_usage":true},' + sent[1:]
     assert b'"usage"' not in body  # neither the usage chunk nor "usage":null
@@ -33,13 +27,7 @@ def test_existing_stream_options_are_kept(proxy: Proxy, fake: FakeOpenAI) -> Non
         "stream_options": {"include_obfuscation": False},
         "messages": [{"role": "user", "content": "hi"}],
     }
-    with proxy.http().stream(
-        "POST",
-        "/v1/chat/completions",
-        content=orjson.dumps(document),
-        headers={"Authorization": f"Bearer {proxy.key}", "Content-Type": "application/json"},
-    ) as answer:
-        body = answer.read()
+    body = proxy.post_json("/v1/chat/completions", orjson.dumps(document)).content
     received = orjson.loads(fake.last("/v1/chat/completions").body)
     assert received["stream_options"] == {"include_obfuscation": False, "include_usage": True}
     assert b'"usage"' not in body

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2
@@ -14,6 +12,7 @@ import pytest
 from cli_helpers import clean_env, output, run_cli
 
 from fake_openai import FAKE_KEYS, FakeOpenAI
+from servers import free_port, wait_until_serving
 
 UNKNOWN_KEY = "sk-unknown-to-the-fake-000000000000000000000009zz"
 
@@ -73,9 +72,7 @@ def test_check_passes_when_every_key_is_good(tmp_path: Path, fake: FakeOpenAI) -
 
 
 def test_check_reports_an_unreachable_upstream(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there
     env = {"OPENAI_API_KEYS": FAKE_KEYS[0], "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"}
     result = run_cli(["check"], cwd=tmp_path, env=env)
     assert result.returncode != 0
@@ -173,14 +170,8 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_end_to_end(tmp_path: Path, fake: FakeOpenAI) -> None:
-    port = _free_port()
+    port = free_port()
     env = clean_env(
         {
             "OPENAI_API_KEYS": f"{FAKE_KEYS[0]},{FAKE_KEYS[1]}",
@@ -204,15 +195,7 @@ def test_serve_end_to_end(tmp_path: Path, fake: FakeOpenAI) -> None:
         key = process.stdout.readline().strip()
         assert key.startswith("pk-")
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx2.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "serve did not start"
-            time.sleep(0.1)
+        wait_until_serving(url, process)
         with httpx2.Client(base_url=url, timeout=10) as http:
             answer = http.post(
                 "/v1/chat/completions",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import pytest
@@ -15,6 +14,7 @@ from chatgpt_proxy.limits.fallback import FallbackLimiter
 from chatgpt_proxy.limits.memory import MemoryLimiter
 from chatgpt_proxy.limits.redis import RedisLimiter
 from chatgpt_proxy.redis_link import RedisLink
+from servers import free_port
 from services import redis_url
 
 
@@ -86,18 +86,11 @@ def test_release_without_settle_keeps_the_reservation(redis_rig: Rig) -> None:
     assert rig.refused(key, 40).code == "rate_limit_exceeded"
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_without_redis_the_local_limits_apply_and_it_is_logged_once(
     redis_rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     rig = redis_rig
-    dead = RedisLink(Redis.from_url(f"redis://127.0.0.1:{_closed_port()}"), recheck_seconds=60)
+    dead = RedisLink(Redis.from_url(f"redis://127.0.0.1:{free_port()}"), recheck_seconds=60)
     limiter = FallbackLimiter(
         RedisLimiter(dead, rig.store), MemoryLimiter(rig.store, rig.pricing), dead
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from chatgpt_proxy.errors import ProxyError
 from fake_openai import FakeOpenAI, Received
 from fake_openai import payloads as p
 from harness import ADMIN_KEY, Proxy
+from servers import free_port
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -126,13 +126,6 @@ def reported_tokens(fake: FakeOpenAI, record: Received) -> int:
     marker = next((w for w in texts.split() if w.startswith("[[fault:long:")), None)
     completion = int(marker[13:-2]) if marker else len(fake.reply_text.split())
     return prompt + completion
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class RedisServer:

@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import openai
 import orjson
 import pytest
 import yaml
-from replica_harness import Outcome, Replicas, attempt, chat, free_port
+from replica_harness import Outcome, Replicas, attempt, chat
 
 from fake_openai import FAKE_KEYS, FakeOpenAI
+from servers import free_port, is_serving
 from services import redis_url
 
 
@@ -80,7 +80,7 @@ def served(config: Path, tmp_path: Path, secret: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        Replicas.wait_until(lambda: _healthy(url) and _listening(port) == 2, timeout=30)
+        Replicas.wait_until(lambda: is_serving(url) and _listening(port) == 2, timeout=30)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -91,13 +91,6 @@ def served(config: Path, tmp_path: Path, secret: str) -> Iterator[str]:
             process.wait()
         assert process.stderr is not None
         process.stderr.close()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx2.get(url + "/healthz", timeout=1).status_code == 200
-    except httpx2.HTTPError:
-        return False
 
 
 def _listening(port: int) -> int:

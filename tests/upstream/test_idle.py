@@ -27,13 +27,7 @@ def test_a_silent_stream_ends_with_an_upstream_timeout_event(
         "messages": [{"role": "user", "content": "[[fault:slow:1.5]] hi"}],
     }
     started = time.monotonic()
-    with proxy.http().stream(
-        "POST",
-        "/v1/chat/completions",
-        content=orjson.dumps(request),
-        headers={"Authorization": f"Bearer {proxy.key}", "Content-Type": "application/json"},
-    ) as answer:
-        body = answer.read()
+    body = proxy.post_json("/v1/chat/completions", orjson.dumps(request)).content
     elapsed = time.monotonic() - started
     events = _events(body)
     assert events[-1] != b"[DONE]"
