@@ -129,8 +129,7 @@ class Forward:
             upstream = state.router.get(holder.upstream) or upstream
         admission = await state.limiter.admit(key, parsed.estimate(), model)
         ctx.headers.update(admission.headers)
-        outcomes: list[Outcome] = []
-        costs: list[float] = []
+        used: list[tuple[int, float]] = []  # tokens and cost, once the relay is done
         try:
             await state.moderator.check(self.endpoint.name, parsed.document, key)
             body, strip_usage = self._usage_stream(parsed)
@@ -153,10 +152,8 @@ class Forward:
             started = time.monotonic()
 
             def done(outcome: Outcome) -> None:
-                outcomes.append(outcome)
-                costs.append(
-                    _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
-                )
+                cost = _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
+                used.append((outcome.usage.total_tokens if outcome.usage else 0, cost))
                 if outcome.resource_id is not None:
                     holder = Holder(upstream.name, reply.alias)
                     state.affinity.remember(outcome.resource_id, holder)
@@ -171,8 +168,7 @@ class Forward:
                 capture_id=self.endpoint.name == "responses",
             )
         finally:
-            usage = outcomes[0].usage if outcomes else None
-            await admission.settle(usage.total_tokens if usage else 0, costs[0] if costs else 0.0)
+            await admission.settle(*(used[0] if used else (0, 0.0)))
             await admission.release()
 
     def _holder(self, state: AppState, request: web.Request, parsed: _Parsed) -> Holder | None:

@@ -9,7 +9,6 @@ after ``settle`` (a limiter may apply both at once, then). ``headers`` are the
 
 The limiters, all following the rules in ``limits.rules``:
 
-* ``NoLimits``: admits everything (tests, and a key without limits in every limiter);
 * ``memory.MemoryLimiter``: one process, no other service; the default;
 * ``redis.RedisLimiter``: shared by every process and replica through Redis;
 * ``fallback.FallbackLimiter``: Redis while it answers, memory while it does not.
@@ -51,15 +50,3 @@ class _Unlimited:
 
 
 UNLIMITED: Admission = _Unlimited()
-
-
-class NoLimits:
-    """Admits everything: for deployments and tests without limits."""
-
-    async def admit(
-        self, key: ClientKey, estimated_tokens: int, model: str | None = None
-    ) -> Admission:
-        return UNLIMITED
-
-    async def close(self) -> None:
-        return None
