@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -164,11 +165,8 @@ def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     return events.replace(_USAGE_NULL, b"")
 
 
-def _event_document(event: bytes) -> object:
-    try:
-        return orjson.loads(event_data(event))
-    except orjson.JSONDecodeError:
-        return None
+def _event_document(event: bytes) -> dict[str, Any] | None:
+    return _json_document(event_data(event))
 
 
 def _created_id(document: object) -> str | None:
@@ -177,12 +175,12 @@ def _created_id(document: object) -> str | None:
     return None
 
 
-def _object_id(body: bytes) -> str | None:
+def _json_document(body: bytes) -> dict[str, Any] | None:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return _string(document.get("id")) if isinstance(document, dict) else None
+    return document if isinstance(document, dict) else None
 
 
 def _string(value: object) -> str | None:
@@ -208,9 +206,13 @@ async def _relay_body(
         if upstream.status >= 400:
             body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
         elif is_json:
-            outcome.usage = usage_in_json(body)
             if capture_id and upstream.status < 300:
-                outcome.resource_id = _object_id(body)
+                # One parse for both: the id of the response created, and its usage.
+                document = _json_document(body)
+                outcome.usage = usage_in_document(document)
+                outcome.resource_id = _string(document.get("id")) if document else None
+            else:
+                outcome.usage = usage_in_json(body)
             if checked and check_answer is not None:
                 await check_answer(body)
         outcome.complete = True
