@@ -7,6 +7,8 @@ the store needs SQLAlchemy's async drivers, so the URL is mapped here, once.
 from __future__ import annotations
 
 import importlib
+import sqlite3
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -64,6 +66,27 @@ def create_engine(database_url: str) -> AsyncEngine:
     )
 
 
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL once; it stays so for every later connection.
+
+    The switch needs the file to itself, and SQLite refuses it at once ("database is locked")
+    rather than wait when another connection opens a new file at that moment (replicas or the
+    CLI starting together): retry within the busy timeout. The driver runs this in its own
+    thread, so the sleep never blocks the event loop.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if cursor.fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
 
@@ -75,8 +98,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         # WAL lets the server read while the CLI writes; busy_timeout makes a writer wait for
         # the other's lock instead of failing at once with "database is locked".
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+        _use_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")  # as PostgreSQL enforces them
         cursor.close()
 
