@@ -7,6 +7,7 @@ at its end that no upstream key ever leaked (DESIGN §3.1).
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Iterator
@@ -67,6 +68,18 @@ class RecordingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self._recorder.add_log(self.format(record))
+
+
+class RecordingStream(io.TextIOBase):
+    """The proxy's access log stream: every line goes to the recorder."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self._recorder.add_log(line)
+        return len(text)
 
 
 class _Tee(httpx2.SyncByteStream):
@@ -172,7 +185,7 @@ def proxy_settings(fake: FakeOpenAI, tmp_path: Path, **overrides: Any) -> Settin
 
 
 def start_proxy(loop: BackgroundLoop, settings: Settings, recorder: Recorder) -> Proxy:
-    app = loop.run(create_app(settings))
+    app = loop.run(create_app(settings, log_stream=RecordingStream(recorder)))
     url = loop.start_app(
         app, runner_class=ProxyRunner, shutdown_timeout=settings.server.grace_seconds
     )

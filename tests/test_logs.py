@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 
-from chatgpt_proxy.logs import DeferredFlushHandler, RedactingFilter
+from chatgpt_proxy.logs import AccessLog, DeferredFlushHandler, RedactingFilter
 from chatgpt_proxy.redaction import Redactor
 
 SECRET = "local-upstream-secret-0123"
@@ -72,3 +73,37 @@ def test_outside_a_loop_every_line_is_flushed() -> None:
     logger.info("one")
     logger.info("two")
     assert stream.flushes == 2
+
+
+def test_access_lines_have_the_log_format_are_scrubbed_and_flushed_once_per_turn() -> None:
+    stream = _CountingStream()
+    access = AccessLog(stream, Redactor([SECRET]))
+
+    async def burst() -> int:
+        for n in range(50):
+            access.write(f"req_{n} POST /v1/chat/completions 200 key=key_1")
+        access.write(f"req_x GET /v1/models/{SECRET} 404 key=-")
+        flushes_during_burst = stream.flushes
+        await asyncio.sleep(0)
+        return flushes_during_burst
+
+    assert asyncio.run(burst()) == 0
+    assert stream.flushes == 1
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 51
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(
+        stamp + r" INFO chatgpt_proxy\.access: req_0 POST /v1/chat/completions 200 key=key_1",
+        lines[0],
+    )
+    assert lines[-1].endswith("req_x GET /v1/models/*** 404 key=-")
+
+
+def test_a_broken_access_log_stream_does_not_fail_the_request() -> None:
+    stream = io.StringIO()
+    stream.close()
+
+    async def write() -> None:
+        AccessLog(stream, Redactor()).write("req_1 POST /v1/chat/completions 200")
+
+    asyncio.run(write())  # no exception

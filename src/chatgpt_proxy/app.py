@@ -12,10 +12,11 @@ import contextlib
 import itertools
 import logging
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +29,7 @@ from chatgpt_proxy.limits import Limiter
 from chatgpt_proxy.limits.fallback import FallbackLimiter
 from chatgpt_proxy.limits.memory import MemoryLimiter
 from chatgpt_proxy.limits.redis import RedisLimiter
+from chatgpt_proxy.logs import AccessLog, access_log_enabled
 from chatgpt_proxy.metering import Meter
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.moderation import Moderator, build_moderator
@@ -45,7 +47,6 @@ from chatgpt_proxy.upstream.router import Router
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-logger = logging.getLogger("chatgpt_proxy.access")
 errors_logger = logging.getLogger("chatgpt_proxy.app")
 
 
@@ -75,6 +76,7 @@ class AppState:
     metrics: Metrics
     redactor: Redactor
     catalog: ModelCatalog
+    access_log: AccessLog | None = None  # None when access_log is off
     affinity: Affinity = field(default_factory=Affinity)
     request_ids: RequestIds = field(default_factory=RequestIds)
     redis: Redis | None = None  # the one Redis client, when redis_url is set
@@ -103,11 +105,19 @@ def context(request: web.Request) -> RequestContext:
     return request[CONTEXT]
 
 
-async def create_app(settings: Settings, *, store: KeyStore | None = None) -> web.Application:
-    """Create the resources and the app; ``store`` lets a caller share an open key store."""
+async def create_app(
+    settings: Settings, *, store: KeyStore | None = None, log_stream: TextIO | None = None
+) -> web.Application:
+    """Create the resources and the app.
+
+    ``store`` lets a caller share an open key store; access lines go to ``log_stream``
+    (standard error by default), where ``configure_logging`` sends the other logs.
+    """
     stack = contextlib.AsyncExitStack()
     try:
         state = await _open_state(settings, stack, store)
+        if settings.server.access_log and access_log_enabled():
+            state.access_log = AccessLog(log_stream or sys.stderr, state.redactor)
     except BaseException:
         await stack.aclose()
         raise
@@ -212,17 +222,10 @@ async def _handle_request(request: web.Request, handler: Handler) -> web.StreamR
         response = error_response(ProxyError("The server had an error processing your request."))
     elapsed = time.monotonic() - ctx.started
     state.metrics.observe(ctx.endpoint, response.status, elapsed)
-    if state.settings.server.access_log:
-        logger.info(
-            "%s %s %s %d key=%s model=%s upstream=%s %.1fms",
-            ctx.request_id,
-            request.method,
-            request.path,
-            response.status,
-            ctx.key_id,
-            ctx.model,
-            ctx.upstream,
-            elapsed * 1000,
+    if state.access_log is not None:
+        state.access_log.write(
+            f"{ctx.request_id} {request.method} {request.path} {response.status}"
+            f" key={ctx.key_id} model={ctx.model} upstream={ctx.upstream} {elapsed * 1000:.1f}ms"
         )
     return response
 

@@ -7,8 +7,10 @@ defence for what libraries put in exception texts (DESIGN §3.1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+import time
 from typing import TextIO
 
 from chatgpt_proxy.redaction import Redactor
@@ -59,6 +61,50 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _flush_now(self) -> None:
         self._flush_pending = False
         self.flush()
+
+
+class AccessLog:
+    """The one line per request, written straight to the log stream.
+
+    Through ``logging``, a record, its filter and its formatter cost about a tenth of a whole
+    request's CPU under load; this writes the same line (time, level, logger name) for a
+    fraction of that, scrubbed like every other line, and flushes once per event-loop turn.
+    """
+
+    NAME = "chatgpt_proxy.access"
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        self._stream = stream
+        self._redactor = redactor
+        self._second = -1
+        self._stamp = ""
+        self._flush_pending = False
+
+    def write(self, message: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # one strftime per second, not per line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        millis = int((now - second) * 1000)
+        line = f"{self._stamp},{millis:03d} INFO {self.NAME}: {self._redactor.scrub(message)}\n"
+        try:
+            self._stream.write(line)
+        except (OSError, ValueError):
+            return  # a closed or broken log stream must not fail the request
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
+def access_log_enabled() -> bool:
+    """Whether the log level lets access lines through (they are INFO, as other logs')."""
+    return logging.getLogger(AccessLog.NAME).isEnabledFor(logging.INFO)
 
 
 def configure_logging(level: str, redactor: Redactor) -> None:
