@@ -9,6 +9,7 @@ their limits are shared only through Redis.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import signal
@@ -25,6 +26,9 @@ from chatgpt_proxy.errors import InvalidRequest, ProxyError
 from chatgpt_proxy.settings import Settings
 
 logger = logging.getLogger("chatgpt_proxy.server")
+
+# Young objects the collector may gather before it runs (CPython's default: 700).
+_GC_YOUNG_THRESHOLD = 50_000
 
 
 class _OpenAIErrorHandler(RequestHandler):
@@ -94,9 +98,26 @@ async def _serve(settings: Settings, host: str, port: int, *, reuse_port: bool) 
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
     logger.info("chatgpt-proxy listening on http://%s:%d", host, port)
+    _tune_gc()
     await stop.wait()
     logger.info("shutting down: letting requests in flight finish")
     await runner.cleanup()
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    With the default threshold, the collector runs every few requests and walks every live
+    request's objects, promoting them to older generations that it then walks again; and the
+    ~100,000 objects of start-up (SQLAlchemy, pydantic, aiohttp...) are walked by every full
+    collection. Freezing start-up's objects and collecting young ones less often measured
+    +25-40% requests per second on one core (bench/). Memory barely grows: objects without
+    reference cycles are freed by reference counting as before.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _run_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
