@@ -97,9 +97,17 @@ def connect(settings: Settings) -> Redis:
 class RedisLink:
     """A Redis client, its key prefix, and whether it is answering."""
 
-    def __init__(self, client: Redis, *, prefix: str = "", recheck_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "",
+        recheck_seconds: float = 1.0,
+        timeout: float = 1.0,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.timeout = timeout  # for one command, or one pipeline of them
         self.up = True
         self._recheck_seconds = recheck_seconds
         self._pinger: asyncio.Task[None] | None = None
@@ -111,6 +119,7 @@ class RedisLink:
             connect(settings),
             prefix=limits.redis_prefix,
             recheck_seconds=limits.redis_recheck_seconds,
+            timeout=limits.redis_timeout,
         )
 
     def failed(self, exc: BaseException) -> None:

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -140,8 +141,9 @@ class AutoPipeline:
         """Write the whole batch at once, then read one answer per call, on our connection.
 
         The commands are packed here rather than by the client: its general packer costs more
-        than the rest of an admission. A connection that failed before answering anything (a
-        stale one, after a Redis restart) is retried once, fresh, as the client itself would.
+        than the rest of an admission. One timeout bounds the whole round trip, instead of a
+        timer per answer read. A connection that failed before answering anything (a stale
+        one, after a Redis restart) is retried once, fresh, as the client itself would.
         """
         packed = b"".join(_pack(call) for call in batch)
         for attempt in (1, 2):
@@ -151,9 +153,10 @@ class AutoPipeline:
             connection = self._connection
             results: list[Any] = []
             try:
-                await connection.send_packed_command(packed, check_health=False)
-                for _ in batch:
-                    results.append(await _answer(connection))
+                async with asyncio.timeout(self._link.timeout):
+                    await connection.send_packed_command(packed, check_health=False)
+                    for _ in batch:
+                        results.append(await _answer(connection))
             except BaseException as exc:
                 await connection.disconnect()  # half read: never reuse it as it is
                 if results or attempt == 2 or not isinstance(exc, client_errors()):
@@ -181,7 +184,7 @@ def _bytes(value: str | int | bytes) -> bytes:
 
 async def _answer(connection: Any) -> Any:
     try:
-        return await connection.read_response()
+        return await connection.read_response(timeout=math.inf)  # the caller's timeout bounds it
     except _errors()[0] as exc:  # an answer (NOSCRIPT, a script error), not a broken link
         return exc
 

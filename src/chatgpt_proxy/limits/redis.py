@@ -65,7 +65,8 @@ class RedisLimiter:
         self._limit_strings: dict[Limits, bytes] = {}
         self._key_names: dict[tuple[str, datetime, date], tuple[bytes, ...]] = {}
         # Request ids: unique across replicas without a random draw per request.
-        self._ids = (f"{secrets.token_hex(4)}.{n:x}" for n in itertools.count())
+        self._id_prefix = secrets.token_hex(4)
+        self._id_counter = itertools.count()
 
     async def admit(
         self, key: ClientKey, estimated_tokens: int, model: str | None = None
@@ -77,7 +78,12 @@ class RedisLimiter:
         day = utc_day(self._wall_clock())
         keys = self._keys(key, day)
         admission = _RedisAdmission(
-            self._pipe, keys, next(self._ids), limits, estimated_tokens, cost
+            self._pipe,
+            keys,
+            f"{self._id_prefix}.{next(self._id_counter):x}",
+            limits,
+            estimated_tokens,
+            cost,
         )
         args = (admission.request_id, f"{estimated_tokens} {cost!r}", self._limit_args(limits))
         for _ in range(3):
