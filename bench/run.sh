@@ -14,7 +14,8 @@
 #   BENCH_LATENCY_DURATION  seconds per latency run at one connection (5)
 #   BENCH_LATENCY_ROUNDS    interleaved rounds of the latency runs (BENCH_ROUNDS)
 #   BENCH_REDIS=1      add a run with redis_url and a key with rpm/tpm limits
-#   BENCH_REDIS_URL    the Redis for that run (redis://127.0.0.1:6379/0)
+#   BENCH_REDIS_URL    the Redis for that run (default: a private redis-server on the load core,
+#                      so Redis's own CPU is not taken from the measured server's core)
 #   BENCH_MODERATION=1 add runs with moderation on: same prompt (cache hits), new prompts (misses)
 #   BENCH_FIRST_CHUNK=0  skip bench/first_chunk.py (time to first chunk)
 #   BENCH_SERVER_CPU / BENCH_LOAD_CPU   cores of the measured server / of upstream + wrk (0 / 1)
@@ -38,7 +39,7 @@ LAT_DURATION="${BENCH_LATENCY_DURATION:-5}"
 LAT_WARMUP=1
 LAT_ROUNDS="${BENCH_LATENCY_ROUNDS:-$ROUNDS}"
 [[ "$LAT_ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_LATENCY_ROUNDS must be a positive integer"
-REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}"
+REDIS_URL="${BENCH_REDIS_URL:-}"
 SERVER_CPU="${BENCH_SERVER_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
 
@@ -330,7 +331,7 @@ META="$TMP/meta.txt"
 cat "$META" >&2
 
 # --- fake upstream (nginx) and the reference proxy (nginx proxy_pass) ----------------------
-read -r -a FREE_PORTS <<<"$("${LIB[@]}" ports 13)"
+read -r -a FREE_PORTS <<<"$("${LIB[@]}" ports 14)"
 take_port; UP_JSON=$PORT
 take_port; UP_SSE=$PORT
 take_port; NGX_JSON=$PORT
@@ -362,6 +363,22 @@ new_key() { "$CGP" keys create --config "$TMP/keys.yaml" "$@" | tail -n 1; }
 KEY="$(new_key --name bench)"
 [ -n "$KEY" ] || die "could not create a client key"
 REDIS_ON=0
+if [ "${BENCH_REDIS:-0}" = 1 ] && [ -z "$REDIS_URL" ]; then
+    if command -v redis-server >/dev/null 2>&1; then
+        take_port
+        taskset -c "$LOAD_CPU" redis-server --port "$PORT" --bind 127.0.0.1 --save '' \
+            --appendonly no >"$TMP/redis.log" 2>&1 &
+        PIDS+=("$!")
+        REDIS_URL="redis://127.0.0.1:$PORT/0"
+        for _ in $(seq 50); do
+            "$PY" -c 'import sys, redis; redis.Redis.from_url(sys.argv[1]).ping()' "$REDIS_URL" \
+                2>/dev/null && break
+            sleep 0.1
+        done
+    else
+        REDIS_URL="redis://127.0.0.1:6379/0"
+    fi
+fi
 if [ "${BENCH_REDIS:-0}" = 1 ]; then
     if "$PY" -c 'import sys, redis; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()' \
         "$REDIS_URL" 2>/dev/null; then
