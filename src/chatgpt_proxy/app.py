@@ -14,7 +14,7 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -94,7 +94,15 @@ class RequestContext:
     key_id: str = "-"
     model: str = "-"
     upstream: str = "-"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] | None = None  # the x-ratelimit-* headers of the client key
+
+    def stamp(self, response: web.StreamResponse) -> None:
+        """Put the headers every answer carries on ``response``, before it is prepared."""
+        headers = response.headers
+        headers["x-request-id"] = self.request_id
+        headers["openai-processing-ms"] = str(int((time.monotonic() - self.started) * 1000))
+        if self.headers:
+            headers.update(self.headers)
 
 
 STATE = web.AppKey("state", AppState)
@@ -126,7 +134,6 @@ async def create_app(
         client_max_size=settings.server.max_body_bytes,
     )
     app[STATE] = state
-    app.on_response_prepare.append(_stamp_headers)
 
     async def close(_: web.Application) -> None:
         state.ready = False
@@ -206,7 +213,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _handle_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Gives each request its id, renders every error as OpenAI's envelope, logs one line."""
+    """Gives each request its id, renders every error as OpenAI's envelope, logs one line.
+
+    A handler that streams its answer stamps it (``RequestContext.stamp``) before preparing it;
+    every other answer is stamped here.
+    """
     state = request.app[STATE]
     ctx = RequestContext(state.request_ids.next(), time.monotonic())
     request[CONTEXT] = ctx
@@ -220,6 +231,8 @@ async def _handle_request(request: web.Request, handler: Handler) -> web.StreamR
         # The logs' redacting filter scrubs the traceback of anything secret.
         errors_logger.exception("unexpected error in %s %s", request.method, request.path)
         response = error_response(ProxyError("The server had an error processing your request."))
+    if not response.prepared:
+        ctx.stamp(response)
     elapsed = time.monotonic() - ctx.started
     state.metrics.observe(ctx.endpoint, response.status, elapsed)
     if state.access_log is not None:
@@ -245,13 +258,3 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> ProxyError:
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return MethodNotAllowed(f"Invalid method for URL ({request.method} {request.path}).")
     return UnknownRoute(f"Invalid URL ({request.method} {request.path})")
-
-
-async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    ctx = request.get(CONTEXT)
-    if ctx is None:
-        return
-    response.headers["x-request-id"] = ctx.request_id
-    response.headers["openai-processing-ms"] = str(int((time.monotonic() - ctx.started) * 1000))
-    if ctx.headers:
-        response.headers.update(ctx.headers)

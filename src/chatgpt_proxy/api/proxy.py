@@ -128,7 +128,7 @@ class Forward:
         if holder is not None:
             upstream = state.router.get(holder.upstream) or upstream
         admission = await state.limiter.admit(key, parsed.estimate(), model)
-        ctx.headers.update(admission.headers)
+        ctx.headers = admission.headers
         used: list[tuple[int, float]] = []  # tokens and cost, once the relay is done
         try:
             await state.moderator.check(self.endpoint.name, parsed.document, key)

@@ -11,6 +11,8 @@ from chatgpt_proxy.errors import ModelNotFound
 from chatgpt_proxy.settings import PoolSettings, UpstreamSettings
 from chatgpt_proxy.upstream.pool import KeyPool, PoolPolicy
 
+_MAX_REMEMBERED = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -38,6 +40,7 @@ class Router:
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = tuple(upstreams)
         self._by_name = {upstream.name: upstream for upstream in upstreams}
+        self._by_model: dict[str, Upstream] = {}  # glob matches are worth remembering
 
     @classmethod
     def from_settings(
@@ -68,8 +71,14 @@ class Router:
         """The upstream for ``model``; with no model (fetches by id), the first upstream."""
         if model is None:
             return self.upstreams[0]
+        found = self._by_model.get(model)
+        if found is not None:
+            return found
         for upstream in self.upstreams:
             if upstream.serves(model):
+                if len(self._by_model) >= _MAX_REMEMBERED:  # model names are the client's
+                    self._by_model.clear()
+                self._by_model[model] = upstream
                 return upstream
         raise ModelNotFound(
             f"The model `{model}` does not exist or you do not have access to it.",
