@@ -34,7 +34,7 @@ _GC_YOUNG_THRESHOLD = 50_000
 class _OpenAIErrorHandler(RequestHandler):
     """Answers requests that fail to parse (bad header bytes, CRLF, NUL...) in OpenAI's format.
 
-    aiohttp answers those before any middleware runs, as plain text; SDKs expect JSON.
+    aiohttp answers those before any route runs, as plain text; SDKs expect JSON.
     """
 
     def handle_error(
@@ -56,7 +56,7 @@ class _OpenAIErrorHandler(RequestHandler):
             body=error.body(),
             status=error.status,
             content_type="application/json",
-            # Every answer carries these, even one the app's middleware never saw.
+            # Every answer carries these, even one no route saw.
             headers={"x-request-id": "req_" + uuid.uuid4().hex, "openai-processing-ms": "0"},
         )
         response.force_close()

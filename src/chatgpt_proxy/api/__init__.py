@@ -2,14 +2,18 @@
 
 from aiohttp import web
 
-from chatgpt_proxy.api.admin import add_admin_routes
-from chatgpt_proxy.api.health import add_health_routes
-from chatgpt_proxy.api.models import add_model_routes
-from chatgpt_proxy.api.proxy import add_proxy_routes
+from chatgpt_proxy.api.admin import admin_routes
+from chatgpt_proxy.api.health import health_routes
+from chatgpt_proxy.api.models import model_routes
+from chatgpt_proxy.api.proxy import proxy_routes
+from chatgpt_proxy.app import no_route, served
 
 
 def add_routes(app: web.Application) -> None:
-    add_model_routes(app)  # before /v1/models/{model}, which would not match it anyway
-    add_proxy_routes(app)
-    add_admin_routes(app)
-    add_health_routes(app)
+    # /v1/models before /v1/models/{model}, which would not match it anyway
+    for route in [*model_routes(), *proxy_routes(), *admin_routes(), *health_routes()]:
+        web.route(route.method, route.path, served(route.handler), **route.kwargs).register(
+            app.router
+        )
+    # Last: what no route above took gets its 404 or 405 in OpenAI's format.
+    app.router.add_route("*", r"/{path:[\s\S]*}", served(no_route))  # newlines too

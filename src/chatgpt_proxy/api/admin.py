@@ -151,12 +151,14 @@ def _since(value: str | None) -> date | None:
         raise InvalidRequest("`since` must be a date such as 2026-11-01.", param="since") from exc
 
 
-def add_admin_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/keys", create_key)
-    app.router.add_get("/admin/keys", list_keys)
-    app.router.add_get("/admin/keys/{id}", get_key)
-    app.router.add_patch("/admin/keys/{id}", update_key)
-    app.router.add_delete("/admin/keys/{id}", revoke_key)
-    app.router.add_get("/admin/keys/{id}/usage", key_usage)
-    app.router.add_get("/admin/upstreams", upstreams)
-    app.router.add_get("/admin/moderation", moderation_blocks)
+def admin_routes() -> list[web.RouteDef]:
+    return [
+        web.post("/admin/keys", create_key),
+        web.get("/admin/keys", list_keys),
+        web.get("/admin/keys/{id}", get_key),
+        web.patch("/admin/keys/{id}", update_key),
+        web.delete("/admin/keys/{id}", revoke_key),
+        web.get("/admin/keys/{id}/usage", key_usage),
+        web.get("/admin/upstreams", upstreams),
+        web.get("/admin/moderation", moderation_blocks),
+    ]

@@ -20,5 +20,5 @@ async def list_models(request: web.Request) -> web.Response:
     )
 
 
-def add_model_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/models", list_models)
+def model_routes() -> list[web.RouteDef]:
+    return [web.get("/v1/models", list_models)]

@@ -259,6 +259,5 @@ def _meter(
     return cost or 0.0
 
 
-def add_proxy_routes(app: web.Application) -> None:
-    for endpoint in ENDPOINTS:
-        app.router.add_route(endpoint.method, endpoint.path, Forward(endpoint).handle)
+def proxy_routes() -> list[web.RouteDef]:
+    return [web.route(e.method, e.path, Forward(e).handle) for e in ENDPOINTS]
