@@ -75,20 +75,22 @@ def test_outside_a_loop_every_line_is_flushed() -> None:
     assert stream.flushes == 2
 
 
-def test_access_lines_have_the_log_format_are_scrubbed_and_flushed_once_per_turn() -> None:
+def test_access_lines_have_the_log_format_are_scrubbed_and_written_in_batches() -> None:
     stream = _CountingStream()
-    access = AccessLog(stream, Redactor([SECRET]))
+    access = AccessLog(stream, Redactor([SECRET]), flush_seconds=0.05)
 
-    async def burst() -> int:
+    async def burst() -> tuple[str, int]:
         for n in range(50):
             access.write(f"req_{n} POST /v1/chat/completions 200 key=key_1")
         access.write(f"req_x GET /v1/models/{SECRET} 404 key=-")
-        flushes_during_burst = stream.flushes
         await asyncio.sleep(0)
-        return flushes_during_burst
+        written_at_once = stream.getvalue()
+        await asyncio.sleep(0.1)
+        return written_at_once, stream.flushes
 
-    assert asyncio.run(burst()) == 0
-    assert stream.flushes == 1
+    written_at_once, flushes = asyncio.run(burst())
+    assert written_at_once == ""  # not one write per line, nor per turn of the loop
+    assert flushes == 1
     lines = stream.getvalue().splitlines()
     assert len(lines) == 51
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
@@ -99,11 +101,27 @@ def test_access_lines_have_the_log_format_are_scrubbed_and_flushed_once_per_turn
     assert lines[-1].endswith("req_x GET /v1/models/*** 404 key=-")
 
 
+def test_a_full_batch_is_written_at_once_and_flush_writes_the_rest() -> None:
+    stream = _CountingStream()
+    access = AccessLog(stream, Redactor(), flush_seconds=60, max_pending=10)
+
+    async def lines() -> None:
+        for n in range(25):
+            access.write(f"req_{n}")
+        assert stream.getvalue().count("\n") == 20
+        access.flush()  # as on shutdown
+
+    asyncio.run(lines())
+    assert stream.getvalue().count("\n") == 25
+
+
 def test_a_broken_access_log_stream_does_not_fail_the_request() -> None:
     stream = io.StringIO()
     stream.close()
 
     async def write() -> None:
-        AccessLog(stream, Redactor()).write("req_1 POST /v1/chat/completions 200")
+        access = AccessLog(stream, Redactor())
+        access.write("req_1 POST /v1/chat/completions 200")
+        access.flush()
 
     asyncio.run(write())  # no exception

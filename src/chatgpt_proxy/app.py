@@ -126,6 +126,7 @@ async def create_app(
         state = await _open_state(settings, stack, store)
         if settings.server.access_log and access_log_enabled():
             state.access_log = AccessLog(log_stream or sys.stderr, state.redactor)
+            stack.callback(state.access_log.flush)  # closed first: the last lines written
     except BaseException:
         await stack.aclose()
         raise

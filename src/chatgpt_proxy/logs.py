@@ -64,21 +64,34 @@ class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class AccessLog:
-    """The one line per request, written straight to the log stream.
+    """The one line per request, written straight to the log stream, in batches.
 
     Through ``logging``, a record, its filter and its formatter cost about a tenth of a whole
     request's CPU under load; this writes the same line (time, level, logger name) for a
-    fraction of that, scrubbed like every other line, and flushes once per event-loop turn.
+    fraction of that, scrubbed like every other line. Lines are written together, as nginx's
+    ``access_log ... buffer= flush=`` does: at most ``flush_seconds`` after the first one, or
+    once ``max_pending`` wait, and by ``flush()`` on shutdown. One system call for hundreds
+    of lines instead of one per turn of the event loop.
     """
 
     NAME = "chatgpt_proxy.access"
 
-    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        redactor: Redactor,
+        *,
+        flush_seconds: float = 0.1,
+        max_pending: int = 512,
+    ) -> None:
         self._stream = stream
         self._redactor = redactor
+        self._flush_seconds = flush_seconds
+        self._max_pending = max_pending
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
-        self._flush_pending = False
 
     def write(self, message: str) -> None:
         now = time.time()
@@ -87,18 +100,26 @@ class AccessLog:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         millis = int((now - second) * 1000)
-        line = f"{self._stamp},{millis:03d} INFO {self.NAME}: {self._redactor.scrub(message)}\n"
-        try:
-            self._stream.write(line)
-        except (OSError, ValueError):
-            return  # a closed or broken log stream must not fail the request
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        pending = self._pending
+        pending.append(
+            f"{self._stamp},{millis:03d} INFO {self.NAME}: {self._redactor.scrub(message)}\n"
+        )
+        if len(pending) >= self._max_pending:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_seconds, self.flush)
 
-    def _flush(self) -> None:
-        self._flush_pending = False
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        # A closed or broken log stream must not fail requests: their lines are dropped.
         with contextlib.suppress(OSError, ValueError):
+            self._stream.write(text)
             self._stream.flush()
 
 
