@@ -147,6 +147,16 @@ class Proxy:
             **kwargs,
         )
 
+    def flush_logs(self) -> None:
+        """Write the access lines the proxy holds back for its next batch."""
+        access_log = self.state.access_log
+        if access_log is not None:
+
+            async def flush() -> None:
+                access_log.flush()
+
+            self.loop.run(flush())
+
     def create_key(self, name: str = "test", policy: KeyPolicy | None = None) -> str:
         key, secret = self.loop.run(self.state.store.create(name, policy or KeyPolicy()))
         self.state.keys.apply(key)

@@ -79,6 +79,7 @@ def test_upstream_401_is_not_forwarded_and_its_masked_key_never_shown(
     check_error(response, (429, 503), ("no_upstream_keys", "upstream_rate_limited"))
     _assert_clean_response(response, "the error once every key is dead")
     assert "sk-" not in response.text and "*****" not in response.text
+    proxy.flush_logs()
     _assert_clean("\n".join(proxy.recorder.log_lines[log_start:]), "the logs")
 
 
@@ -205,6 +206,7 @@ def test_proxy_logs_name_aliases_not_keys(proxy: Proxy, fake: FakeOpenAI) -> Non
         http.post(CHAT, json=HELLO, headers=_auth(proxy))
     body = {**HELLO, "messages": [{"role": "user", "content": "[[fault:html]]"}]}
     http.post(CHAT, json=body, headers=_auth(proxy))
+    proxy.flush_logs()
     lines = proxy.recorder.log_lines[log_start:]
     assert any("upstream=openai#" in line for line in lines)
     _assert_clean("\n".join(lines), "the logs")

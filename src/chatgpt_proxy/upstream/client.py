@@ -253,26 +253,21 @@ class UpstreamClient:
             upstream.pool.release(key)
             raise
         try:
-            verdict = await self._judge(upstream, key, response)
-            handed_on = verdict is None
-            return response if verdict is None else verdict
+            if _answers_the_client(upstream, key, response):
+                handed_on = True
+                return response
+            return await self._failure(upstream, key, response)
         finally:
             if not handed_on:
                 upstream.pool.release(key)
                 response.release()
 
-    async def _judge(
+    async def _failure(
         self, upstream: Upstream, key: UpstreamKey, response: aiohttp.ClientResponse
-    ) -> ProxyError | None:
-        """None when the answer is the client's to see; otherwise why this key or try failed."""
+    ) -> ProxyError:
+        """Why this key or this try failed, for an answer not the client's to see."""
         pool = upstream.pool
         status = response.status
-        if status < 300 and not _is_html(response):
-            pool.report_success(key)
-            return None
-        if 400 <= status < 500 and status not in (401, 429) and not _is_html(response):
-            pool.report_success(key)  # the client's own mistake: no penalty to the key
-            return None
         detail = await _error_body(response)
         if status == 401:
             pool.report_retired(key, "invalid")
@@ -295,6 +290,21 @@ class UpstreamClient:
         if status < 300 or _is_html(response):
             return UpstreamError(f"The upstream {upstream.name} answered with an HTML page.")
         return UpstreamError(f"The upstream {upstream.name} failed with status {status}.")
+
+
+def _answers_the_client(
+    upstream: Upstream, key: UpstreamKey, response: aiohttp.ClientResponse
+) -> bool:
+    """Whether the answer is the client's to see: a success, or the client's own mistake.
+
+    Decided from the status line and headers alone, without waiting for the body.
+    """
+    status = response.status
+    theirs = status < 300 or (400 <= status < 500 and status != 401 and status != 429)
+    if theirs and not _is_html(response):
+        upstream.pool.report_success(key)  # a 4xx here is no fault of the key's
+        return True
+    return False
 
 
 def _is_html(response: aiohttp.ClientResponse) -> bool:
