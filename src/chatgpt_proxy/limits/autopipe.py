@@ -3,8 +3,9 @@
 Every admission is one script call and its answer is awaited; every settlement is one call
 nobody waits for. Sent one by one, each costs a round trip and most of the client's CPU goes
 to the per-command machinery; here the calls that arrive while a pipeline is on its way are
-sent together in the next one, on one connection, so a busy process makes few round trips
-and an idle one adds a single loop iteration of latency::
+sent together in the next one, so a busy process makes few round trips and an idle one adds a
+single loop iteration of latency. Two pipelines may be on their way at once, each on a
+connection of its own, so the process has work to send while the other one waits::
 
     pipe = AutoPipeline(link)
     result = await pipe.call(script, keys, args)     # answered when its pipeline returns
@@ -35,6 +36,8 @@ from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable, client_errors,
 logger = logging.getLogger("chatgpt_proxy.limits")
 
 _MAX_BATCH = 512
+_MAX_IN_FLIGHT = 2  # pipelines on their way at once, each on its own connection
+_MAX_HEADS = 4096
 _MAX_QUEUED = 100_000  # sends waiting, at most: past it new ones are dropped, never a call
 
 Args = Sequence[str | int | bytes]
@@ -58,14 +61,16 @@ class _Call:
 
 
 class AutoPipeline:
-    """Script calls to one Redis, batched into pipelines; one pipeline in flight at a time."""
+    """Script calls to one Redis, batched into pipelines; at most two in flight at a time."""
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
         self._queue: deque[_Call] = deque()
         self._sends = 0
-        self._task: asyncio.Task[None] | None = None
-        self._connection: Any = None  # one pipeline at a time: one connection of our own
+        self._running = 0  # pipeline tasks started and not finished
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: list[Any] = []  # connections of our own, between pipelines
+        self._heads: dict[tuple[Script, Args, int], bytes] = {}
 
     async def call(
         self,
@@ -88,40 +93,48 @@ class AutoPipeline:
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been sent, or dropped with its pipeline."""
-        while self._queue or (self._task is not None and not self._task.done()):
-            # Through the one task: two senders on one connection would mix their answers.
-            await asyncio.shield(self._kick())
+        while self._queue or self._tasks:
+            self._kick()
+            # wait(), not gather(): a caller that gives up does not cancel a pipeline half-way
+            await asyncio.wait(list(self._tasks))
 
-    def _kick(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-limits")
-        return self._task
+    def _kick(self) -> None:
+        # A task counts as running until its last statement: one that saw the queue empty
+        # has already stopped counting, so a call queued after it starts another.
+        if self._running < _MAX_IN_FLIGHT and self._queue:
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._run(), name="redis-limits")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
-        while self._queue:
-            size = min(len(self._queue), _MAX_BATCH)
-            batch = [self._queue.popleft() for _ in range(size)]
-            self._sends -= sum(1 for call in batch if call.future is None)
-            try:
-                results = await self._execute(batch)
-            except Exception as exc:
-                if not isinstance(exc, RedisUnavailable):
-                    # A bug, not an outage; still, no request may hang or fail for it.
-                    logger.exception("Redis limits pipeline failed")
-                    exc = RedisUnavailable(f"Redis limits failed ({type(exc).__name__})")
-                self._link.failed(exc)
-                for call in batch:
-                    if call.future is not None and not call.future.done():
-                        call.future.set_exception(exc)
-                continue
-            for call, result in zip(batch, results, strict=True):
-                _deliver(call, result)
+        try:
+            while self._queue:
+                size = min(len(self._queue), _MAX_BATCH)
+                batch = [self._queue.popleft() for _ in range(size)]
+                self._sends -= sum(1 for call in batch if call.future is None)
+                try:
+                    results = await self._execute(batch)
+                except Exception as exc:
+                    if not isinstance(exc, RedisUnavailable):
+                        # A bug, not an outage; still, no request may hang or fail for it.
+                        logger.exception("Redis limits pipeline failed")
+                        exc = RedisUnavailable(f"Redis limits failed ({type(exc).__name__})")
+                    self._link.failed(exc)
+                    for call in batch:
+                        if call.future is not None and not call.future.done():
+                            call.future.set_exception(exc)
+                    continue
+                for call, result in zip(batch, results, strict=True):
+                    _deliver(call, result)
+        finally:
+            self._running -= 1
 
     async def close(self) -> None:
-        """Send what is queued, then give the connection back to the client's pool."""
+        """Send what is queued, then give the connections back to the client's pool."""
         await self.drain()
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
+        idle, self._idle = self._idle, []
+        for connection in idle:
             with contextlib.suppress(RedisUnavailable), redis_errors("release"):
                 await self._link.client.connection_pool.release(connection)
 
@@ -145,33 +158,48 @@ class AutoPipeline:
         timer per answer read. A connection that failed before answering anything (a stale
         one, after a Redis restart) is retried once, fresh, as the client itself would.
         """
-        packed = b"".join(_pack(call) for call in batch)
-        for attempt in (1, 2):
-            if self._connection is None:
-                pool: Any = self._link.client.connection_pool
-                self._connection = await pool.get_connection()
-            connection = self._connection
-            results: list[Any] = []
-            try:
-                async with asyncio.timeout(self._link.timeout):
-                    await connection.send_packed_command(packed, check_health=False)
-                    for _ in batch:
-                        results.append(await _answer(connection))
-            except BaseException as exc:
-                await connection.disconnect()  # half read: never reuse it as it is
-                if results or attempt == 2 or not isinstance(exc, client_errors()):
-                    raise
-                continue
-            return results
-        raise AssertionError("unreachable")
+        packed = b"".join(self._pack(call) for call in batch)
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            pool: Any = self._link.client.connection_pool
+            connection = await pool.get_connection()
+        try:
+            for attempt in (1, 2):
+                results: list[Any] = []
+                try:
+                    async with asyncio.timeout(self._link.timeout):
+                        await connection.send_packed_command(packed, check_health=False)
+                        for _ in batch:
+                            results.append(await _answer(connection))
+                except BaseException as exc:
+                    await connection.disconnect()  # half read: never reuse it as it is
+                    if results or attempt == 2 or not isinstance(exc, client_errors()):
+                        raise
+                    continue  # the next send connects afresh
+                return results
+            raise AssertionError("unreachable")
+        finally:
+            self._idle.append(connection)
+
+    def _pack(self, call: _Call) -> bytes:
+        """``EVALSHA sha numkeys keys... args...`` in the Redis protocol (RESP).
+
+        The part its script and keys decide is packed once: a client key's Redis keys come
+        back with every request it makes.
+        """
+        cache_key = (call.script, tuple(call.keys), len(call.args))
+        head = self._heads.get(cache_key)
+        if head is None:
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            head = self._heads[cache_key] = _pack_head(*cache_key)
+        return head + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in map(_bytes, call.args))
 
 
-def _pack(call: _Call) -> bytes:
-    """``EVALSHA sha numkeys keys... args...`` in the Redis protocol (RESP)."""
-    parts = [call.script.sha.encode(), str(len(call.keys)).encode()]
-    parts += [_bytes(value) for value in call.keys]
-    parts += [_bytes(value) for value in call.args]
-    out = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + 1)]
+def _pack_head(script: Script, keys: Args, args: int) -> bytes:
+    parts = [script.sha.encode(), str(len(keys)).encode(), *map(_bytes, keys)]
+    out = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + args + 1)]
     out += [b"$%d\r\n%s\r\n" % (len(part), part) for part in parts]
     return b"".join(out)
 

@@ -24,15 +24,17 @@ The rules, the same in memory and in Redis:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from chatgpt_proxy.errors import ProxyError, QuotaExceeded, RateLimited
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy
 from chatgpt_proxy.settings import LimitSettings
 
 WINDOW_SECONDS = 60.0
+_EPOCH = date(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class Limits:
         return self.daily_cost is not None or self.total_cost is not None
 
 
+@functools.lru_cache(maxsize=4096)  # per request; policies are few and immutable
 def limits_of(policy: KeyPolicy) -> Limits | None:
     """The key's limits, or ``None`` for a key without any: it then costs nothing to admit."""
     if (
@@ -107,7 +110,12 @@ def budget_epoch(key: ClientKey) -> int:
 
 
 def utc_day(now: float) -> date:
-    return datetime.fromtimestamp(now, UTC).date()
+    return _day_number(int(now // 86_400))  # Unix time has exactly 86,400 s a day
+
+
+@functools.lru_cache(maxsize=4)  # asked for every limited request; a new one daily
+def _day_number(number: int) -> date:
+    return _EPOCH + timedelta(days=number)
 
 
 def day_start(day: date) -> datetime:
