@@ -10,6 +10,7 @@ import pytest
 from limits_rig import Rig
 from redis.asyncio import Redis
 
+from chatgpt_proxy.limits.autopipe import AutoPipeline, Script
 from chatgpt_proxy.limits.fallback import FallbackLimiter
 from chatgpt_proxy.limits.memory import MemoryLimiter
 from chatgpt_proxy.limits.redis import RedisLimiter
@@ -124,3 +125,26 @@ def test_an_admission_whose_request_went_away_is_undone(redis_rig: Rig) -> None:
     rig.loop.run(cancelled_while_admitted())
     rig.loop.run(limiter.flush())
     rig.finish(rig.admit(key, 90), 90)  # the slot and the 90 tokens were given back
+
+
+def test_sends_of_a_merging_script_on_one_key_go_as_one_call(redis_rig: Rig) -> None:
+    rig = redis_rig
+    assert rig.link is not None
+    tally = rig.link.prefix + "tally"
+    merging = Script("redis.call('RPUSH', KEYS[1], #ARGV) return 1", merges=True)
+    alone = Script("redis.call('RPUSH', KEYS[1], 'x' .. #ARGV) return 1")
+    pipe = AutoPipeline(rig.link)
+
+    async def burst() -> object:
+        for n in range(5):
+            pipe.send(merging, (tally,), (f"record {n}",))
+        pipe.send(alone, (tally,), ("a",))
+        pipe.send(alone, (tally,), ("b",))
+        answer = await pipe.call(merging, (tally,), ("awaited",))
+        await pipe.close()
+        return answer
+
+    assert rig.loop.run(burst()) == 1
+    # One pipeline: the five sends as one call; an awaited call and a script that does not
+    # merge, one call each.
+    assert rig.redis("LRANGE", tally, 0, -1) == [b"5", b"x1", b"x1", b"1"]

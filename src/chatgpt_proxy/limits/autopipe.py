@@ -44,10 +44,15 @@ Args = Sequence[str | int | bytes]
 
 
 class Script:
-    """A Lua script, called by its SHA and loaded again when Redis has forgotten it."""
+    """A Lua script, called by its SHA and loaded again when Redis has forgotten it.
 
-    def __init__(self, source: str) -> None:
+    ``merges``: the script handles each of its arguments as a record of its own, so sends to
+    it on the same keys that meet in one pipeline go as one call with all their arguments.
+    """
+
+    def __init__(self, source: str, *, merges: bool = False) -> None:
         self.source = source
+        self.merges = merges
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -113,6 +118,7 @@ class AutoPipeline:
                 size = min(len(self._queue), _MAX_BATCH)
                 batch = [self._queue.popleft() for _ in range(size)]
                 self._sends -= sum(1 for call in batch if call.future is None)
+                batch = _merged(batch)
                 try:
                     results = await self._execute(batch)
                 except Exception as exc:
@@ -195,6 +201,23 @@ class AutoPipeline:
                 self._heads.clear()
             head = self._heads[cache_key] = _pack_head(*cache_key)
         return head + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in map(_bytes, call.args))
+
+
+def _merged(batch: list[_Call]) -> list[_Call]:
+    """The batch with the sends of a merging script on the same keys as one call each."""
+    merged: dict[tuple[Script, tuple[str | int | bytes, ...]], list[str | int | bytes]] = {}
+    out: list[_Call] = []
+    for call in batch:
+        if call.future is None and call.script.merges:
+            group = (call.script, tuple(call.keys))
+            args = merged.get(group)
+            if args is not None:
+                args.extend(call.args)
+                continue
+            args = merged[group] = list(call.args)
+            call = _Call(call.script, call.keys, args, None)
+        out.append(call)
+    return out
 
 
 def _pack_head(script: Script, keys: Args, args: int) -> bytes:

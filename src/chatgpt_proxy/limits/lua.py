@@ -14,7 +14,8 @@ share one window. Keys of one client key share a ``{key_id}`` hash tag::
 Arguments travel as few space-separated strings (the client's cost is per argument): admit
 takes the request id, ``"estimate cost"`` and ``"rpm tpm concurrency daily_tokens
 total_tokens daily_cost total_cost window_ms lease_ms total_ttl_ms daily_ttl_ms"``; settle
-takes ``"id flags used_tokens token_delta cost_delta"``. A limit of -1 means none. The admit
+takes one ``"id flags used_tokens token_delta cost_delta"`` per request it settles (several
+requests of one key, settled at once, share one call). A limit of -1 means none. The admit
 script answers ``"code detail requests_in_window tokens_in_window reset_ms"``: code 0
 admitted, -1 a budget counter must be seeded first (detail: 1 total, 2 daily, 3 both), else
 the index of the reason in ``REASONS`` + 1 with detail = milliseconds until a retry may pass.
@@ -169,23 +170,25 @@ SETTLE = (
     _FIELDS
     + """
 local window, weights, slots, total, daily = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local a = fields(ARGV[1])
-local id, flags, used, delta, cost_delta = a[1], tonumber(a[2]), a[3], a[4], a[5]
-if flags % 2 == 1 then
-  local old = redis.call('HGET', weights, id)
-  if old then
-    redis.call('HSET', weights, id, used)
-    redis.call('HINCRBY', weights, '~sum', tonumber(used) - tonumber(old))
+for n = 1, #ARGV do
+  local a = fields(ARGV[n])
+  local id, flags, used, delta, cost_delta = a[1], tonumber(a[2]), a[3], a[4], a[5]
+  if flags % 2 == 1 then
+    local old = redis.call('HGET', weights, id)
+    if old then
+      redis.call('HSET', weights, id, used)
+      redis.call('HINCRBY', weights, '~sum', tonumber(used) - tonumber(old))
+    end
   end
-end
-if math.floor(flags / 2) % 2 == 1 then redis.call('ZREM', slots, id) end
-if math.floor(flags / 4) % 2 == 1 and redis.call('EXISTS', total) == 1 then
-  redis.call('HINCRBY', total, 'tokens', delta)
-  redis.call('HINCRBYFLOAT', total, 'cost', cost_delta)
-end
-if math.floor(flags / 8) % 2 == 1 and redis.call('EXISTS', daily) == 1 then
-  redis.call('HINCRBY', daily, 'tokens', delta)
-  redis.call('HINCRBYFLOAT', daily, 'cost', cost_delta)
+  if math.floor(flags / 2) % 2 == 1 then redis.call('ZREM', slots, id) end
+  if math.floor(flags / 4) % 2 == 1 and redis.call('EXISTS', total) == 1 then
+    redis.call('HINCRBY', total, 'tokens', delta)
+    redis.call('HINCRBYFLOAT', total, 'cost', cost_delta)
+  end
+  if math.floor(flags / 8) % 2 == 1 and redis.call('EXISTS', daily) == 1 then
+    redis.call('HINCRBY', daily, 'tokens', delta)
+    redis.call('HINCRBYFLOAT', daily, 'cost', cost_delta)
+  end
 end
 return 1
 """

@@ -1,8 +1,9 @@
 """Per-key limits shared through Redis: exact across every process and replica.
 
 Each admission is one call of ``lua.ADMIT`` (every check and reservation at once), each
-settlement with its release one call of ``lua.SETTLE`` that nobody waits for; both go through
-an ``AutoPipeline``, so a busy process sends them in few round trips. A budget counter Redis
+settlement with its release a record for ``lua.SETTLE`` that nobody waits for; both go through
+an ``AutoPipeline``, so a busy process sends them in few round trips, and the settlements of
+one client key in one pipeline as a single call. A budget counter Redis
 does not have yet is seeded from the key store (first use after start, a policy change, a
 Redis restart) and the admission tried again. Redis errors surface as ``RedisUnavailable``,
 for ``FallbackLimiter`` to act on::
@@ -40,7 +41,7 @@ _WINDOW_MS = int(WINDOW_SECONDS * 1000)
 _TOTAL_TTL_MS = 35 * 86_400_000  # an idle key's counter goes; the store re-seeds it when needed
 _DAILY_TTL_MS = 2 * 86_400_000
 _ADMIT = Script(lua.ADMIT)
-_SETTLE = Script(lua.SETTLE)
+_SETTLE = Script(lua.SETTLE, merges=True)  # a busy key's settlements: one call per pipeline
 _SEED = Script(lua.SEED)
 
 
