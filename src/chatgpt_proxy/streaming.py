@@ -153,17 +153,27 @@ def _has_usage(events: bytes) -> bool:
 
 
 def _without_usage(events: bytes, outcome: Outcome) -> bytes:
-    """``events`` as the client would have had them: no usage chunk, no ``"usage":null``."""
-    if _has_usage(events):
-        kept = []
-        for event in events.split(b"\n\n")[:-1]:
-            if _has_usage(event):  # parse only the one event that matters, not every chunk
-                document = _event_document(event)
-                outcome.usage = usage_in_document(document) or outcome.usage
-                if isinstance(document, dict) and document.get("choices") == []:
-                    continue
-            kept.append(event + b"\n\n")
-        events = b"".join(kept)
+    """``events`` as the client would have had them: no usage chunk, no ``"usage":null``.
+
+    The usage chunk comes last, so it is looked for from the end, and only the events that
+    carry a usage object are cut out and parsed, not every event of the chunk.
+    """
+    end = len(events)
+    last: Usage | None = None  # looking from the end, the first found is the latest
+    while _has_usage(events[:end]):
+        mark = events.rfind(_USAGE_MARK, 0, end)
+        start = events.rfind(b"\n\n", 0, mark) + 2  # 1 when the event opens the chunk
+        start = 0 if start == 1 else start
+        stop = events.find(b"\n\n", mark)
+        stop = len(events) if stop < 0 else stop + 2
+        event = events[start:stop]
+        if _has_usage(event):
+            document = _event_document(event)
+            last = last or usage_in_document(document)
+            if isinstance(document, dict) and document.get("choices") == []:
+                events = events[:start] + events[stop:]
+        end = start
+    outcome.usage = last or outcome.usage
     return events.replace(_USAGE_NULL, b"")
 
 

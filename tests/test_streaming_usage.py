@@ -1,0 +1,51 @@
+"""Stripping the usage chunk the proxy asked for, checked against the plain algorithm."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+
+from chatgpt_proxy.streaming import Outcome, _without_usage
+from chatgpt_proxy.usage import Usage, event_data, usage_in_document
+
+
+def _reference(events: bytes) -> tuple[bytes, Usage | None]:
+    """Every event split out and looked at: slow, obviously right."""
+    usage = None
+    kept = []
+    for event in events.split(b"\n\n")[:-1]:
+        if event.count(b'"usage"') > event.count(b'"usage":null'):
+            document = orjson.loads(event_data(event))
+            usage = usage_in_document(document) or usage
+            if document.get("choices") == []:
+                continue
+        kept.append(event + b"\n\n")
+    return b"".join(kept).replace(b',"usage":null', b""), usage
+
+
+def _chunk(n: int) -> bytes:
+    body = {"id": "c", "choices": [{"index": 0, "delta": {"content": f"w{n}"}}], "usage": None}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _usage_chunk(prompt: int, *, with_choice: bool = False) -> bytes:
+    choices = [{"index": 0, "delta": {}}] if with_choice else []
+    usage = {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2}
+    return b"data: " + orjson.dumps({"id": "c", "choices": choices, "usage": usage}) + b"\n\n"
+
+
+def test_the_usage_chunk_is_cut_wherever_it_falls() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        events = [_chunk(n) for n in range(rng.randint(0, 6))]
+        for _ in range(rng.randint(0, 2)):
+            usage = _usage_chunk(rng.randint(1, 99), with_choice=rng.random() < 0.3)
+            events.insert(rng.randint(0, len(events)), usage)
+        if rng.random() < 0.3:
+            events.append(b"data: [DONE]\n\n")
+        joined = b"".join(events)
+        outcome = Outcome(200)
+        expected, usage = _reference(joined)
+        assert _without_usage(joined, outcome) == expected, joined
+        assert outcome.usage == usage
