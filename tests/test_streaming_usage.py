@@ -11,12 +11,15 @@ from chatgpt_proxy.usage import Usage, event_data, usage_in_document
 
 
 def _reference(events: bytes) -> tuple[bytes, Usage | None]:
-    """Every event split out and looked at: slow, obviously right."""
+    """Every event split out and parsed: slow, obviously right. The usage chunk is the one
+    with a usage object and no choices; a chunk with no choices and no usage (Azure's prompt
+    filter results) is the client's."""
     usage = None
     kept = []
     for event in events.split(b"\n\n")[:-1]:
-        if event.count(b'"usage"') > event.count(b'"usage":null'):
-            document = orjson.loads(event_data(event))
+        data = event_data(event)
+        document = orjson.loads(data) if data.startswith(b"{") else {}
+        if isinstance(document.get("usage"), dict):
             usage = usage_in_document(document) or usage
             if document.get("choices") == []:
                 continue
@@ -42,6 +45,8 @@ def test_the_usage_chunk_is_cut_wherever_it_falls() -> None:
         for _ in range(rng.randint(0, 2)):
             usage = _usage_chunk(rng.randint(1, 99), with_choice=rng.random() < 0.3)
             events.insert(rng.randint(0, len(events)), usage)
+        if rng.random() < 0.3:
+            events.insert(rng.randint(0, len(events)), b'data: {"choices":[],"usage": null}\n\n')
         if rng.random() < 0.3:
             events.append(b"data: [DONE]\n\n")
         joined = b"".join(events)

@@ -11,6 +11,7 @@ dropped at once (aiohttp's ``handler_cancellation``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ _USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 _USAGE_NULL = b',"usage":null'
 _USAGE_MARK = b'"usage"'
 _USAGE_NULL_MARK = b'"usage":null'
+_NULL_VALUE = re.compile(rb"\s*:\s*null\b")  # what follows a "usage" key with no usage
 _CREATED = b'"response.created"'
 
 
@@ -155,26 +157,27 @@ def _has_usage(events: bytes) -> bool:
 def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     """``events`` as the client would have had them: no usage chunk, no ``"usage":null``.
 
-    The usage chunk comes last, so it is looked for from the end, and only the events that
-    carry a usage object are cut out and parsed, not every event of the chunk.
+    Every pass over a chunk costs (JSON is full of the quotes the searches start with), so
+    there are two: one removes the ``"usage":null`` members, and one looks for the usage
+    left, from the end, where the usage chunk comes. Only the events that carry a usage
+    object are cut out and parsed.
     """
-    end = len(events)
+    events = events.replace(_USAGE_NULL, b"")
     last: Usage | None = None  # looking from the end, the first found is the latest
-    while _has_usage(events[:end]):
-        mark = events.rfind(_USAGE_MARK, 0, end)
+    mark = events.rfind(_USAGE_MARK)
+    while mark >= 0:
         start = events.rfind(b"\n\n", 0, mark) + 2  # 1 when the event opens the chunk
         start = 0 if start == 1 else start
-        stop = events.find(b"\n\n", mark)
-        stop = len(events) if stop < 0 else stop + 2
-        event = events[start:stop]
-        if _has_usage(event):
-            document = _event_document(event)
+        if _NULL_VALUE.match(events, mark + len(_USAGE_MARK)) is None:
+            stop = events.find(b"\n\n", mark)
+            stop = len(events) if stop < 0 else stop + 2
+            document = _event_document(events[start:stop])
             last = last or usage_in_document(document)
             if isinstance(document, dict) and document.get("choices") == []:
                 events = events[:start] + events[stop:]
-        end = start
+        mark = events.rfind(_USAGE_MARK, 0, start)
     outcome.usage = last or outcome.usage
-    return events.replace(_USAGE_NULL, b"")
+    return events
 
 
 def _event_document(event: bytes) -> dict[str, Any] | None:
