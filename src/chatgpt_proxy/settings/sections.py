@@ -39,7 +39,9 @@ class ServerSettings(_Section):
     max_upstream_connections: int = Field(
         1000, ge=1, description="open connections to all upstreams together, at most"
     )
-    access_log: bool = Field(True, description="log one line per request")
+    access_log: bool = Field(
+        True, description="log one line per request (written in batches, at most 0.1 s late)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
 
