@@ -113,6 +113,12 @@ def context(request: web.Request) -> RequestContext:
     return request[CONTEXT]
 
 
+async def start_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """Send a streamed answer's headers, with those every answer carries."""
+    context(request).stamp(response)
+    await response.prepare(request)
+
+
 async def create_app(
     settings: Settings, *, store: KeyStore | None = None, log_stream: TextIO | None = None
 ) -> web.Application:
@@ -215,8 +221,7 @@ def served(handler: Handler) -> Handler:
 
     Wrapped into each route when it is added rather than run as a middleware: the same work,
     without aiohttp's middleware chain around every request. A handler that streams its
-    answer stamps it (``RequestContext.stamp``) before preparing it; any other answer is
-    stamped here.
+    answer sends it with ``start_stream``, which stamps it; any other answer is stamped here.
     """
 
     async def serve(request: web.Request) -> web.StreamResponse:
@@ -258,7 +263,7 @@ async def no_route(request: web.Request) -> web.StreamResponse:
             allowed |= methods
     if allowed:
         raise MethodNotAllowed(f"Invalid method for URL ({request.method} {request.path}).")
-    raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
+    raise _unknown_route(request)
 
 
 def error_response(err: ProxyError) -> web.Response:
@@ -273,4 +278,8 @@ def error_response(err: ProxyError) -> web.Response:
 def _http_error(request: web.Request, exc: web.HTTPException) -> ProxyError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return RequestTooLarge("The request body is too large.")
+    return _unknown_route(request)
+
+
+def _unknown_route(request: web.Request) -> UnknownRoute:
     return UnknownRoute(f"Invalid URL ({request.method} {request.path})")

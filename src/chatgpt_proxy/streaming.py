@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import CONTEXT
+from chatgpt_proxy.app import start_stream
 from chatgpt_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
@@ -105,8 +105,7 @@ async def _relay_events(
     headers = client_response_headers(reply.response.headers)
     headers.update(SSE_HEADERS)
     response = web.StreamResponse(status=reply.response.status, headers=headers)
-    request[CONTEXT].stamp(response)
-    await response.prepare(request)
+    await start_stream(request, response)
     splitter = EventSplitter()
     while True:
         try:
@@ -233,8 +232,7 @@ async def _relay_body(
         outcome.complete = True
         return web.Response(body=body, status=upstream.status, headers=headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)
-    request[CONTEXT].stamp(response)
-    await response.prepare(request)
+    await start_stream(request, response)
     kept: list[bytes] = []
     kept_size = 0
     while True:
