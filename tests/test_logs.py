@@ -101,6 +101,34 @@ def test_access_lines_have_the_log_format_are_scrubbed_and_written_in_batches() 
     assert lines[-1].endswith("req_x GET /v1/models/*** 404 key=-")
 
 
+def test_a_request_line_scrubs_what_the_client_sent_and_the_alias() -> None:
+    stream = _CountingStream()
+    access = AccessLog(stream, Redactor([SECRET]))
+
+    async def lines() -> None:
+        for _ in range(2):  # the second time, the scrubbed texts are remembered
+            access.request(
+                "req_1",
+                "GET",
+                f"/v1/models/{SECRET}",
+                404,
+                "-",
+                f"x-{SECRET}",
+                "org-AbCd1234",
+                0.0012,
+            )
+        access.flush()
+
+    asyncio.run(lines())
+    lines_written = stream.getvalue().splitlines()
+    assert len(lines_written) == 2
+    for line in lines_written:
+        assert SECRET not in line
+        assert line.endswith(
+            "req_1 GET /v1/models/*** 404 key=- model=x-*** upstream=org-*** 1.2ms"
+        )
+
+
 def test_a_full_batch_is_written_at_once_and_flush_writes_the_rest() -> None:
     stream = _CountingStream()
     access = AccessLog(stream, Redactor(), flush_seconds=60, max_pending=10)

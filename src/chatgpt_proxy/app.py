@@ -245,9 +245,15 @@ def served(handler: Handler) -> Handler:
         elapsed = time.monotonic() - ctx.started
         state.metrics.observe(ctx.endpoint, response.status, elapsed)
         if state.access_log is not None:
-            state.access_log.write(
-                f"{ctx.request_id} {request.method} {request.path} {response.status} key="
-                f"{ctx.key_id} model={ctx.model} upstream={ctx.upstream} {elapsed * 1000:.1f}ms"
+            state.access_log.request(
+                ctx.request_id,
+                request.method,
+                request.path,
+                response.status,
+                ctx.key_id,
+                ctx.model,
+                ctx.upstream,
+                elapsed,
             )
         return response
 

@@ -75,6 +75,7 @@ class AccessLog:
     """
 
     NAME = "chatgpt_proxy.access"
+    _MAX_CLEANED = 4096  # distinct paths, models and aliases remembered scrubbed
 
     def __init__(
         self,
@@ -92,17 +93,51 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
+        self._cleaned: dict[str, str] = {}
+
+    def request(
+        self,
+        request_id: str,
+        method: str,
+        path: str,
+        status: int,
+        key_id: str,
+        model: str,
+        upstream: str,
+        elapsed: float,
+    ) -> None:
+        """One request's line.
+
+        Only what did not come from the proxy itself (the path and the model the client
+        sent, the configured upstream alias) is scrubbed, each remembered once scrubbed:
+        scanning every whole line costs more than the rest of writing it.
+        """
+        self._add(
+            f"{request_id} {method} {self._clean(path)} {status} key={key_id} "
+            f"model={self._clean(model)} upstream={self._clean(upstream)} {elapsed * 1000:.1f}ms"
+        )
 
     def write(self, message: str) -> None:
+        """A line of any text, scrubbed whole."""
+        self._add(self._redactor.scrub(message))
+
+    def _clean(self, text: str) -> str:
+        cleaned = self._cleaned.get(text)
+        if cleaned is None:
+            if len(self._cleaned) >= self._MAX_CLEANED:
+                self._cleaned.clear()
+            cleaned = self._cleaned[text] = self._redactor.scrub(text)
+        return cleaned
+
+    def _add(self, message: str) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:  # one strftime per second, not per line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        millis = int((now - second) * 1000)
         pending = self._pending
         pending.append(
-            f"{self._stamp},{millis:03d} INFO {self.NAME}: {self._redactor.scrub(message)}\n"
+            f"{self._stamp},{int((now - second) * 1000):03d} INFO {self.NAME}: {message}\n"
         )
         if len(pending) >= self._max_pending:
             self.flush()

@@ -48,7 +48,7 @@ def usage_in_document(document: Any) -> Usage | None:
 
 
 def usage_in_json(body: bytes) -> Usage | None:
-    if _USAGE_MARK not in body:
+    if body.find(_USAGE_MARK) < 0:  # `in` would first try, and fail, to read it as a byte
         return None
     try:
         return usage_in_document(orjson.loads(body))
