@@ -60,6 +60,22 @@ def test_hanging_upstream_stream_is_504_through_the_sdk(
     assert caught.value.code == "upstream_timeout"
 
 
+def test_an_answer_that_stops_half_way_is_504(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    proxy = make_proxy(timeouts={"first_byte": 0.5})
+    started = time.monotonic()
+    answer = proxy.http().post(
+        "/v1/chat/completions",
+        json=_chat_body("[[fault:stall:20]]", stream=False),
+        headers=_auth(proxy),
+    )
+    assert answer.status_code == 504
+    assert answer.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 5
+    assert fake.wait_for_disconnect(timeout=2, path="/v1/chat/completions") is not None
+
+
 def test_one_hanging_key_is_retried_on_another(
     make_proxy: Callable[..., Proxy], fake: FakeOpenAI
 ) -> None:

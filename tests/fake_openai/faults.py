@@ -40,6 +40,7 @@ class PromptFaults:
     terminal: str | None = None
     slow: float | None = None
     cut: int | None = None
+    stall: int | None = None
     long: int | None = None
     markers: list[str] = field(default_factory=list)
 
@@ -55,6 +56,8 @@ def parse_markers(text: str) -> PromptFaults:
                 faults.slow = float(arg)
             elif name == "cut":
                 faults.cut = int(arg)
+            elif name == "stall":
+                faults.stall = int(arg)
             elif name == "long":
                 faults.long = int(arg)
             else:

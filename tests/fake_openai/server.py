@@ -325,19 +325,25 @@ class FakeOpenAI:
     async def _answer(
         self, request: web.Request, data: object, *, status: int = 200
     ) -> web.StreamResponse:
-        """A JSON answer, after a `slow` delay; `cut:N` sends only its first N bytes."""
+        """A JSON answer, after a `slow` delay; `cut:N` sends only its first N bytes,
+        `stall:N` its first N bytes, then the rest a minute later."""
         prompt_faults = self._faults(request)
         if prompt_faults.slow:
             await asyncio.sleep(prompt_faults.slow)
         body = orjson.dumps(data)
-        if prompt_faults.cut is None:
+        sent = prompt_faults.cut if prompt_faults.cut is not None else prompt_faults.stall
+        if sent is None:
             return web.Response(body=body, status=status, content_type="application/json")
         response = web.StreamResponse(status=status)
         response.content_type = "application/json"
         response.content_length = len(body)
         await response.prepare(request)
-        await response.write(body[: prompt_faults.cut])
-        cut_connection(request, response)
+        await response.write(body[:sent])
+        if prompt_faults.cut is not None:
+            cut_connection(request, response)
+            return response
+        await asyncio.sleep(60)
+        await response.write(body[sent:])
         return response
 
     async def _stream(self, request: web.Request, content_type: str = "") -> ChunkWriter:

@@ -100,7 +100,10 @@ class Reply:
         """The whole answer (up to ``limit`` bytes); a broken one is an ``UpstreamError``."""
         try:
             return await read_limited(self.response, limit)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except TimeoutError as exc:  # aiohttp's read timeout: silent for `first_byte`
+            self.report_failure()
+            raise UpstreamTimeout("The upstream answer stopped before it finished.") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             self.report_failure()
             raise UpstreamError("The upstream answer broke off before it finished.") from exc
 
