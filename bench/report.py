@@ -296,7 +296,7 @@ _HOW_TO_READ = [
     "",
     "- *runs*: how many measured runs a row sums up. `N (median)`: the bare aiohttp "
     "pass-through and the chatgpt-proxy variants are measured in N interleaved rounds (every "
-    "variant once per round, the order reversed every other round), and the row shows the "
+    "variant once per round, the order rotated by one each round), and the row shows the "
     "median run (p50, p99, server CPU: medians too; RSS: after the last round, peak: over all "
     "rounds) and the best one. The direct and nginx rows are single runs.",
     "- *÷ direct*: the share of the fake upstream's own throughput a path keeps. Every path "
@@ -395,7 +395,7 @@ def _latency(tmp: Path) -> list[str]:
     if direct is not None and not direct.runs:
         direct = None
     how = (
-        f"medians of {rounds} interleaved rounds (the order reversed every other round); "
+        f"medians of {rounds} interleaved rounds (the order rotated by one each round); "
         "*added p50* and the differences below are medians of same-round (paired) differences"
         if rounds > 1
         else "from one run each"

@@ -324,7 +324,7 @@ META="$TMP/meta.txt"
     if git -C "$ROOT" rev-parse --short HEAD >/dev/null 2>&1; then
         echo "source: git $(git -C "$ROOT" rev-parse --short HEAD), $(git -C "$ROOT" status --porcelain -- src | wc -l) changed file(s) under src/"
     fi
-    echo "throughput: wrk -t1 -c$CONNS -d${DURATION}s after a ${WARMUP}s warm-up; chatgpt-proxy variants and the bare aiohttp pass-through: $ROUNDS interleaved round(s) (order reversed every other round), direct and nginx: 1 run"
+    echo "throughput: wrk -t1 -c$CONNS -d${DURATION}s after a ${WARMUP}s warm-up; chatgpt-proxy variants and the bare aiohttp pass-through: $ROUNDS interleaved round(s) (the order rotated by one each round), direct and nginx: 1 run"
     [ "$LATENCY" != 1 ] || echo "latency: wrk -t1 -c1 -d${LAT_DURATION}s --latency after a ${LAT_WARMUP}s warm-up, $LAT_ROUNDS interleaved round(s)"
     echo "pinning: measured server on core $SERVER_CPU, upstream nginx + wrk on core $LOAD_CPU"
 } >"$META"
@@ -481,11 +481,10 @@ done
 for id in "${ONCE[@]}"; do bench "$id" 1; done
 for ((round = 1; round <= ROUNDS; round++)); do
     say "round $round of $ROUNDS"
-    order=("${ROUND[@]}")
-    if ((round % 2 == 0)); then   # A B C, C B A, A B C...: a slow spell hits all alike
-        order=()
-        for ((i = ${#ROUND[@]} - 1; i >= 0; i--)); do order+=("${ROUND[i]}"); done
-    fi
+    # A B C, B C A, C A B...: every scenario takes every place in turn, so neither a slow
+    # spell nor what ran just before favours one of them.
+    shift=$(((round - 1) % ${#ROUND[@]}))
+    order=("${ROUND[@]:shift}" "${ROUND[@]:0:shift}")
     for id in "${order[@]}"; do bench "$id" "$round"; done
 done
 
@@ -500,11 +499,8 @@ if [ "$LATENCY" = 1 ]; then
         "a new prompt every request: one upstream /v1/moderations call each"
     lat_scenario redis "chatgpt-proxy, Redis limits (rpm+tpm key)" json-redis "${LIMITED_KEY:-}" ""
     for ((round = 1; round <= LAT_ROUNDS; round++)); do
-        order=("${LAT_IDS[@]}")
-        if ((round % 2 == 0)); then
-            order=()
-            for ((i = ${#LAT_IDS[@]} - 1; i >= 0; i--)); do order+=("${LAT_IDS[i]}"); done
-        fi
+        shift=$(((round - 1) % ${#LAT_IDS[@]}))
+        order=("${LAT_IDS[@]:shift}" "${LAT_IDS[@]:0:shift}")
         for id in "${order[@]}"; do latency "$id" "$round"; done
     done
 fi

@@ -5,11 +5,6 @@ Every client key (as its hash) is mirrored in memory and refreshed from the key 
 apply at once, and with Redis those made by another replica too (``reload``, called by
 ``shared_state``), so the poll is only the fallback. An unknown key is therefore rejected
 without touching the database, so a brute-forcer costs one hash and one dict lookup per guess.
-
-A key that authenticated is remembered with its hash (in memory only, bounded), so a client's
-later requests skip hashing: SHA-256 through OpenSSL costs more than the rest of
-authentication. The hash still decides: a remembered key is looked up by it like any other,
-so a revoked or rotated key is refused at once.
 """
 
 from __future__ import annotations
@@ -29,7 +24,6 @@ logger = logging.getLogger("chatgpt_proxy.auth")
 # (clock skew between replicas, transaction commit order); re-reading this much is cheap.
 _POLL_OVERLAP = timedelta(seconds=5)
 _MAX_HEADER = 512
-_MAX_REMEMBERED = 10_000  # keys in use at once; past it the memory starts again, empty
 
 
 def _now() -> datetime:
@@ -55,7 +49,6 @@ class KeyCache:
         self._now = now
         self._by_hash: dict[str, ClientKey] = {}
         self._hash_of: dict[str, str] = {}
-        self._remembered: dict[str, str] = {}  # secret → hash, of keys that authenticated
         self._since: datetime | None = None
         self._poll = Periodic("refreshing client keys", refresh_seconds, self.refresh)
 
@@ -90,14 +83,9 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._by_hash)
 
-    @property
-    def remembered(self) -> int:
-        """How many secrets are remembered with their hash (only ever of known keys)."""
-        return len(self._remembered)
-
     def authenticate(self, authorization: str | None) -> ClientKey:
         secret = _bearer(authorization)
-        digest = self._remembered.get(secret) or self._digest(secret)
+        digest = hash_secret(secret)
         key = self._by_hash.get(digest)
         # The dict lookup finds the candidate; the comparison that decides is constant-time.
         if key is None or not hmac.compare_digest(key.key_hash, digest):
@@ -107,17 +95,6 @@ class KeyCache:
         if key.expires_at is not None and key.expires_at <= self._now():
             raise AuthenticationFailed("This API key has expired.")
         return key
-
-    def _digest(self, secret: str) -> str:
-        """The hash of a secret not remembered yet; remembered if it is a known key's."""
-        if not looks_like_key(secret):
-            raise AuthenticationFailed("Incorrect API key provided.")
-        digest = hash_secret(secret)
-        if digest in self._by_hash:
-            if len(self._remembered) >= _MAX_REMEMBERED:
-                self._remembered.clear()
-            self._remembered[secret] = digest
-        return digest
 
 
 def _bearer(authorization: str | None) -> str:
@@ -129,6 +106,7 @@ def _bearer(authorization: str | None) -> str:
     if len(authorization) > _MAX_HEADER:
         raise AuthenticationFailed("Incorrect API key provided.")
     scheme, _, secret = authorization.partition(" ")
-    if scheme.lower() != "bearer":
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not looks_like_key(secret):
         raise AuthenticationFailed("Incorrect API key provided.")
-    return secret.strip()
+    return secret

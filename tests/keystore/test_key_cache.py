@@ -1,4 +1,4 @@
-"""The in-memory mirror of client keys: keys it remembers still follow the store at once."""
+"""The in-memory mirror of client keys follows the store at once, and answers junk cheaply."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ def _with_cache(sqlite_database_url: str, check: Check) -> None:
     asyncio.run(run())
 
 
-def test_a_remembered_key_is_refused_once_revoked(sqlite_database_url: str) -> None:
+def test_a_key_in_use_is_refused_once_revoked(sqlite_database_url: str) -> None:
     async def check(store: KeyStore, cache: KeyCache) -> None:
         key, secret = await store.create("app", KeyPolicy())
         await cache.refresh()
-        for _ in range(3):  # the first hashes the secret, the others find it remembered
+        for _ in range(3):
             assert cache.authenticate(f"Bearer {secret}").id == key.id
         revoked = await store.revoke(key.id)
         assert revoked is not None
@@ -44,7 +44,7 @@ def test_a_remembered_key_is_refused_once_revoked(sqlite_database_url: str) -> N
     _with_cache(sqlite_database_url, check)
 
 
-def test_a_remembered_secret_no_longer_opens_a_key_whose_hash_changed(
+def test_a_secret_in_use_no_longer_opens_a_key_whose_hash_changed(
     sqlite_database_url: str,
 ) -> None:
     async def check(store: KeyStore, cache: KeyCache) -> None:
@@ -59,19 +59,6 @@ def test_a_remembered_secret_no_longer_opens_a_key_whose_hash_changed(
     _with_cache(sqlite_database_url, check)
 
 
-def test_wrong_guesses_are_not_remembered(sqlite_database_url: str) -> None:
-    async def check(store: KeyStore, cache: KeyCache) -> None:
-        _, secret = await store.create("app", KeyPolicy())
-        await cache.refresh()
-        for n in range(1000):
-            with pytest.raises(AuthenticationFailed):
-                cache.authenticate(f"Bearer pk-{n:043d}")
-        assert cache.authenticate(f"Bearer {secret}")
-        assert cache.remembered == 1
-
-    _with_cache(sqlite_database_url, check)
-
-
 def test_the_secret_is_checked_for_shape_before_it_is_hashed(sqlite_database_url: str) -> None:
     async def check(store: KeyStore, cache: KeyCache) -> None:
         _, secret = await store.create("app", KeyPolicy())
@@ -79,7 +66,6 @@ def test_the_secret_is_checked_for_shape_before_it_is_hashed(sqlite_database_url
         for junk in ("Bearer sk-" + secret[3:], "Basic " + secret, "Bearer " + secret + "\x00"):
             with pytest.raises(AuthenticationFailed, match="Incorrect API key"):
                 cache.authenticate(junk)
-        assert cache.authenticate(f"bearer  {secret} ")  # as before: scheme case, blanks
-        assert cache.remembered == 1
+        assert cache.authenticate(f"bearer  {secret} ")  # the scheme's case and blanks
 
     _with_cache(sqlite_database_url, check)
