@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TextIO
 
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.redaction import Redactor
 
 
@@ -93,7 +94,7 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
-        self._cleaned: dict[str, str] = {}
+        self._cleaned: Memo[str, str] = Memo(self._MAX_CLEANED)
 
     def request(
         self,
@@ -124,9 +125,7 @@ class AccessLog:
     def _clean(self, text: str) -> str:
         cleaned = self._cleaned.get(text)
         if cleaned is None:
-            if len(self._cleaned) >= self._MAX_CLEANED:
-                self._cleaned.clear()
-            cleaned = self._cleaned[text] = self._redactor.scrub(text)
+            cleaned = self._cleaned.remember(text, self._redactor.scrub(text))
         return cleaned
 
     def _add(self, message: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.settings import PriceSettings
 from chatgpt_proxy.usage import Usage
 
@@ -27,7 +28,7 @@ class Pricing:
 
     def __init__(self, prices: Mapping[str, PriceSettings]) -> None:
         self._prices = tuple(prices.items())
-        self._resolved: dict[str, PriceSettings | None] = {}
+        self._resolved: Memo[str, PriceSettings | None] = Memo(_MAX_CACHED_MODELS)
 
     def __bool__(self) -> bool:
         return bool(self._prices)
@@ -40,10 +41,7 @@ class Pricing:
         except KeyError:
             pass
         found = next((p for glob, p in self._prices if fnmatchcase(model, glob)), None)
-        if len(self._resolved) >= _MAX_CACHED_MODELS:
-            self._resolved.clear()
-        self._resolved[model] = found
-        return found
+        return self._resolved.remember(model, found)
 
     def cost(self, model: str | None, usage: Usage | None) -> float | None:
         """USD for ``usage`` of ``model``; ``None`` when the model has no price."""

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable, client_errors, redis_errors
 
 logger = logging.getLogger("chatgpt_proxy.limits")
@@ -75,7 +76,7 @@ class AutoPipeline:
         self._running = 0  # pipeline tasks started and not finished
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: list[Any] = []  # connections of our own, between pipelines
-        self._heads: dict[tuple[Script, Args, int], bytes] = {}
+        self._heads: Memo[tuple[Script, Args, int], bytes] = Memo(_MAX_HEADS)
 
     async def call(
         self,
@@ -197,9 +198,7 @@ class AutoPipeline:
         cache_key = (call.script, tuple(call.keys), len(call.args))
         head = self._heads.get(cache_key)
         if head is None:
-            if len(self._heads) >= _MAX_HEADS:
-                self._heads.clear()
-            head = self._heads[cache_key] = _pack_head(*cache_key)
+            head = self._heads.remember(cache_key, _pack_head(*cache_key))
         return head + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in map(_bytes, call.args))
 
 

@@ -34,6 +34,7 @@ from chatgpt_proxy.limits.rules import (
     refusal,
     utc_day,
 )
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable
 
@@ -63,8 +64,8 @@ class RedisLimiter:
         self._lease_ms = int(lease_seconds * 1000)
         self._wall_clock = wall_clock
         self._pipe = AutoPipeline(link)
-        self._limit_strings: dict[Limits, bytes] = {}
-        self._key_names: dict[tuple[str, datetime, date], tuple[bytes, ...]] = {}
+        self._limit_strings: Memo[Limits, bytes] = Memo(1024)  # the same few policies
+        self._key_names: Memo[tuple[str, datetime, date], tuple[bytes, ...]] = Memo(4096)
         # Request ids: unique across replicas without a random draw per request.
         self._id_prefix = secrets.token_hex(4)
         self._id_counter = itertools.count()
@@ -122,9 +123,7 @@ class RedisLimiter:
                 f"{base}b:{epoch}",
                 f"{base}d:{epoch}:{day}",
             )
-            if len(self._key_names) >= 4096:
-                self._key_names.clear()
-            names = self._key_names[cache_key] = tuple(text.encode() for text in texts)
+            names = self._key_names.remember(cache_key, tuple(text.encode() for text in texts))
         return names
 
     def _limit_args(self, limits: Limits) -> bytes:
@@ -143,11 +142,9 @@ class RedisLimiter:
         )
         numbers = [-1 if value is None else value for value in values]
         numbers += [_WINDOW_MS, self._lease_ms, _TOTAL_TTL_MS, _DAILY_TTL_MS]
-        if len(self._limit_strings) >= 1024:
-            self._limit_strings.clear()
-        text = " ".join(repr(number) for number in numbers).encode()
-        self._limit_strings[limits] = text
-        return text
+        return self._limit_strings.remember(
+            limits, " ".join(repr(number) for number in numbers).encode()
+        )
 
     async def _seed_budgets(
         self, key_id: str, keys: Sequence[bytes], day: date, missing: int

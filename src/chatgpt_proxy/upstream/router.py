@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from chatgpt_proxy.errors import ModelNotFound
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.settings import PoolSettings, UpstreamSettings
 from chatgpt_proxy.upstream.pool import KeyPool, PoolPolicy
 
-_MAX_REMEMBERED = 4096
+_MAX_REMEMBERED = 4096  # model names are the client's
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class Router:
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = tuple(upstreams)
         self._by_name = {upstream.name: upstream for upstream in upstreams}
-        self._by_model: dict[str, Upstream] = {}  # glob matches are worth remembering
+        self._by_model: Memo[str, Upstream] = Memo(_MAX_REMEMBERED)  # glob matches cost
 
     @classmethod
     def from_settings(
@@ -76,10 +77,7 @@ class Router:
             return found
         for upstream in self.upstreams:
             if upstream.serves(model):
-                if len(self._by_model) >= _MAX_REMEMBERED:  # model names are the client's
-                    self._by_model.clear()
-                self._by_model[model] = upstream
-                return upstream
+                return self._by_model.remember(model, upstream)
         raise ModelNotFound(
             f"The model `{model}` does not exist or you do not have access to it.",
             param="model",
