@@ -75,14 +75,21 @@ def test_outside_a_loop_every_line_is_flushed() -> None:
     assert stream.flushes == 2
 
 
+def _request(
+    access: AccessLog, request_id: str, method: str = "POST", path: str = "/v1/chat/completions"
+) -> None:
+    status = 200 if method == "POST" else 404
+    access.request(request_id, method, path, status, "key_1", "gpt-4o-mini", "openai#1", 0.0012)
+
+
 def test_access_lines_have_the_log_format_are_scrubbed_and_written_in_batches() -> None:
     stream = _CountingStream()
     access = AccessLog(stream, Redactor([SECRET]), flush_seconds=0.05)
 
     async def burst() -> tuple[str, int]:
         for n in range(50):
-            access.write(f"req_{n} POST /v1/chat/completions 200 key=key_1")
-        access.write(f"req_x GET /v1/models/{SECRET} 404 key=-")
+            _request(access, f"req_{n}")
+        _request(access, "req_x", "GET", f"/v1/models/{SECRET}")
         await asyncio.sleep(0)
         written_at_once = stream.getvalue()
         await asyncio.sleep(0.1)
@@ -95,10 +102,13 @@ def test_access_lines_have_the_log_format_are_scrubbed_and_written_in_batches() 
     assert len(lines) == 51
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
     assert re.fullmatch(
-        stamp + r" INFO chatgpt_proxy\.access: req_0 POST /v1/chat/completions 200 key=key_1",
+        stamp + r" INFO chatgpt_proxy\.access: req_0 POST /v1/chat/completions 200 key=key_1"
+        r" model=gpt-4o-mini upstream=openai#1 1\.2ms",
         lines[0],
     )
-    assert lines[-1].endswith("req_x GET /v1/models/*** 404 key=-")
+    assert lines[-1].endswith(
+        "req_x GET /v1/models/*** 404 key=key_1 model=gpt-4o-mini upstream=openai#1 1.2ms"
+    )
 
 
 def test_a_request_line_scrubs_what_the_client_sent_and_the_alias() -> None:
@@ -135,7 +145,7 @@ def test_a_full_batch_is_written_at_once_and_flush_writes_the_rest() -> None:
 
     async def lines() -> None:
         for n in range(25):
-            access.write(f"req_{n}")
+            _request(access, f"req_{n}")
         assert stream.getvalue().count("\n") == 20
         access.flush()  # as on shutdown
 
@@ -149,7 +159,7 @@ def test_a_broken_access_log_stream_does_not_fail_the_request() -> None:
 
     async def write() -> None:
         access = AccessLog(stream, Redactor())
-        access.write("req_1 POST /v1/chat/completions 200")
+        _request(access, "req_1")
         access.flush()
 
     asyncio.run(write())  # no exception

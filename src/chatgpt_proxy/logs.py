@@ -36,8 +36,9 @@ class RedactingFilter(logging.Filter):
 class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes each record at once but flushes once per event-loop turn, not once per line.
 
-    Under load the access log writes hundreds of lines between two turns of the loop; one
-    system call for all of them instead of one each. Outside a running loop it flushes at once.
+    Under load a burst of warnings (an upstream failing every request, say) comes between
+    two turns of the loop; one system call for all of them instead of one each. Outside a
+    running loop it flushes at once. (Access lines have their own batching: ``AccessLog``.)
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -69,7 +70,7 @@ class AccessLog:
 
     Through ``logging``, a record, its filter and its formatter cost about a tenth of a whole
     request's CPU under load; this writes the same line (time, level, logger name) for a
-    fraction of that, scrubbed like every other line. Lines are written together, as nginx's
+    fraction of that, its parts from outside the proxy scrubbed by the same redactor. Lines are written together, as nginx's
     ``access_log ... buffer= flush=`` does: at most ``flush_seconds`` after the first one, or
     once ``max_pending`` wait, and by ``flush()`` on shutdown. One system call for hundreds
     of lines instead of one per turn of the event loop.
@@ -117,10 +118,6 @@ class AccessLog:
             f"{request_id} {method} {self._clean(path)} {status} key={key_id} "
             f"model={self._clean(model)} upstream={self._clean(upstream)} {elapsed * 1000:.1f}ms"
         )
-
-    def write(self, message: str) -> None:
-        """A line of any text, scrubbed whole."""
-        self._add(self._redactor.scrub(message))
 
     def _clean(self, text: str) -> str:
         cleaned = self._cleaned.get(text)
