@@ -70,10 +70,10 @@ class AccessLog:
 
     Through ``logging``, a record, its filter and its formatter cost about a tenth of a whole
     request's CPU under load; this writes the same line (time, level, logger name) for a
-    fraction of that, its parts from outside the proxy scrubbed by the same redactor. Lines are written together, as nginx's
-    ``access_log ... buffer= flush=`` does: at most ``flush_seconds`` after the first one, or
-    once ``max_pending`` wait, and by ``flush()`` on shutdown. One system call for hundreds
-    of lines instead of one per turn of the event loop.
+    fraction of that, its parts from outside the proxy scrubbed by the same redactor. Lines
+    are written together, as nginx's ``access_log ... buffer= flush=`` does: at most
+    ``flush_seconds`` after the first one, or once ``max_pending`` wait, and by ``flush()``
+    on shutdown. One system call for hundreds of lines instead of one per turn of the loop.
     """
 
     NAME = "chatgpt_proxy.access"
