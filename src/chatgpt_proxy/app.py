@@ -9,9 +9,7 @@ Wiring only. Everything that lives as long as the server is created here, kept o
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,6 +22,7 @@ from aiohttp import web
 from chatgpt_proxy.auth import KeyCache
 from chatgpt_proxy.catalog import ModelCatalog
 from chatgpt_proxy.errors import MethodNotAllowed, ProxyError, RequestTooLarge, UnknownRoute
+from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.keystore import KeyStore
 from chatgpt_proxy.limits import Limiter
 from chatgpt_proxy.limits.fallback import FallbackLimiter
@@ -50,17 +49,6 @@ if TYPE_CHECKING:
 errors_logger = logging.getLogger("chatgpt_proxy.app")
 
 
-class RequestIds:
-    """Unique request ids without a system call each: a random prefix per process, a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = "req_" + secrets.token_hex(8)
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):010x}"
-
-
 @dataclass(slots=True)
 class AppState:
     """Every long-lived part of a running proxy."""
@@ -78,7 +66,8 @@ class AppState:
     catalog: ModelCatalog
     access_log: AccessLog | None = None  # None when access_log is off
     affinity: Affinity = field(default_factory=Affinity)
-    request_ids: RequestIds = field(default_factory=RequestIds)
+    # Unique request ids without a system call each.
+    request_ids: UniqueIds = field(default_factory=lambda: UniqueIds("req_", digits=10))
     redis: Redis | None = None  # the one Redis client, when redis_url is set
     shared: SharedState | None = None  # key changes and upstream states, with Redis
     ready: bool = False

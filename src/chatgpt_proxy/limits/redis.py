@@ -14,13 +14,12 @@ for ``FallbackLimiter`` to act on::
 
 from __future__ import annotations
 
-import itertools
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.keystore import ClientKey, KeyStore
 from chatgpt_proxy.limits import UNLIMITED, Admission, lua
 from chatgpt_proxy.limits.autopipe import AutoPipeline, Script
@@ -67,8 +66,7 @@ class RedisLimiter:
         self._limit_strings: Memo[Limits, bytes] = Memo(1024)  # the same few policies
         self._key_names: Memo[tuple[str, datetime, date], tuple[bytes, ...]] = Memo(4096)
         # Request ids: unique across replicas without a random draw per request.
-        self._id_prefix = secrets.token_hex(4)
-        self._id_counter = itertools.count()
+        self._ids = UniqueIds(random_bytes=4, tail=".")
 
     async def admit(
         self, key: ClientKey, estimated_tokens: int, model: str | None = None
@@ -82,7 +80,7 @@ class RedisLimiter:
         admission = _RedisAdmission(
             self._pipe,
             keys,
-            f"{self._id_prefix}.{next(self._id_counter):x}",
+            self._ids.next(),
             limits,
             estimated_tokens,
             cost,
