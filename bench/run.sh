@@ -478,13 +478,18 @@ for group in json sse; do
 done
 
 # --- throughput: direct and nginx once, then the rounds --------------------------------------
+# rotate ROUND IDS...: sets `order` to IDS turned by ROUND-1 places. A B C, B C A, C A B...:
+# every scenario takes every place in turn, so neither a slow spell nor what ran just before
+# favours one of them.
+rotate() {
+    local turn=$((($1 - 1) % ($# - 1)))
+    shift
+    order=("${@:turn+1}" "${@:1:turn}")
+}
 for id in "${ONCE[@]}"; do bench "$id" 1; done
 for ((round = 1; round <= ROUNDS; round++)); do
     say "round $round of $ROUNDS"
-    # A B C, B C A, C A B...: every scenario takes every place in turn, so neither a slow
-    # spell nor what ran just before favours one of them.
-    shift=$(((round - 1) % ${#ROUND[@]}))
-    order=("${ROUND[@]:shift}" "${ROUND[@]:0:shift}")
+    rotate "$round" "${ROUND[@]}"
     for id in "${order[@]}"; do bench "$id" "$round"; done
 done
 
@@ -499,8 +504,7 @@ if [ "$LATENCY" = 1 ]; then
         "a new prompt every request: one upstream /v1/moderations call each"
     lat_scenario redis "chatgpt-proxy, Redis limits (rpm+tpm key)" json-redis "${LIMITED_KEY:-}" ""
     for ((round = 1; round <= LAT_ROUNDS; round++)); do
-        shift=$(((round - 1) % ${#LAT_IDS[@]}))
-        order=("${LAT_IDS[@]:shift}" "${LAT_IDS[@]:0:shift}")
+        rotate "$round" "${LAT_IDS[@]}"
         for id in "${order[@]}"; do latency "$id" "$round"; done
     done
 fi
