@@ -51,7 +51,8 @@ class Outbound:
     headers: CIMultiDictProxy[str]
     body: Body = None
     stream: bool = False
-    prefer_key: str | None = None  # the alias holding the resource this request refers to
+    # The alias of the key holding the stored object this request is about: that key or none.
+    prefer_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -199,8 +200,16 @@ class UpstreamClient:
     def _acquire(
         self, upstream: Upstream, tried: set[str], last: ProxyError | None, prefer: str | None
     ) -> UpstreamKey:
+        if prefer is not None:
+            # Only the holder's account has the object: its failure is the answer, and a
+            # second look at the key says whether that is "retired" (409) or "retry" (last).
+            key = upstream.pool.acquire_exact(prefer)
+            if last is None:
+                return key
+            upstream.pool.release(key)
+            raise last
         try:
-            return upstream.pool.acquire(exclude=tried, prefer=prefer)
+            return upstream.pool.acquire(exclude=tried)
         except ProxyError:
             if last is None:
                 raise
