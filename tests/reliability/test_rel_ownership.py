@@ -198,7 +198,7 @@ def test_a_holder_no_longer_configured_is_a_409(
 
 
 def test_replicas_on_one_postgresql_database_share_the_records(
-    make_proxy: Callable[..., Proxy], fake: FakeOpenAI, postgres_database_url: str
+    postgres_database_url: str, make_proxy: Callable[..., Proxy], fake: FakeOpenAI
 ) -> None:
     """Row 24: a record written by one replica holds on another at once (no cache, no wait)."""
     one, two = (make_proxy(database_url=postgres_database_url) for _ in range(2))
