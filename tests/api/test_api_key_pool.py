@@ -225,9 +225,8 @@ def test_upstream_error_bodies_are_scrubbed_of_org_ids(proxy: Proxy, fake: FakeO
     assert ORGANIZATION not in answer.text
     assert "org-***" in message and message.startswith("bad argument in")
 
-    # A model id, not a response id: the proxy answers unknown response ids itself.
     missing = proxy.http().get(
-        "/v1/models/proj_FAKEPROJ", headers={"Authorization": f"Bearer {proxy.key}"}
+        "/v1/responses/proj_FAKEPROJ", headers={"Authorization": f"Bearer {proxy.key}"}
     )
     assert missing.status_code == 404
     assert "proj_FAKEPROJ" not in missing.text and "proj_***" in missing.text

@@ -34,6 +34,9 @@ USES: dict[str, Use] = {
     "continue_streamed": lambda client, rid: list(
         client.responses.create(model=MODEL, input="and?", previous_response_id=rid, stream=True)
     ),
+    "count_input_tokens": lambda client, rid: client.responses.input_tokens.count(
+        model=MODEL, input="and?", previous_response_id=rid
+    ),
     "cancel": lambda client, rid: client.responses.cancel(rid),
     "delete": lambda client, rid: client.responses.delete(rid),
 }
@@ -79,7 +82,7 @@ def test_another_keys_response_is_not_found_on_every_path(
         theirs, unknown = refusal(other, use, response_id), refusal(other, use, UNKNOWN)
         assert theirs == unknown, name
         assert theirs["error"]["type"] == "invalid_request_error"
-        if name.startswith("continue"):
+        if name.startswith(("continue", "count")):
             assert theirs["error"]["param"] == "previous_response_id"
             assert theirs["error"]["code"] == "previous_response_not_found"
     assert upstream_calls(fake) == before

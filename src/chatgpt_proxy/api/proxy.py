@@ -1,8 +1,11 @@
 """The OpenAI routes: an allowlist of endpoints, each forwarded through the one pipeline.
 
-auth → model policy → route → limits → moderation → upstream (key pool, retries) → relay →
-meter. Bodies go upstream byte for byte; the proxy re-encodes one only to ask a stream for
-its usage, and strips that extra chunk again on the way back.
+auth → model policy → ownership → route → limits → moderation → upstream (key pool,
+retries) → relay → meter. Bodies go upstream byte for byte; the proxy re-encodes one only to
+ask a stream for its usage, and strips that extra chunk again on the way back. A stored
+response is its creator's alone: its id names it in the paths and in ``previous_response_id``,
+and the record of its owner (``keystore/objects.py``) decides who may use it and which
+upstream key serves that.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ class Forward:
                 request.headers,
                 body,
                 parsed.stream,
-                prefer_key=holder.upstream_alias if holder is not None else None,
+                holder_key=holder.upstream_alias if holder is not None else None,
             )
             try:
                 reply = await state.client.send(upstream, outbound)
@@ -184,8 +187,10 @@ class Forward:
         """The record of the stored object this request is about, which must be ``key``'s.
 
         Another key's object is told exactly as an unknown one is, and neither is forwarded:
-        the upstream would serve any object of its account to any of its keys.
+        the upstream would serve any object of its account to any of its keys. The id is
+        echoed as the upstream does, scrubbed as the upstream's own errors are.
         """
+        scrub = state.redactor.scrub
         kind = _OWNED_KINDS.get(self.endpoint.name.partition(".")[0])
         if kind is None:
             return None
@@ -193,17 +198,18 @@ class Forward:
         if object_id is not None:
             found = await state.objects.find(kind, object_id)
             if found is None or found.owner_key_id != key.id:
-                raise ObjectNotFound(f"Response with id '{object_id}' not found.")
+                raise ObjectNotFound(scrub(f"Response with id '{object_id}' not found."))
             return found
         previous = parsed.document.get("previous_response_id")
         if not isinstance(previous, str):
             return None  # absent, or the upstream's to refuse
-        # A value that is no id is never looked up (a NUL would be a database error).
-        found = await state.objects.find(kind, previous) if _ID.fullmatch(previous) else None
+        # Only a value shaped like an id is looked up (a NUL is a database error) or echoed.
+        well_formed = _ID.fullmatch(previous) is not None
+        found = await state.objects.find(kind, previous) if well_formed else None
         if found is None or found.owner_key_id != key.id:
-            shown = f" with id '{previous}'" if _ID.fullmatch(previous) else ""
+            shown = f" with id '{previous}'" if well_formed else ""
             raise PreviousResponseNotFound(
-                f"Previous response{shown} not found.", param="previous_response_id"
+                scrub(f"Previous response{shown} not found."), param="previous_response_id"
             )
         return found
 
