@@ -16,9 +16,11 @@ import httpx2
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 from fake_openai import FAKE_KEYS, FakeOpenAI
 from harness import Proxy
+from servers import BackgroundLoop
 
 MODEL = "gpt-4o-mini"
 UNKNOWN = "resp_0123456789abcdef0123456789abcdef"
@@ -60,7 +62,10 @@ def refusal(client: openai.OpenAI, use: Use, response_id: str) -> dict[str, Any]
     with pytest.raises(openai.NotFoundError) as caught:
         use(client, response_id)
     body = caught.value.response.json()
-    return orjson.loads(orjson.dumps(body).replace(response_id.encode(), b"<id>"))
+    blanked: dict[str, Any] = orjson.loads(
+        orjson.dumps(body).replace(response_id.encode(), b"<id>")
+    )
+    return blanked
 
 
 def upstream_calls(fake: FakeOpenAI) -> int:
@@ -207,13 +212,22 @@ def test_replicas_on_one_postgresql_database_share_the_records(
     one, two = (make_proxy(database_url=postgres_database_url) for _ in range(2))
     two.state.keys.apply(one.key_record)  # type: ignore[arg-type]
     stranger = two.client(two.create_key("stranger"))
-    for stream in (False, True):
-        response_id = create(one.client(), stream=stream)
-        creator = fake.last("/v1/responses").key
-        assert two.client(one.key).responses.retrieve(response_id).id == response_id
-        assert fake.last(f"/v1/responses/{response_id}").key == creator
+    owner_there = two.client(one.key)
+    response_id = create(one.client(), stream=False)
+    creator = fake.last("/v1/responses").key
+    assert owner_there.responses.retrieve(response_id).id == response_id
+    assert fake.last(f"/v1/responses/{response_id}").key == creator
+    with pytest.raises(openai.NotFoundError):
+        stranger.responses.retrieve(response_id)
+
+    # The id of a stream is usable on the other replica as soon as it arrives.
+    with one.client().responses.create(model=MODEL, input="hi", stream=True) as events:
+        first = next(iter(events))
+        assert first.type == "response.created"
+        found = two.loop.run(two.state.objects.find("response", first.response.id))
+        assert found is not None and found.owner_key_id == one.key_id
         with pytest.raises(openai.NotFoundError):
-            stranger.responses.retrieve(response_id)
+            stranger.responses.retrieve(first.response.id)
 
 
 def _drop_records(proxy: Proxy) -> None:
@@ -265,3 +279,38 @@ def test_unknown_ids_are_answered_by_the_proxy(proxy: Proxy, fake: FakeOpenAI) -
             }
         }
     assert upstream_calls(fake) == 0
+
+
+def _crlf_responses_upstream() -> web.Application:
+    """An upstream whose stream ends its lines with CRLF and splits its first event."""
+
+    async def responses(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await answer.prepare(request)
+        for name, status in (("response.created", "in_progress"), ("response.completed", None)):
+            response = {"id": "resp_crlf_0001", "object": "response", "status": status}
+            data = orjson.dumps({"type": name, "response": response, "sequence_number": 0})
+            event = b"event: " + name.encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+            for piece in (event[:30], event[30:60], event[60:]):
+                await answer.write(piece)
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", responses)
+    return app
+
+
+def test_the_created_id_is_recorded_whatever_the_stream_framing(
+    make_proxy: Callable[..., Proxy], background_loop: BackgroundLoop
+) -> None:
+    """Row 24: the response.created event is found in CRLF lines cut across chunks."""
+    url = background_loop.start_app(_crlf_responses_upstream())
+    try:
+        upstreams = [{"name": "openai", "base_url": url + "/v1", "keys": [FAKE_KEYS[0]]}]
+        proxy = make_proxy(upstreams=upstreams)
+        with proxy.client().responses.create(model=MODEL, input="hi", stream=True) as events:
+            assert [event.type for event in events] == ["response.created", "response.completed"]
+        found = proxy.loop.run(proxy.state.objects.find("response", "resp_crlf_0001"))
+        assert found is not None and found.owner_key_id == proxy.key_id
+    finally:
+        background_loop.stop_app(url)
