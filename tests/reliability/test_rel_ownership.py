@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from chatgpt_proxy.keystore import KeyPolicy
 from fake_openai import FAKE_KEYS, FakeOpenAI
 from harness import Proxy
 from servers import BackgroundLoop
@@ -126,6 +127,17 @@ def test_odd_previous_response_ids_are_not_found_and_never_looked_up(
         answer = proxy.post_json("/v1/responses", body)
         assert answer.status_code == 404, odd[:20]
         assert answer.json()["error"]["code"] == "previous_response_not_found"
+    assert upstream_calls(fake) == 0
+
+
+def test_probing_for_ids_is_held_to_the_keys_rate(proxy: Proxy, fake: FakeOpenAI) -> None:
+    """Row 24: each lookup is a request like any other, so guessing ids costs the guesser."""
+    prober = proxy.client(proxy.create_key("prober", KeyPolicy(rpm=3)))
+    for n in range(3):
+        with pytest.raises(openai.NotFoundError):
+            prober.responses.retrieve(f"resp_guess{n}")
+    with pytest.raises(openai.RateLimitError):
+        prober.responses.retrieve("resp_guess3")
     assert upstream_calls(fake) == 0
 
 

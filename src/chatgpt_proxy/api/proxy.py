@@ -1,6 +1,6 @@
 """The OpenAI routes: an allowlist of endpoints, each forwarded through the one pipeline.
 
-auth → model policy → ownership → route → limits → moderation → upstream (key pool,
+auth → model policy → route → limits → ownership → moderation → upstream (key pool,
 retries) → relay → meter. Bodies go upstream byte for byte; the proxy re-encodes one only to
 ask a stream for its usage, and strips that extra chunk again on the way back. A stored
 response is its creator's alone: its id names it in the paths and in ``previous_response_id``,
@@ -138,12 +138,15 @@ class Forward:
             ctx.model = model
             if not key.policy.allows_model(model):
                 raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
-        holder = await self._holder(state, request, parsed, key)
-        upstream = _holding(state, holder) if holder is not None else state.router.route(model)
+        upstream = state.router.route(model)
         admission = await state.limiter.admit(key, parsed.estimate(), model)
         ctx.headers = admission.headers
         used: list[tuple[int, float]] = []  # tokens and cost, once the relay is done
         try:
+            # Once admitted: a key probing for ids is held to its rate like any other request.
+            holder = await self._holder(state, request, parsed, key)
+            if holder is not None:
+                upstream = _holding(state, holder)
             await state.moderator.check(self.endpoint.name, parsed.document, key)
             body, strip_usage = self._usage_stream(parsed)
             outbound = Outbound(

@@ -1,4 +1,5 @@
-"""The key store: client keys and their usage, durable in SQLite or PostgreSQL.
+"""The key store: client keys, their usage and the owners of stored objects, durable in SQLite or
+PostgreSQL.
 
 Every database failure is translated here, at the one boundary, into ``StoreUnavailable``.
 """
