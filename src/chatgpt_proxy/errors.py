@@ -12,10 +12,13 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     │   ├── UnknownRoute                    404 unknown_url
     │   ├── MethodNotAllowed                405 method_not_allowed
     │   ├── ModelNotFound                   404 model_not_found
+    │   ├── ObjectNotFound                  404 (OpenAI's own: no code)
+    │   │   └── PreviousResponseNotFound    404 previous_response_not_found
     │   └── ContentPolicyViolation          400 content_policy_violation
     ├── AuthenticationFailed                401 invalid_api_key
     ├── PermissionDenied                    403 permission_denied
     │   └── ModelNotAllowed                 403 model_not_allowed
+    ├── ResourceUnavailable                 409 resource_key_unavailable (+ x-should-retry: false)
     ├── RateLimited                         429 rate_limit_exceeded      (+ retry-after)
     │   ├── QuotaExceeded                   429 insufficient_quota
     │   └── UpstreamRateLimited             429 upstream_rate_limited    (+ retry-after <= 120 s)
@@ -122,6 +125,21 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
 
 
+class ObjectNotFound(InvalidRequest):
+    """A stored object (a response...) that is not the caller's, or does not exist.
+
+    Both are told alike, in the upstream's words, so another key's ids cannot be told from
+    unknown ones (DESIGN §3.8).
+    """
+
+    status = 404
+    code: str | None = None
+
+
+class PreviousResponseNotFound(ObjectNotFound):
+    code = "previous_response_not_found"
+
+
 class ContentPolicyViolation(InvalidRequest):
     code = "content_policy_violation"
 
@@ -144,6 +162,18 @@ class PermissionDenied(ProxyError):
 
 class ModelNotAllowed(PermissionDenied):
     code = "model_not_allowed"
+
+
+class ResourceUnavailable(ProxyError):
+    """The upstream key holding a stored object is retired or gone: no other key holds it."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "resource_key_unavailable"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # The SDKs retry a 409; this one stays until an operator brings the key back.
+        super().__init__(message, param=param, headers={"x-should-retry": "false"})
 
 
 def _retry_after_headers(seconds: float, cap: float | None = None) -> dict[str, str]:

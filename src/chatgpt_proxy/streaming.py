@@ -39,6 +39,8 @@ _USAGE_MARK = b'"usage"'
 _USAGE_NULL_MARK = b'"usage":null'
 _NULL_VALUE = re.compile(rb"\s*:\s*null\b")  # what follows a "usage" key with no usage
 _CREATED = b'"response.created"'
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_HOLD_LIMIT = 64 * 1024  # how much of a stream may wait for its response.created event
 
 
 @dataclass(slots=True)
@@ -48,10 +50,12 @@ class Outcome:
     status: int
     usage: Usage | None = None
     complete: bool = False
-    resource_id: str | None = None  # the id of a Responses API response this answer created
 
 
 OnDone = Callable[[Outcome], None]
+# Records the id of the object an answer created; the id reaches the client only once it
+# returns, and a ProxyError it raises replaces the answer (or, on a stream, ends it).
+OnCreated = Callable[[str], Awaitable[None]]
 # Judges a whole successful answer before any of it is sent; raising a ProxyError replaces it.
 CheckAnswer = Callable[[bytes], Awaitable[None]]
 
@@ -81,18 +85,18 @@ async def relay(
     strip_usage: bool = False,
     on_done: OnDone | None = None,
     check_answer: CheckAnswer | None = None,
-    capture_id: bool = False,
+    on_created: OnCreated | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends.
 
-    ``capture_id`` notes the id of the response object the answer creates (Responses API).
+    ``on_created`` is given the id of the response object the answer creates (Responses API).
     """
     upstream = reply.response
     outcome = Outcome(upstream.status)
     try:
         if upstream.content_type == "text/event-stream":
-            return await _relay_events(request, reply, outcome, strip_usage, capture_id)
-        return await _relay_body(request, reply, redactor, outcome, check_answer, capture_id)
+            return await _relay_events(request, reply, outcome, strip_usage, on_created)
+        return await _relay_body(request, reply, redactor, outcome, check_answer, on_created)
     finally:
         reply.close(broken=not outcome.complete)
         if on_done is not None:
@@ -100,19 +104,37 @@ async def relay(
 
 
 async def _relay_events(
-    request: web.Request, reply: Reply, outcome: Outcome, strip_usage: bool, capture_id: bool
+    request: web.Request,
+    reply: Reply,
+    outcome: Outcome,
+    strip_usage: bool,
+    on_created: OnCreated | None,
 ) -> web.StreamResponse:
     headers = client_response_headers(reply.response.headers)
     headers.update(SSE_HEADERS)
     response = web.StreamResponse(status=reply.response.status, headers=headers)
     await start_stream(request, response)
     splitter = EventSplitter()
+    held = _Held(on_created) if on_created is not None else None
     while True:
         try:
             chunk = await reply.read_chunk()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            await response.write(_broken(reply, type(exc).__name__).sse_event())
+            unsent = held.release() if held is not None else b""
+            await response.write(unsent + _broken(reply, type(exc).__name__).sse_event())
             break
+        if held is not None:
+            try:
+                sendable = await held.feed(chunk)
+            except ProxyError as err:
+                await response.write(err.sse_event())  # the id was never sent: no one can use it
+                break
+            if not held.released:
+                continue
+            held = None
+            if not chunk:  # the end, before any response.created event
+                await response.write(sendable)
+            chunk = chunk and sendable
         if not chunk:
             if reply.went_silent:  # closed by the idle watch, which may look like an end
                 await response.write(_broken(reply, "silence").sse_event())
@@ -126,17 +148,38 @@ async def _relay_events(
             continue
         await response.write(chunk)
         whole = splitter.feed(chunk)
-        if _has_usage(whole) or (capture_id and outcome.resource_id is None and _CREATED in whole):
+        if _has_usage(whole):
             for event in whole.split(b"\n\n"):
-                created = capture_id and outcome.resource_id is None and _CREATED in event
-                if not (created or _has_usage(event)):
-                    continue
-                document = _event_document(event)
-                outcome.usage = usage_in_document(document) or outcome.usage
-                if created:
-                    outcome.resource_id = _created_id(document)
+                if _has_usage(event):
+                    outcome.usage = usage_in_document(_event_document(event)) or outcome.usage
     await response.write_eof()
     return response
+
+
+class _Held:
+    """A stream's first bytes, held until the id its ``response.created`` event gives is
+    recorded: a client may use that id at once, on any replica."""
+
+    def __init__(self, on_created: OnCreated) -> None:
+        self._on_created = on_created
+        self._held = b""
+        self.released = False
+
+    async def feed(self, chunk: bytes) -> bytes:
+        """What may be sent now: ``b""`` while holding, everything held once released."""
+        if chunk:
+            self._held += chunk  # small: the event comes first
+            created = _created_in(self._held) if _CREATED in self._held else None
+            if created is not None:
+                await self._on_created(created)
+            elif len(self._held) <= _HOLD_LIMIT:
+                return b""  # an upstream that sends much before the event is not held up
+        return self.release()
+
+    def release(self) -> bytes:
+        self.released = True
+        held, self._held = self._held, b""
+        return held
 
 
 def _broken(reply: Reply, cause: str) -> ProxyError:
@@ -183,9 +226,14 @@ def _event_document(event: bytes) -> dict[str, Any] | None:
     return _json_document(event_data(event))
 
 
-def _created_id(document: object) -> str | None:
-    if isinstance(document, dict) and isinstance(response := document.get("response"), dict):
-        return _string(response.get("id"))
+def _created_in(stream: bytes) -> str | None:
+    """The id of the response that the ``response.created`` event in ``stream`` announces,
+    once its data line has arrived whole (LF, CRLF or CR line ends alike)."""
+    for line in _LINE_END.split(stream)[:-1]:  # the last piece may be unfinished
+        if _CREATED in line and line.startswith(b"data:"):
+            document = _json_document(line[5:])
+            if document is not None and isinstance(response := document.get("response"), dict):
+                return _string(response.get("id"))
     return None
 
 
@@ -207,28 +255,32 @@ async def _relay_body(
     redactor: Redactor,
     outcome: Outcome,
     check_answer: CheckAnswer | None,
-    capture_id: bool,
+    on_created: OnCreated | None,
 ) -> web.StreamResponse:
     upstream = reply.response
     headers = client_response_headers(upstream.headers)
     is_json = upstream.content_type == "application/json"
     length = upstream.content_length
-    checked = check_answer is not None and upstream.status < 300 and is_json
+    # Read whole to check it, or to record the id it gives before the client has it.
+    checked = (check_answer or on_created) is not None and upstream.status < 300 and is_json
     whole = length is not None and length <= _WHOLE_ANSWER_LIMIT
     if upstream.status >= 400 or whole or checked:
         body = await reply.read(_USAGE_SCAN_LIMIT if checked else _WHOLE_ANSWER_LIMIT)
         if upstream.status >= 400:
             body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
         elif is_json:
-            if capture_id and upstream.status < 300:
+            created = None
+            if on_created is not None and upstream.status < 300:
                 # One parse for both: the id of the response created, and its usage.
                 document = _json_document(body)
                 outcome.usage = usage_in_document(document)
-                outcome.resource_id = _string(document.get("id")) if document else None
+                created = _string(document.get("id")) if document else None
             else:
                 outcome.usage = usage_in_json(body)
             if checked and check_answer is not None:
                 await check_answer(body)
+            if on_created is not None and created is not None:
+                await on_created(created)
         outcome.complete = True
         return web.Response(body=body, status=upstream.status, headers=headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)

@@ -479,6 +479,18 @@ class FakeOpenAI:
 
     async def _responses_create(self, request: web.Request) -> web.StreamResponse:
         body = request[BODY]
+        previous = body.get("previous_response_id")
+        with self._lock:
+            unknown = previous is not None and previous not in self._state.responses
+        if unknown:
+            # As OpenAI answers it: a 400, unlike the 404 of a path naming an unknown response.
+            return faults.error_response(
+                400,
+                f"Previous response with id '{previous}' not found.",
+                "invalid_request_error",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         reply = self._reply(request)
         response_id = p.new_id("resp_")
         usage = p.responses_usage(p.count_words(body.get("input", "")), len(reply.split()))

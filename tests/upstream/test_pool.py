@@ -4,7 +4,12 @@ from collections import Counter
 
 import pytest
 
-from chatgpt_proxy.errors import NoUpstreamKeys, UpstreamError, UpstreamRateLimited
+from chatgpt_proxy.errors import (
+    NoUpstreamKeys,
+    ResourceUnavailable,
+    UpstreamError,
+    UpstreamRateLimited,
+)
 from chatgpt_proxy.upstream.pool import KeyPool, KeyState, PoolPolicy, UpstreamKey
 
 SECRETS = ["sk-secret-aaaa1111", "sk-secret-bbbb2222", "sk-secret-cccc3333"]
@@ -398,3 +403,33 @@ def test_invalid_configuration_is_rejected() -> None:
         PoolPolicy(eject_after=0)
     with pytest.raises(ValueError):
         PoolPolicy(eject_base=10, eject_max=5)
+
+
+# ---------------------------------------------------------------- the key holding an object
+
+
+def test_acquire_exact_gives_that_key_or_says_why_not_never_another() -> None:
+    pool, clock = make_pool(3)
+    holder = pool.keys()[1]
+    key = pool.acquire_exact("openai#2")
+    assert key is holder and key.inflight == 1
+    pool.release(key)
+
+    pool.report_rate_limited(holder, retry_after=30)
+    with pytest.raises(UpstreamRateLimited) as cooling:
+        pool.acquire_exact("openai#2")
+    assert cooling.value.headers["retry-after"] == "30"
+    clock.advance(31)
+    pool.release(pool.acquire_exact("openai#2"))  # the cooldown is over
+
+    for _ in range(pool.policy.eject_after):
+        pool.report_failure(holder)
+    with pytest.raises(UpstreamError):
+        pool.acquire_exact("openai#2")
+
+    pool.report_retired(holder, "invalid")
+    for alias in ("openai#2", "openai#9"):  # retired, or no longer configured
+        with pytest.raises(ResourceUnavailable) as gone:
+            pool.acquire_exact(alias)
+        assert gone.value.status == 409 and gone.value.headers == {"x-should-retry": "false"}
+    assert all(key.inflight == 0 for key in pool.keys())

@@ -1,8 +1,11 @@
 """The OpenAI routes: an allowlist of endpoints, each forwarded through the one pipeline.
 
-auth → model policy → route → limits → moderation → upstream (key pool, retries) → relay →
-meter. Bodies go upstream byte for byte; the proxy re-encodes one only to ask a stream for
-its usage, and strips that extra chunk again on the way back.
+auth → model policy → route → limits → ownership → moderation → upstream (key pool,
+retries) → relay → meter. Bodies go upstream byte for byte; the proxy re-encodes one only to
+ask a stream for its usage, and strips that extra chunk again on the way back. A stored
+response is its creator's alone: its id names it in the paths and in ``previous_response_id``,
+and the record of its owner (``keystore/objects.py``) decides who may use it and which
+upstream key serves that.
 """
 
 from __future__ import annotations
@@ -11,18 +14,28 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 from aiohttp import web
 
 from chatgpt_proxy.app import STATE, AppState, context
-from chatgpt_proxy.errors import InvalidRequest, ModelNotAllowed, ProxyError, UnknownRoute
+from chatgpt_proxy.errors import (
+    InvalidRequest,
+    ModelNotAllowed,
+    ObjectNotFound,
+    PreviousResponseNotFound,
+    ProxyError,
+    ResourceUnavailable,
+    UnknownRoute,
+)
 from chatgpt_proxy.keystore import ClientKey
+from chatgpt_proxy.keystore.objects import RESPONSE, StoredObject
 from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
-from chatgpt_proxy.streaming import CheckAnswer, Outcome, relay
-from chatgpt_proxy.upstream.affinity import Holder
+from chatgpt_proxy.streaming import CheckAnswer, OnCreated, Outcome, relay
 from chatgpt_proxy.upstream.client import Body, Outbound
+from chatgpt_proxy.upstream.router import Upstream
 from chatgpt_proxy.usage import estimate_tokens
 
 BodyKind = Literal["json", "multipart", "none"]
@@ -32,6 +45,8 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _CHECKED_ANSWERS = frozenset({"chat.completions", "completions", "responses"})
+# The kind of stored object an endpoint family's ids (and previous_response_id) name.
+_OWNED_KINDS = {"responses": RESPONSE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +138,15 @@ class Forward:
             ctx.model = model
             if not key.policy.allows_model(model):
                 raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
-        holder = self._holder(state, request, parsed)
         upstream = state.router.route(model)
-        if holder is not None:
-            upstream = state.router.get(holder.upstream) or upstream
         admission = await state.limiter.admit(key, parsed.estimate(), model)
         ctx.headers = admission.headers
         used: list[tuple[int, float]] = []  # tokens and cost, once the relay is done
         try:
+            # Once admitted: a key probing for ids is held to its rate like any other request.
+            holder = await self._holder(state, request, parsed, key)
+            if holder is not None:
+                upstream = _holding(state, holder)
             await state.moderator.check(self.endpoint.name, parsed.document, key)
             body, strip_usage = self._usage_stream(parsed)
             outbound = Outbound(
@@ -140,7 +156,7 @@ class Forward:
                 request.headers,
                 body,
                 parsed.stream,
-                prefer_key=holder.alias if holder is not None else None,
+                holder_key=holder.upstream_alias if holder is not None else None,
             )
             try:
                 reply = await state.client.send(upstream, outbound)
@@ -154,9 +170,6 @@ class Forward:
             def done(outcome: Outcome) -> None:
                 cost = _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
                 used.append((outcome.usage.total_tokens if outcome.usage else 0, cost))
-                if outcome.resource_id is not None:
-                    holder = Holder(upstream.name, reply.alias)
-                    state.affinity.remember(outcome.resource_id, holder)
 
             return await relay(
                 request,
@@ -165,19 +178,58 @@ class Forward:
                 strip_usage=strip_usage,
                 on_done=done,
                 check_answer=self._answer_check(state, key),
-                capture_id=self.endpoint.name == "responses",
+                on_created=self._recorder(state, key, parsed, upstream, reply.alias),
             )
         finally:
             await admission.settle(*(used[0] if used else (0, 0.0)))
             await admission.release()
 
-    def _holder(self, state: AppState, request: web.Request, parsed: _Parsed) -> Holder | None:
-        """The key holding the stored response this request refers to, if this proxy knows it."""
-        resource_id = request.match_info.get("id")
-        if resource_id is None and self.endpoint.name.startswith("responses"):
-            previous = parsed.document.get("previous_response_id")
-            resource_id = previous if isinstance(previous, str) else None
-        return state.affinity.holder(resource_id) if resource_id is not None else None
+    async def _holder(
+        self, state: AppState, request: web.Request, parsed: _Parsed, key: ClientKey
+    ) -> StoredObject | None:
+        """The record of the stored object this request is about, which must be ``key``'s.
+
+        Another key's object is told exactly as an unknown one is, and neither is forwarded:
+        the upstream would serve any object of its account to any of its keys. The id is
+        echoed as the upstream does, scrubbed as the upstream's own errors are.
+        """
+        scrub = state.redactor.scrub
+        kind = _OWNED_KINDS.get(self.endpoint.name.partition(".")[0])
+        if kind is None:
+            return None
+        object_id = request.match_info.get("id")
+        if object_id is not None:
+            found = await state.objects.find(kind, object_id)
+            if found is None or found.owner_key_id != key.id:
+                raise ObjectNotFound(scrub(f"Response with id '{object_id}' not found."))
+            return found
+        previous = parsed.document.get("previous_response_id")
+        if not isinstance(previous, str):
+            return None  # absent, or the upstream's to refuse
+        # Only a value shaped like an id is looked up (a NUL is a database error) or echoed.
+        well_formed = _ID.fullmatch(previous) is not None
+        found = await state.objects.find(kind, previous) if well_formed else None
+        if found is None or found.owner_key_id != key.id:
+            shown = f" with id '{previous}'" if well_formed else ""
+            raise PreviousResponseNotFound(
+                scrub(f"Previous response{shown} not found."), param="previous_response_id"
+            )
+        return found
+
+    def _recorder(
+        self, state: AppState, key: ClientKey, parsed: _Parsed, upstream: Upstream, alias: str
+    ) -> OnCreated | None:
+        """Records the owner of the response this request creates, before the client has its id."""
+        if self.endpoint.name != "responses" or parsed.document.get("store") is False:
+            return None  # a response not stored cannot be fetched again: nothing to own
+
+        async def record(object_id: str) -> None:
+            now = datetime.now(UTC)
+            await state.objects.record(
+                StoredObject(RESPONSE, object_id, key.id, upstream.name, alias, now)
+            )
+
+        return record
 
     def _answer_check(self, state: AppState, key: ClientKey) -> CheckAnswer | None:
         if self.endpoint.name not in _CHECKED_ANSWERS or not state.settings.moderation.check_output:
@@ -238,6 +290,16 @@ class Forward:
         document = dict(parsed.document)
         document["stream_options"] = {**(options or {}), "include_usage": True}
         return orjson.dumps(document), True
+
+
+def _holding(state: AppState, holder: StoredObject) -> Upstream:
+    """The upstream holding ``holder``'s object: no other has it."""
+    upstream = state.router.get(holder.upstream)
+    if upstream is None:
+        raise ResourceUnavailable(
+            f"The upstream {holder.upstream} holding this object is no longer configured."
+        )
+    return upstream
 
 
 def _meter(

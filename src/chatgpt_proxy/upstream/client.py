@@ -51,7 +51,8 @@ class Outbound:
     headers: CIMultiDictProxy[str]
     body: Body = None
     stream: bool = False
-    prefer_key: str | None = None  # the alias holding the resource this request refers to
+    # The alias of the key holding the stored object this request is about: that key or none.
+    holder_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -154,7 +155,7 @@ class UpstreamClient:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise last or UpstreamTimeout("The upstream did not answer before the deadline.")
-            key = self._acquire(upstream, tried, last, outbound.prefer_key)
+            key = self._acquire(upstream, tried, last, outbound.holder_key)
             tried.add(key.alias)
             outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
             if isinstance(outcome, aiohttp.ClientResponse):
@@ -197,10 +198,18 @@ class UpstreamClient:
         return self._idle.watch(response)
 
     def _acquire(
-        self, upstream: Upstream, tried: set[str], last: ProxyError | None, prefer: str | None
+        self, upstream: Upstream, tried: set[str], last: ProxyError | None, holder: str | None
     ) -> UpstreamKey:
+        if holder is not None:
+            # Only the holder's account has the object: its failure is the answer, and a
+            # second look at the key says whether that is "retired" (409) or "retry" (last).
+            key = upstream.pool.acquire_exact(holder)
+            if last is None:
+                return key
+            upstream.pool.release(key)
+            raise last
         try:
-            return upstream.pool.acquire(exclude=tried, prefer=prefer)
+            return upstream.pool.acquire(exclude=tried)
         except ProxyError:
             if last is None:
                 raise

@@ -25,7 +25,13 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from chatgpt_proxy.errors import NoUpstreamKeys, ProxyError, UpstreamError, UpstreamRateLimited
+from chatgpt_proxy.errors import (
+    NoUpstreamKeys,
+    ProxyError,
+    ResourceUnavailable,
+    UpstreamError,
+    UpstreamRateLimited,
+)
 
 Strategy = Literal["random", "round_robin", "least_busy"]
 
@@ -170,6 +176,33 @@ class KeyPool:
                 key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
         if key is None:
             raise self._unavailable(now, exclude)
+        key.inflight += 1
+        key.requests += 1
+        return key
+
+    def acquire_exact(self, alias: str) -> UpstreamKey:
+        """The key ``alias`` itself, for a request about an object that only its account holds.
+
+        Never another key: a retired or unknown one is a ``ResourceUnavailable`` (409), a
+        cooling one an ``UpstreamRateLimited`` until its cooldown ends, an ejected one an
+        ``UpstreamError``; the client retries the last two, and only this key can answer.
+        """
+        now = self._clock()
+        key = self._by_alias.get(alias)
+        if key is None or key.state is KeyState.RETIRED:
+            raise ResourceUnavailable(
+                f"The upstream key {alias} holding this object is out of service; "
+                "it is reachable again only if an operator brings that key back."
+            )
+        if not _usable(key, now):
+            if key.state is KeyState.COOLING:
+                raise UpstreamRateLimited(
+                    f"The upstream key {alias} holding this object is rate limited; retry later.",
+                    retry_after=key.until - now,
+                )
+            raise UpstreamError(
+                f"The upstream key {alias} holding this object is failing; retry shortly."
+            )
         key.inflight += 1
         key.requests += 1
         return key
