@@ -38,6 +38,10 @@ Spool = tempfile.SpooledTemporaryFile[bytes]
 _WRITE_BATCH = 256 * 1024  # bytes gathered before one write to a spool on disk
 _READ_CHUNK = 256 * 1024
 _IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
+# Fields the proxy polices (allowlist, routing, moderation, metering): sent as a file part,
+# which it does not read, they would slip past it if the upstream took them as text.
+_POLICED_NAMES = frozenset({b"model", b"prompt", b"stream"})
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})  # as pydantic reads a form's true
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ class UploadLimits:
 
 
 class SpooledUpload:
-    """A multipart body read whole: its text fields, and its bytes until ``close()``.
+    """A multipart body read whole: its text fields, and its bytes until ``close()``::
 
     with await read_multipart(request, limits) as upload:
         police(upload.fields)  # every text field, wherever it sat
@@ -62,7 +66,13 @@ class SpooledUpload:
         self.fields: dict[str, FieldValue] = fields.values
         self.size = size
         self._spool = spool
-        self._body: Body = _DiskBody(spool, size) if on_disk else _memory_bytes(spool)
+        self._body: Body
+        if on_disk:
+            self._body = _DiskBody(spool, size)
+        else:
+            spool.seek(0)
+            self._body = spool.read()
+            spool.close()  # not held twice in memory
 
     @property
     def body(self) -> Body:
@@ -92,6 +102,11 @@ class SpooledUpload:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def form_flag(value: FieldValue | None) -> bool:
+    """A form field read as a boolean the way a lenient server reads it (``stream=1``...)."""
+    return isinstance(value, str) and value.strip().lower() in _TRUE
 
 
 async def read_multipart(request: web.Request, limits: UploadLimits) -> SpooledUpload:
@@ -162,11 +177,6 @@ def _write_out(spool: Spool, data: bytes) -> None:
 def _roll_over(spool: Spool, data: bytes) -> None:
     spool.rollover()
     spool.write(data)
-
-
-def _memory_bytes(spool: Spool) -> bytes:
-    spool.seek(0)
-    return spool.read()
 
 
 class _DiskBody(ReplayableBody):
@@ -254,6 +264,8 @@ class _Fields:
         if disposition != b"form-data" or not name:
             raise InvalidMultipart("Every part of the form needs a name (Content-Disposition).")
         if b"filename" in options:
+            if name.lower() in _POLICED_NAMES:
+                raise InvalidMultipart(f"The field `{_text(name, 'A field name')}` must be text.")
             return
         encoding = self._headers.get("content-transfer-encoding", "").lower()
         if encoding not in _IDENTITY_ENCODINGS:

@@ -130,6 +130,14 @@ def test_prompt_after_the_file_is_moderated(
     assert any("FLAG:hate" in str(call) for call in fake.moderation_calls)
 
 
+def test_a_model_sent_as_a_file_after_the_image_is_refused(proxy: Proxy, fake: FakeOpenAI) -> None:
+    """The allowlist reads text fields; a ``model`` part with a filename would slip past it."""
+    parts = _file_first(("prompt", "a hat"))
+    parts.append(("model", ("model.txt", b"gpt-image-1", "text/plain")))
+    _error(proxy.http().post(EDITS, files=parts, headers=_auth(proxy)), 400, "invalid_multipart")
+    assert fake.count(EDITS) == 0
+
+
 @pytest.mark.parametrize("name", ["model", "prompt", "stream"])
 def test_a_field_given_twice_is_refused(proxy: Proxy, fake: FakeOpenAI, name: str) -> None:
     """Policing one value while the upstream reads the other would be a bypass."""
@@ -154,6 +162,10 @@ def test_fields_after_the_file_are_forwarded_byte_for_byte(
     assert received.body == body
     assert received.headers["content-type"] == content_type
     assert received.form() == {"prompt": "add a hat", "model": "dall-e-2", "n": "2"}
+    # Metered (and priced) under the model that came after the file.
+    spooling.loop.run(spooling.state.meter.flush())
+    rows = spooling.loop.run(spooling.state.store.usage_summary(spooling.key_id))
+    assert [row.model for row in rows] == ["dall-e-2"]
 
 
 def test_the_sdk_upload_still_passes_whole(spooling: Proxy, fake: FakeOpenAI) -> None:

@@ -20,7 +20,7 @@ from aiohttp import web
 from chatgpt_proxy.app import STATE, AppState, context
 from chatgpt_proxy.errors import InvalidRequest, ModelNotAllowed, UnknownRoute
 from chatgpt_proxy.keystore import ClientKey
-from chatgpt_proxy.multipart import SpooledUpload, UploadLimits, read_multipart
+from chatgpt_proxy.multipart import SpooledUpload, UploadLimits, form_flag, read_multipart
 from chatgpt_proxy.requestbody import read_json
 from chatgpt_proxy.streaming import CheckAnswer, Outcome, relay
 from chatgpt_proxy.upstream.affinity import Holder
@@ -219,7 +219,7 @@ class Forward:
             model = fields.get("model")
             if model is not None and not isinstance(model, str):
                 raise InvalidRequest("`model` must be a string.", param="model")
-            return _Parsed(upload.body, fields, model, fields.get("stream") == "true", upload)
+            return _Parsed(upload.body, fields, model, form_flag(fields.get("stream")), upload)
         if kind == "none":
             model = request.match_info.get("model")
             return _Parsed(None, {}, model, request.query.get("stream") == "true")
