@@ -147,8 +147,9 @@ def test_a_closed_upload_holds_no_file(make_reader: Any, spool_dir: Path) -> Non
         ({"fields": 10}, [("prompt", (None, "x" * 11))], (413, "request_too_large")),
         ({}, [("model", (None, "a")), ("model", (None, "b"))], (400, "invalid_multipart")),
         ({}, [("model", (None, b"\xff"))], (400, "invalid_multipart")),
+        ({}, [("n[]", (None, "1"))] * 1001, (400, "invalid_multipart")),
     ],
-    ids=["body-limit", "fields-limit", "twice", "not-utf8"],
+    ids=["body-limit", "fields-limit", "twice", "not-utf8", "too-many-parts"],
 )
 def test_refused_forms(
     make_reader: Any,

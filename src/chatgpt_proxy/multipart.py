@@ -37,6 +37,7 @@ Spool = tempfile.SpooledTemporaryFile[bytes]
 
 _WRITE_BATCH = 256 * 1024  # bytes gathered before one write to a spool on disk
 _READ_CHUNK = 256 * 1024
+_MAX_PARTS = 1000  # OpenAI's forms have a few dozen; each part costs memory to track
 _IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
 # Fields the proxy polices (allowlist, routing, moderation, metering): sent as a file part,
 # which it does not read, they would slip past it if the upstream took them as text.
@@ -223,6 +224,7 @@ class _Fields:
         self.ended = False
         self._limit = limit
         self._size = 0
+        self._parts = 0
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, str] = {}
@@ -242,6 +244,9 @@ class _Fields:
         }
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > _MAX_PARTS:
+            raise InvalidMultipart(f"The form has more than {_MAX_PARTS} parts.")
         self._headers = {}
         self._name = None
         self._value = None

@@ -470,7 +470,7 @@ _BOUNDARY_BODY = (
         ("multipart/form-data; boundary=right", _BOUNDARY_BODY.replace(b"--right--", b"")),
         ("multipart/form-data; boundary=right", b""),  # empty
         ("multipart/form-data; boundary=right", b"garbage\r\n" + _BOUNDARY_BODY),  # junk first
-        ("multipart/form-data; boundary=" + "b" * 100, _BOUNDARY_BODY),  # boundary too long
+        ("multipart/form-data; boundary=" + "b" * 300, _BOUNDARY_BODY),  # boundary too long
         (  # a part with no name
             "multipart/form-data; boundary=right",
             _BOUNDARY_BODY.replace(b'form-data; name="model"', b"form-data"),
