@@ -8,8 +8,8 @@ parts in the order given; hand-written bytes are kept for the malformed cases.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -30,6 +30,7 @@ EDITS = "/v1/images/edits"
 CHAT = "/v1/chat/completions"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64  # 16 KiB and a little
 LIMIT = 64 * 1024
+HUNDRED_MB = 100 * 1024 * 1024
 
 
 def _auth(proxy: Proxy) -> dict[str, str]:
@@ -277,25 +278,18 @@ def test_the_spool_is_let_go_when_the_client_leaves_mid_upload(
 # ---------------------------------------------------------------- row 15
 
 
-def _raw(proxy: Proxy, head: str, chunks: Iterator[bytes]) -> bytes:
-    """Send a request head, then body chunks until the proxy answers; its whole answer."""
+def _raw(proxy: Proxy, head: str, chunks: Iterator[bytes]) -> tuple[bytes, int]:
+    """Send a request head, then body chunks until the proxy answers; its whole answer, and
+    how many bytes of the body were sent.
+
+    The proxy may answer (and stop reading) at any point of the body: sending waits until
+    the socket can take more or has an answer to read, whichever comes first.
+    """
     host, port = proxy.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head.encode())
-        sock.settimeout(0.0)
+        sent = _send_until_answered(sock, chunks)
         answer = b""
-        for chunk in chunks:
-            with contextlib.suppress(BlockingIOError):
-                answer += sock.recv(65536)
-            if answer:
-                break  # answered before the body was all sent
-            try:
-                sock.sendall(chunk)
-            except BlockingIOError:
-                break  # the proxy stopped reading: its answer is on its way
-            except (BrokenPipeError, ConnectionResetError):
-                break
-        sock.settimeout(10)
         while not _complete(answer):
             try:
                 data = sock.recv(65536)
@@ -305,7 +299,24 @@ def _raw(proxy: Proxy, head: str, chunks: Iterator[bytes]) -> bytes:
                 break
             answer += data
     proxy.recorder.add_bytes(answer)
-    return answer
+    return answer, sent
+
+
+def _send_until_answered(sock: socket.socket, chunks: Iterator[bytes]) -> int:
+    sent = 0
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            readable, writable, _ = select.select([sock], [sock], [], 10)
+            if readable or not writable:
+                return sent  # answered (or closed) before the body was all sent
+            try:
+                count = sock.send(view)
+            except (BrokenPipeError, ConnectionResetError):
+                return sent
+            sent += count
+            view = view[count:]
+    return sent
 
 
 def _complete(answer: bytes) -> bool:
@@ -330,7 +341,7 @@ def _raw_error(answer: bytes, status: int, code: str | None = None) -> None:
 
 def _endless(chunk: bytes, *, chunked: bool) -> Iterator[bytes]:
     framed = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
-    for _ in range(100 * 1024 * 1024 // len(chunk)):  # 100 MB, unless answered before
+    for _ in range(HUNDRED_MB // len(chunk)):  # unless answered before
         yield framed
 
 
@@ -362,7 +373,9 @@ def test_row_15_a_huge_body_is_413_before_it_is_buffered(
     """Row 15: a 100 MB body, declared or chunked with no length: 413 as the bytes come in."""
     proxy = make_proxy(server={"max_body_bytes": LIMIT, "max_upload_bytes": LIMIT * 2})
     length = (
-        "Content-Length: 104857600\r\n" if framing == "length" else "Transfer-Encoding: chunked\r\n"
+        f"Content-Length: {HUNDRED_MB}\r\n"
+        if framing == "length"
+        else "Transfer-Encoding: chunked\r\n"
     )
     request_head = (
         f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.key}\r\n"
@@ -375,8 +388,9 @@ def test_row_15_a_huge_body_is_413_before_it_is_buffered(
         yield first
         yield from _endless(b"x" * 16384, chunked=chunked)
 
-    answer = _raw(proxy, request_head, body())
+    answer, sent = _raw(proxy, request_head, body())
     _raw_error(answer, 413, "request_too_large")
+    assert sent < HUNDRED_MB // 2, "answered long before the body was all sent"
     assert fake.count(path) == 0
 
 
@@ -405,7 +419,7 @@ def test_row_15_a_lying_content_length_buffers_no_more_than_it_declares(
         yield head
         yield from _endless(b"x" * 16384, chunked=False)
 
-    answer = _raw(proxy, request_head, body())
+    answer, _ = _raw(proxy, request_head, body())
     _raw_error(answer, 400)
     assert fake.count(path) == 0
     assert proxy.client().models.list().data  # and it still serves
