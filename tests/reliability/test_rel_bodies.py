@@ -131,6 +131,21 @@ def test_prompt_after_the_file_is_moderated(
     assert any("FLAG:hate" in str(call) for call in fake.moderation_calls)
 
 
+def test_model_after_the_file_routes_the_request(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    upstream = {"base_url": fake.base_url}
+    proxy = make_proxy(
+        upstreams=[
+            {**upstream, "name": "dalle", "keys": [FAKE_KEYS[0]], "models": ["dall-e-*"]},
+            {**upstream, "name": "images", "keys": [FAKE_KEYS[2]], "models": ["gpt-image-*"]},
+        ]
+    )
+    parts = _file_first(("prompt", "a hat"), ("model", "gpt-image-1"))
+    assert proxy.http().post(EDITS, files=parts, headers=_auth(proxy)).status_code == 200
+    assert fake.last(EDITS).key == FAKE_KEYS[2]
+
+
 def test_a_model_sent_as_a_file_after_the_image_is_refused(proxy: Proxy, fake: FakeOpenAI) -> None:
     """The allowlist reads text fields; a ``model`` part with a filename would slip past it."""
     parts = _file_first(("prompt", "a hat"))
