@@ -190,7 +190,7 @@ class _DiskBody(ReplayableBody):
 
     def __init__(self, spool: Spool, size: int) -> None:
         self._spool = spool
-        self._size = size
+        self.size = size
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -199,8 +199,8 @@ class _DiskBody(ReplayableBody):
         fd = os.dup(self._spool.fileno())
         try:
             offset = 0
-            while offset < self._size and not self.closed:
-                length = min(_READ_CHUNK, self._size - offset)
+            while offset < self.size and not self.closed:
+                length = min(_READ_CHUNK, self.size - offset)
                 chunk = await asyncio.to_thread(os.pread, fd, length, offset)
                 if not chunk:
                     break

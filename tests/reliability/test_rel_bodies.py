@@ -177,6 +177,9 @@ def test_fields_after_the_file_are_forwarded_byte_for_byte(
     received = fake.last(EDITS)
     assert received.body == body
     assert received.headers["content-type"] == content_type
+    # Spooled to disk, and still sent with its length, not chunked.
+    assert received.headers["content-length"] == str(len(body))
+    assert "transfer-encoding" not in received.headers
     assert received.form() == {"prompt": "add a hat", "model": "dall-e-2", "n": "2"}
     # Metered (and priced) under the model that came after the file.
     spooling.loop.run(spooling.state.meter.flush())

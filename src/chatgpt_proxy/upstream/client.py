@@ -43,7 +43,10 @@ Body = bytes | AsyncIterable[bytes] | None
 
 class ReplayableBody(AsyncIterable[bytes]):
     """A body kept out of memory (a spooled upload) that can be sent again on another key:
-    each iteration starts over from its first byte. Other iterables are sent once."""
+    each iteration starts over from its first byte. Other iterables are sent once, chunked;
+    this one with its ``size`` as Content-Length."""
+
+    size: int
 
 
 @dataclass(slots=True)
@@ -235,6 +238,8 @@ class UpstreamClient:
             organization=upstream.settings.organization,
             project=upstream.settings.project,
         )
+        if isinstance(outbound.body, ReplayableBody):
+            headers["Content-Length"] = str(outbound.body.size)
         if limits.sock_read is not None and remaining < limits.sock_read:
             limits = aiohttp.ClientTimeout(sock_connect=limits.sock_connect, sock_read=remaining)
         handed_on = False
