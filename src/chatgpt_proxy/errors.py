@@ -7,6 +7,7 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     ├── InvalidRequest                      400 invalid_request_error
     │   ├── InvalidJSON                     400 invalid_json
     │   ├── InvalidContentType              400 invalid_content_type
+    │   ├── InvalidMultipart                400 invalid_multipart
     │   ├── InvalidHeader                   400 invalid_header
     │   ├── RequestTooLarge                 413 request_too_large
     │   ├── UnknownRoute                    404 unknown_url
@@ -99,6 +100,10 @@ class InvalidJSON(InvalidRequest):
 
 class InvalidContentType(InvalidRequest):
     code = "invalid_content_type"
+
+
+class InvalidMultipart(InvalidRequest):
+    code = "invalid_multipart"
 
 
 class InvalidHeader(InvalidRequest):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -26,13 +27,13 @@ from chatgpt_proxy.errors import (
     ModelNotAllowed,
     ObjectNotFound,
     PreviousResponseNotFound,
-    ProxyError,
     ResourceUnavailable,
     UnknownRoute,
 )
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.keystore.objects import RESPONSE, StoredObject
-from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
+from chatgpt_proxy.multipart import SpooledUpload, UploadLimits, form_flag, read_multipart
+from chatgpt_proxy.requestbody import read_json
 from chatgpt_proxy.streaming import CheckAnswer, OnCreated, Outcome, relay
 from chatgpt_proxy.upstream.client import Body, Outbound
 from chatgpt_proxy.upstream.router import Upstream
@@ -109,13 +110,14 @@ class _Parsed:
     document: Mapping[str, Any]
     model: str | None
     stream: bool
-    upload: StreamedUpload | None = None  # to tell a stop at the size limit from a failure
+    upload: SpooledUpload | None = None
 
     def estimate(self) -> int:
-        if isinstance(self.body, bytes):
-            size = len(self.body)
+        # An upload's files are not tokens of the prompt: only its text fields are counted.
+        if self.upload is not None:
+            size = self.upload.fields_size
         else:
-            size = sum(len(value) for value in self.document.values() if isinstance(value, str))
+            size = len(self.body) if isinstance(self.body, bytes) else 0
         return estimate_tokens(self.document, size)
 
 
@@ -126,13 +128,17 @@ class Forward:
         self.endpoint = endpoint
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        with ExitStack() as held:  # a spooled upload is let go however the request ends
+            return await self._forward(request, held)
+
+    async def _forward(self, request: web.Request, held: ExitStack) -> web.StreamResponse:
         state = request.app[STATE]
         ctx = context(request)
         ctx.endpoint = self.endpoint.name
         key = state.keys.authenticate(request.headers.get("Authorization"))
         ctx.key_id = key.id
         path = self._upstream_path(request)
-        parsed = await self._parse(request, state)
+        parsed = await self._parse(request, state, held)
         model = parsed.model
         if model is not None:
             ctx.model = model
@@ -158,12 +164,7 @@ class Forward:
                 parsed.stream,
                 holder_key=holder.upstream_alias if holder is not None else None,
             )
-            try:
-                reply = await state.client.send(upstream, outbound)
-            except ProxyError:
-                if parsed.upload is not None and parsed.upload.exceeded:
-                    raise too_large(state.settings.server.max_body_bytes) from None
-                raise
+            reply = await state.client.send(upstream, outbound)
             ctx.upstream = reply.alias
             started = time.monotonic()
 
@@ -254,16 +255,22 @@ class Forward:
                 raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
         return self.endpoint.upstream_path.format(**params)
 
-    async def _parse(self, request: web.Request, state: AppState) -> _Parsed:
-        limit = state.settings.server.max_body_bytes
+    async def _parse(self, request: web.Request, state: AppState, held: ExitStack) -> _Parsed:
+        server = state.settings.server
+        limit = server.max_body_bytes
         kind = self.endpoint.body
         if kind == "multipart" and not (
             self.endpoint.accepts_json and request.content_type == "application/json"
         ):
-            upload = await open_multipart(request, limit)
-            model = upload.fields.get("model")
-            stream = upload.fields.get("stream") == "true"
-            return _Parsed(upload.body, upload.fields, model, stream, upload)
+            limits = UploadLimits(
+                server.max_upload_bytes, limit, server.upload_memory_bytes, server.upload_spool_dir
+            )
+            upload = held.enter_context(await read_multipart(request, limits))
+            fields = upload.fields
+            model = fields.get("model")
+            if model is not None and not isinstance(model, str):
+                raise InvalidRequest("`model` must be a string.", param="model")
+            return _Parsed(upload.body, fields, model, form_flag(fields.get("stream")), upload)
         if kind == "none":
             model = request.match_info.get("model")
             return _Parsed(None, {}, model, request.query.get("stream") == "true")

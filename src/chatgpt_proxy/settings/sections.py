@@ -32,6 +32,20 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"
     )
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="largest multipart upload accepted (image edits, audio), in bytes",
+    )
+    upload_memory_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="bytes of an upload held in memory while it is policed; the rest is spooled"
+        " to a temporary file",
+    )
+    upload_spool_dir: str | None = Field(
+        None, description="directory of the spooled uploads (default: the system's temp dir)"
+    )
     grace_seconds: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )

@@ -41,6 +41,14 @@ _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 Body = bytes | AsyncIterable[bytes] | None
 
 
+class ReplayableBody(AsyncIterable[bytes]):
+    """A body kept out of memory (a spooled upload) that can be sent again on another key:
+    each iteration starts over from its first byte. Other iterables are sent once, chunked;
+    this one with its ``size`` as Content-Length."""
+
+    size: int
+
+
 @dataclass(slots=True)
 class Outbound:
     """A request to forward; ``path`` is below the upstream's ``base_url``."""
@@ -142,7 +150,7 @@ class UpstreamClient:
 
     async def send(self, upstream: Upstream, outbound: Outbound) -> Reply:
         deadline = self._clock() + self._timeouts.request
-        replayable = outbound.body is None or isinstance(outbound.body, bytes)
+        replayable = outbound.body is None or isinstance(outbound.body, bytes | ReplayableBody)
         url = upstream.settings.base_url + outbound.path
         if outbound.query:
             url += "?" + outbound.query
@@ -239,6 +247,8 @@ class UpstreamClient:
             organization=upstream.settings.organization,
             project=upstream.settings.project,
         )
+        if isinstance(outbound.body, ReplayableBody):
+            headers["Content-Length"] = str(outbound.body.size)
         if limits.sock_read is not None and remaining < limits.sock_read:
             limits = aiohttp.ClientTimeout(sock_connect=limits.sock_connect, sock_read=remaining)
         handed_on = False
