@@ -155,6 +155,16 @@ class KeyPool:
         self._rng = rng if rng is not None else random.Random()
         self._cursor = 0
 
+    @classmethod
+    def alone(cls, name: str, key: UpstreamKey) -> KeyPool:
+        """A fresh pool of ``key`` alone, under its own alias: to try that key apart from its
+        pool, as probes do, with every line logged about it naming the right key."""
+        pool = cls(name, [])
+        copy = UpstreamKey(key.alias, key.secret)
+        pool._keys = (copy,)
+        pool._by_alias = {copy.alias: copy}
+        return pool
+
     def acquire(self, exclude: Container[str] = (), prefer: str | None = None) -> UpstreamKey:
         """Choose a usable key whose alias is not in ``exclude`` (the keys this request tried).
 
