@@ -198,16 +198,56 @@ def test_cooling_and_retired_mix_raises_rate_limited() -> None:
     assert caught.value.headers["retry-after"] == "15"
 
 
-def test_only_ejected_keys_raise_upstream_error() -> None:
+def test_ejection_never_takes_the_whole_pool_out() -> None:
+    """Every key failing: only the configured share is ejected, the rest stays in play."""
     pool, _ = make_pool(2)
-    keys = pool.keys()
-    for key in keys:
+    first, second = pool.keys()
+    for key in pool.keys():
         for _ in range(3):
             pool.report_failure(key)
-    with pytest.raises(UpstreamError) as caught:
-        pool.acquire()
-    assert type(caught.value) is UpstreamError
-    assert "failing" in caught.value.message
+    assert (first.state, second.state) == (KeyState.EJECTED, KeyState.ACTIVE)
+    assert {take(pool).alias for _ in range(4)} == {"openai#2"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "share", "ejected"),
+    [(4, 0.5, 2), (4, 0.25, 1), (5, 0.5, 2), (10, 0.1, 1), (3, 1.0, 3), (2, 0.1, 1)],
+)
+def test_at_most_the_configured_share_is_ejected(keys: int, share: float, ejected: int) -> None:
+    pool, _ = make_pool(keys, policy=PoolPolicy(max_ejected_share=share))
+    for key in pool.keys():
+        for _ in range(3):
+            pool.report_failure(key)
+    states = [key.state for key in pool.keys()]
+    assert states.count(KeyState.EJECTED) == ejected  # at least one, as Envoy's outliers
+
+
+def test_a_freed_share_lets_the_next_failure_eject() -> None:
+    pool, clock = make_pool(2, policy=PoolPolicy(eject_base=10.0, eject_max=10.0))
+    first, second = pool.keys()
+    for _ in range(3):
+        pool.report_failure(first)
+        pool.report_failure(second)
+    assert second.state is KeyState.ACTIVE
+    clock.advance(10)  # the first is back on probation
+    pool.report_failure(second)
+    assert pool.snapshot()[1].state is KeyState.EJECTED
+    assert pool.snapshot()[0].state is KeyState.ACTIVE
+
+
+def test_with_no_other_key_usable_the_ejected_key_due_back_first_is_used() -> None:
+    pool, clock = make_pool(3, policy=PoolPolicy(max_ejected_share=1.0))
+    a, b, c = pool.keys()
+    for _ in range(3):
+        pool.report_failure(a)
+    clock.advance(0.5)
+    for _ in range(3):
+        pool.report_failure(b)
+    pool.report_retired(c, "invalid")
+    assert take(pool) is a
+    assert take(pool, exclude=("openai#1",)) is b
+    with pytest.raises(NoUpstreamKeys):
+        pool.acquire(exclude={"openai#1", "openai#2"})  # this request tried both
 
 
 def test_exclude_skips_keys_already_tried() -> None:

@@ -141,6 +141,7 @@ class Forward:
                 body,
                 parsed.stream,
                 prefer_key=holder.alias if holder is not None else None,
+                model=model,
             )
             try:
                 reply = await state.client.send(upstream, outbound)
