@@ -4,7 +4,15 @@ from collections import Counter
 
 import pytest
 
-from chatgpt_proxy.errors import NoUpstreamKeys, UpstreamError, UpstreamRateLimited
+from chatgpt_proxy.errors import (
+    ModelNotFound,
+    NoUpstreamKeys,
+    PermissionDenied,
+    ProxyError,
+    UpstreamError,
+    UpstreamQuotaExhausted,
+    UpstreamRateLimited,
+)
 from chatgpt_proxy.upstream.pool import KeyPool, KeyState, PoolPolicy, UpstreamKey
 
 SECRETS = ["sk-secret-aaaa1111", "sk-secret-bbbb2222", "sk-secret-cccc3333"]
@@ -438,3 +446,93 @@ def test_invalid_configuration_is_rejected() -> None:
         PoolPolicy(eject_after=0)
     with pytest.raises(ValueError):
         PoolPolicy(eject_base=10, eject_max=5)
+
+
+def test_a_retry_does_not_go_to_an_ejected_key_while_another_is_usable() -> None:
+    pool, _ = make_pool(2)
+    first, second = pool.keys()
+    for _ in range(3):
+        pool.report_failure(first)
+    with pytest.raises(UpstreamError) as caught:
+        pool.acquire(exclude={"openai#2"})
+    assert "failing" in caught.value.message
+    assert take(pool) is second
+
+
+def test_a_key_that_refused_a_model_is_barred_from_it_for_a_while() -> None:
+    pool, clock = make_pool(3, policy=PoolPolicy(barred_for=60.0))
+    first = pool.keys()[0]
+    pool.report_refused_model(first, "gpt-4o", 403)
+    chosen = {pool.acquire(model="gpt-4o").alias for _ in range(6)}
+    assert chosen == {"openai#2", "openai#3"}
+    assert {take(pool).alias for _ in range(3)} == {"openai#1", "openai#2", "openai#3"}
+    assert pool.acquire(prefer="openai#1", model="gpt-4o").alias != "openai#1"
+    assert pool.acquire(prefer="openai#1", model="gpt-4o-mini").alias == "openai#1"
+    clock.advance(60)
+    assert "openai#1" in {pool.acquire(model="gpt-4o").alias for _ in range(3)}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "error", "code"),
+    [
+        ([403, 403], PermissionDenied, "permission_denied"),
+        ([404, 404], ModelNotFound, "model_not_found"),
+        ([403, 404], ModelNotFound, "model_not_found"),
+    ],
+)
+def test_every_key_refusing_a_model_is_a_sanitized_answer_not_to_retry(
+    statuses: list[int], error: type[ProxyError], code: str
+) -> None:
+    pool, _ = make_pool(2)
+    for key, status in zip(pool.keys(), statuses, strict=True):
+        pool.report_refused_model(key, "gpt-4o", status)
+    with pytest.raises(error) as caught:
+        pool.acquire(model="gpt-4o")
+    assert caught.value.code == code and caught.value.param == "model"
+    assert caught.value.headers == {"x-should-retry": "false"}
+    assert "openai#" not in caught.value.message
+    assert take(pool).alias == "openai#1"  # other models are served as before
+
+
+def test_refused_model_and_cooling_keys_wait_for_the_cooling_key() -> None:
+    pool, _ = make_pool(2)
+    first, second = pool.keys()
+    pool.report_refused_model(first, "gpt-4o", 404)
+    pool.report_rate_limited(second, retry_after=12)
+    with pytest.raises(UpstreamRateLimited):
+        pool.acquire(model="gpt-4o")
+
+
+def test_refusals_are_remembered_within_a_bound(caplog: pytest.LogCaptureFixture) -> None:
+    pool, _ = make_pool(1)
+    key = pool.keys()[0]
+    for i in range(5000):
+        pool.report_refused_model(key, f"model-{i}", 404)
+    assert len(pool._barred) <= pool._barred.limit
+    caplog.set_level(logging.WARNING, logger="chatgpt_proxy.upstream")
+    caplog.clear()
+    pool.report_refused_model(key, "model-4999", 404)
+    assert not caplog.records  # told once per refusal, not per request
+
+
+def test_every_key_out_of_quota_is_429_not_to_retry() -> None:
+    pool, _ = make_pool(2)
+    for key in pool.keys():
+        pool.report_retired(key, "no_quota")
+    with pytest.raises(UpstreamQuotaExhausted) as caught:
+        pool.acquire()
+    assert caught.value.status == 429
+    assert caught.value.headers["x-should-retry"] == "false"
+    pool.report_retired(pool.keys()[0], "invalid")
+    with pytest.raises(NoUpstreamKeys) as mixed:
+        pool.acquire()
+    assert mixed.value.headers["x-should-retry"] == "false"
+
+
+def test_a_lone_key_keeps_its_alias() -> None:
+    pool, _ = make_pool(3)
+    third = pool.keys()[2]
+    alone = KeyPool.alone("openai", third)
+    assert [key.alias for key in alone.keys()] == ["openai#3"]
+    assert alone.keys()[0] is not third  # what the probe does to it stays apart
+    assert alone.acquire().secret == third.secret

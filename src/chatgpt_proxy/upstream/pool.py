@@ -220,7 +220,7 @@ class KeyPool:
                 key = self._pick_random(now, exclude)
             else:
                 key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
-        if key is None:
+        if key is None and not self._in_play(now, barred):
             key = self._back_soonest(now, exclude)
         if key is None:
             raise self._unavailable(now, exclude, barred, model)
@@ -393,8 +393,14 @@ class KeyPool:
         ejected = sum(1 for k in keys if k.state is KeyState.EJECTED and now < k.until)
         return ejected < allowed
 
+    def _in_play(self, now: float, barred: Container[str]) -> bool:
+        return any(key.alias not in barred and _usable(key, now) for key in self._keys)
+
     def _back_soonest(self, now: float, exclude: Container[str]) -> UpstreamKey | None:
-        """With no usable key left, the ejected key due back first: the pool stays in play."""
+        """With no usable key left, the ejected key due back first: the pool stays in play.
+
+        Only then: while another key is usable, a retry does not go to an ejected one.
+        """
         ejected = [
             key
             for key in self._keys
@@ -417,9 +423,8 @@ class KeyPool:
     def _unavailable(
         self, now: float, exclude: Container[str], barred: Container[str], model: str | None
     ) -> ProxyError:
-        # Only called after a pick scanned every candidate, so expired states are refreshed;
-        # no key is ejected either, or it would have been handed out. Candidates are the
-        # keys not barred from the model that this request has not tried.
+        # Only called after a pick scanned every candidate, so expired states are refreshed.
+        # Candidates are the keys not barred from the model that this request has not tried.
         candidates = [key for key in self._keys if key.alias not in exclude]
         refused = [key for key in self._keys if key.alias in barred]
         if self._keys and not candidates and not refused:
@@ -433,6 +438,8 @@ class KeyPool:
             )
         if refused and model is not None:
             return model_refused(model, {self._barred[(model, key.alias)][1] for key in refused})
+        if any(key.state is KeyState.EJECTED for key in candidates):
+            return UpstreamError(f"every upstream key of {self.name} is failing; retry shortly")
         if candidates and all(key.retired_reason == "no_quota" for key in candidates):
             return UpstreamQuotaExhausted(f"every upstream key of {self.name} is out of quota")
         return NoUpstreamKeys(
