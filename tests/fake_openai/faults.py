@@ -30,7 +30,7 @@ KEY_FAULTS: frozenset[str] = frozenset(get_args(KeyFault))
 
 # Faults that replace the whole answer; the others (slow, cut, long) modify a normal answer.
 TERMINAL_MARKERS = frozenset(
-    {"500", "429", "400", "hang", "html", "redirect", "503", "plain", "garbage"}
+    {"500", "429", "400", "hang", "html", "redirect", "503", "plain", "garbage", "422"}
 )
 MODIFIER_MARKERS = frozenset({"slow", "cut", "long"})
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
@@ -269,6 +269,13 @@ async def answer_terminal(
             return forbidden(model)
         case "model_not_found":
             return model_not_found(model)
+        case "422":
+            return error_response(
+                422,
+                f"Unprocessable request for organization {ORGANIZATION}: 'n' must be at most 128.",
+                "invalid_request_error",
+                param="n",
+            )
         case "503" | "unavailable":
             return unavailable()
         case "plain":
