@@ -15,9 +15,6 @@ shorter limit, and a client that says how long it will wait (the SDKs'
 from __future__ import annotations
 
 import asyncio
-import datetime
-import email.utils
-import math
 import random
 import re
 import time
@@ -36,6 +33,7 @@ from chatgpt_proxy.errors import (
 )
 from chatgpt_proxy.headers import upstream_request_headers
 from chatgpt_proxy.settings import RetrySettings, TimeoutSettings
+from chatgpt_proxy.upstream.hints import client_timeout, reset_seconds
 from chatgpt_proxy.upstream.idle import IdleWatch, Watched
 from chatgpt_proxy.upstream.pool import UpstreamKey, model_refused
 from chatgpt_proxy.upstream.retry import RetryBudget, backoff_delay
@@ -45,8 +43,6 @@ _MAX_ERROR_BODY = 64 * 1024
 _MAX_HEAD = 64 * 1024  # read of a JSON answer to see that it is JSON
 _JSON_START = re.compile(rb"[^ \t\r\n]")
 _ANSWERS_ANY_TYPE = "/audio/"  # speech, transcripts as text, srt or vtt; the rest is JSON or SSE
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -457,69 +453,3 @@ def _parsed(raw: bytes) -> object:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-
-
-def client_timeout(headers: Mapping[str, str]) -> float | None:
-    """How long the client will wait for an answer, when it says so (the OpenAI SDKs do)."""
-    value = headers.get("x-stainless-read-timeout")
-    if value is None:
-        return None
-    seconds = _number(value)
-    return seconds if seconds is not None and seconds > 0 else None
-
-
-def reset_seconds(headers: Mapping[str, str]) -> float | None:
-    """When a rate-limited key may be used again: ``retry-after`` or ``x-ratelimit-reset-*``.
-
-    Upstream hints are checked, not trusted: a value that is not a finite, non-negative number
-    (``nan``, ``inf``, ``-5``, garbage) is passed over for the next hint, and ``None`` (the
-    pool's default cooldown) is the answer when none is sound. ``retry-after`` may also be an
-    HTTP date (RFC 9110): what is left of it, or 0 when it has passed.
-    """
-    if (value := headers.get("retry-after-ms")) is not None:
-        millis = _number(value)
-        if millis is not None and millis >= 0:
-            return millis / 1000.0
-    if (value := headers.get("retry-after")) is not None:
-        seconds = _number(value)
-        if seconds is None:
-            seconds = _until_date(value)
-        if seconds is not None and seconds >= 0:
-            return seconds
-    resets = [
-        parse_duration(value)
-        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-        if (value := headers.get(name)) is not None
-    ]
-    known = [seconds for seconds in resets if seconds is not None]
-    return max(known) if known else None
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _until_date(text: str) -> float | None:
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; an unmarked one is taken as such
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - time.time())
-
-
-def parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``."""
-    text = text.strip()
-    number = _number(text)
-    if number is not None:
-        return number if number >= 0 else None
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        return None
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)

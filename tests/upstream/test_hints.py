@@ -1,4 +1,4 @@
-"""The upstream client's reading of upstream hints and client timeouts."""
+"""Reading the hints of headers: upstream resets and client timeouts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from chatgpt_proxy.upstream.client import client_timeout, parse_duration, reset_seconds
+from chatgpt_proxy.upstream.hints import client_timeout, parse_duration, reset_seconds
 
 
 def _headers(**values: str) -> CIMultiDictProxy[str]:
