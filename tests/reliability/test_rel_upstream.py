@@ -448,13 +448,18 @@ def test_row_11_audio_answers_keep_their_own_types(proxy: Proxy, fake: FakeOpenA
 # ---------------------------------------------------------------- row 31
 
 
+@pytest.mark.parametrize("keys", [2, 4], ids=["defaults", "four-keys-never-ejected"])
 def test_row_31_an_upstream_down_for_good_gets_bounded_attempts(
-    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI, keys: int
 ) -> None:
     """Row 31: every request 503: upstream attempts stay within (1 + budget) x the requests
     the proxy receives (the SDK's own 3 attempts each counted), plus the budget's floor of 3;
-    every final error carries x-should-retry and retry-after."""
-    proxy = make_proxy(retries={"client_retry_after": 0.01})
+    every final error carries x-should-retry and retry-after. With four keys never ejected,
+    only the retry budget holds the attempts back (4 per request without it)."""
+    overrides: dict[str, Any] = {"retries": {"client_retry_after": 0.01, "max_attempts": keys}}
+    if keys == 4:
+        overrides |= {"upstreams": _upstreams(fake, keys=4), "pool": {"eject_after": 1000}}
+    proxy = make_proxy(**overrides)
     received: list[httpx2.Request] = []
     http = proxy.http(event_hooks={"request": [received.append]})
     client = openai.OpenAI(

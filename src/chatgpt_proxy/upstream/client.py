@@ -114,7 +114,8 @@ class Reply:
         """The whole answer (up to ``limit`` bytes); a broken one is an ``UpstreamError``."""
         head, self._head = self._head, b""
         try:
-            return head + await read_limited(self.response, limit - len(head))
+            rest = await read_limited(self.response, limit - len(head))
+            return head + rest if head and rest else head or rest
         except TimeoutError as exc:  # aiohttp's read timeout: silent for `first_byte`
             self.report_failure()
             raise UpstreamTimeout("The upstream answer stopped before it finished.") from exc
