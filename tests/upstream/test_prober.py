@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.prober import Health, Prober, probe_all
 from chatgpt_proxy.upstream.router import Router
@@ -19,7 +20,7 @@ from harness import proxy_settings
 ALIAS = re.compile(r"openai#\d+")
 
 
-def _three_keys(fake: FakeOpenAI, tmp_path: Path) -> object:
+def _three_keys(fake: FakeOpenAI, tmp_path: Path) -> Settings:
     upstream = {"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:3])}
     return proxy_settings(fake, tmp_path, upstreams=[upstream])
 
@@ -31,7 +32,7 @@ def test_check_names_the_key_it_probes(
     caplog.set_level(logging.DEBUG, logger="chatgpt_proxy")
     fake.script_key(FAKE_KEYS[2], "invalid")
     settings = _three_keys(fake, tmp_path)
-    results = asyncio.run(probe_all(settings))  # type: ignore[arg-type]
+    results = asyncio.run(probe_all(settings))
     assert results == [
         ("openai#1", Health.OK),
         ("openai#2", Health.OK),
@@ -47,7 +48,7 @@ def test_the_periodic_probe_names_the_key_it_probes(
     fake: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _three_keys(fake, tmp_path)
-    router = Router.from_settings(settings.upstreams, settings.pool)  # type: ignore[attr-defined]
+    router = Router.from_settings(settings.upstreams, settings.pool)
     pool = router.upstreams[0].pool
     third = pool.keys()[2]
     pool.report_retired(third, "invalid")
@@ -57,7 +58,7 @@ def test_the_periodic_probe_names_the_key_it_probes(
 
     async def probe_twice() -> None:
         async with aiohttp.ClientSession() as session:
-            client = UpstreamClient(session, settings.timeouts, settings.retries)  # type: ignore[attr-defined]
+            client = UpstreamClient(session, settings.timeouts, settings.retries)
             prober = Prober(client, router, interval=60)
             await prober.run_once()  # refused: stays retired
             await prober.run_once()  # accepted: back in use
