@@ -163,6 +163,7 @@ class Forward:
                 body,
                 parsed.stream,
                 holder_key=holder.upstream_alias if holder is not None else None,
+                model=model,
             )
             reply = await state.client.send(upstream, outbound)
             ctx.upstream = reply.alias
