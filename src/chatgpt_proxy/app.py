@@ -21,7 +21,13 @@ from aiohttp import web
 
 from chatgpt_proxy.auth import KeyCache
 from chatgpt_proxy.catalog import ModelCatalog
-from chatgpt_proxy.errors import MethodNotAllowed, ProxyError, RequestTooLarge, UnknownRoute
+from chatgpt_proxy.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    ProxyError,
+    RequestTooLarge,
+    UnknownRoute,
+)
 from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.keystore import KeyStore
 from chatgpt_proxy.limits import Limiter
@@ -221,7 +227,7 @@ def served(handler: Handler) -> Handler:
             response = await handler(request)
         except ProxyError as err:
             response = error_response(err)
-        except web.HTTPException as exc:
+        except (web.HTTPException, web.RequestPayloadError) as exc:
             response = error_response(_http_error(request, exc))
         except Exception:
             # The logs' redacting filter scrubs the traceback of anything secret.
@@ -270,11 +276,19 @@ def error_response(err: ProxyError) -> web.Response:
     )
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> ProxyError:
+def _http_error(
+    request: web.BaseRequest, exc: web.HTTPException | web.RequestPayloadError
+) -> ProxyError:
+    """aiohttp's own refusal of ``request`` as the proxy's error."""
+    if isinstance(exc, web.RequestPayloadError):
+        # A body that does not decode as its Content-Encoding says, or whose framing is broken.
+        return InvalidRequest("The request body could not be read: it is not encoded as declared.")
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return RequestTooLarge("The request body is too large.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Invalid method for URL ({request.method} {request.path}).")
     return _unknown_route(request)
 
 
-def _unknown_route(request: web.Request) -> UnknownRoute:
+def _unknown_route(request: web.BaseRequest) -> UnknownRoute:
     return UnknownRoute(f"Invalid URL ({request.method} {request.path})")

@@ -13,7 +13,6 @@ import gc
 import logging
 import multiprocessing
 import signal
-import uuid
 from typing import Any
 
 import uvloop
@@ -21,8 +20,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from chatgpt_proxy.app import create_app
-from chatgpt_proxy.errors import InvalidRequest, ProxyError
+from chatgpt_proxy.app import STATE, create_app
+from chatgpt_proxy.edge import Edge
+from chatgpt_proxy.errors import InvalidRequest, ProxyError, RateLimited, RequestTimeout
 from chatgpt_proxy.settings import Settings
 
 logger = logging.getLogger("chatgpt_proxy.server")
@@ -32,10 +32,106 @@ _GC_YOUNG_THRESHOLD = 50_000
 
 
 class _OpenAIErrorHandler(RequestHandler):
-    """Answers requests that fail to parse (bad header bytes, CRLF, NUL...) in OpenAI's format.
+    """One client connection, as aiohttp serves it, with the proxy's edge around it.
 
-    aiohttp answers those before any route runs, as plain text; SDKs expect JSON.
+    Requests that fail to parse (bad header bytes, CRLF, NUL...) are answered in OpenAI's
+    format: aiohttp answers those before any route runs, as plain text; SDKs expect JSON.
+    Slow clients are timed: a request's line and headers must arrive within
+    ``header_timeout`` (a connection that sent nothing is closed, one half-way through a
+    request gets a 408), and a body that stays silent for ``body_idle_timeout`` fails its
+    read with a 408. Each client address may hold only so many connections.
     """
+
+    def __init__(self, manager: _Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._edge = manager.edge
+        self._edge_loop = asyncio.get_running_loop()
+        self._edge_address: str | None = None
+        self._edge_request: BaseRequest | None = None  # the request whose body is awaited
+        self._edge_timer: asyncio.TimerHandle | None = None
+        self._edge_partial = False  # bytes of a request not yet begun have arrived
+        self._edge_last_data = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else None
+        if address is not None:
+            if not self._edge.connections.admit(address):
+                refusal = RateLimited("Too many connections from your address.", retry_after=1)
+                self._answer_and_close(refusal)
+                return
+            self._edge_address = address
+        self._arm(self._edge.settings.header_timeout)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        if self._edge_address is not None:
+            self._edge.connections.release(self._edge_address)
+            self._edge_address = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._edge_request is None:
+            if self._edge_timer is None:  # the first bytes of the next request
+                self._arm(self._edge.settings.header_timeout)
+            self._edge_partial = True
+        else:
+            self._edge_last_data = self._edge_loop.time()
+        super().data_received(data)
+
+    def request_started(self, request: BaseRequest) -> None:
+        """The request's headers are in: from now on, only its body is timed."""
+        self._disarm()
+        self._edge_partial = False
+        if not request.content.is_eof():
+            self._edge_request = request
+            self._edge_last_data = self._edge_loop.time()
+            self._arm(self._edge.settings.body_idle_timeout)
+
+    def request_ended(self, request: BaseRequest) -> None:
+        self._disarm()
+        self._edge_request = None
+        if not request.content.is_eof() and request.content.exception() is not None:
+            # The body timed out: nothing more of it is read (and none is waited for).
+            request.content.feed_eof()
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._edge_timer = self._edge_loop.call_later(delay, self._expired)
+
+    def _disarm(self) -> None:
+        if self._edge_timer is not None:
+            self._edge_timer.cancel()
+            self._edge_timer = None
+
+    def _expired(self) -> None:
+        self._edge_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        request = self._edge_request
+        if request is None:
+            if self._edge_partial:
+                self._answer_and_close(RequestTimeout("The request headers took too long."))
+            else:
+                transport.close()
+            return
+        if request.content.is_eof():
+            return
+        idle_limit = self._edge.settings.body_idle_timeout
+        idle = self._edge_loop.time() - self._edge_last_data
+        if idle < idle_limit:
+            self._arm(idle_limit - idle)
+            return
+        # The handler's read fails with it, and the handler answers it as any error.
+        request.content.set_exception(RequestTimeout("The request body stopped arriving."))
+
+    def _answer_and_close(self, error: ProxyError) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(self._edge.raw_response(error))
+            transport.close()
 
     def handle_error(
         self,
@@ -52,20 +148,24 @@ class _OpenAIErrorHandler(RequestHandler):
         else:
             error = InvalidRequest("The request is not valid HTTP: malformed line or header.")
             error.status = status
-        response = web.Response(
-            body=error.body(),
-            status=error.status,
-            content_type="application/json",
-            # Every answer carries these, even one no route saw.
-            headers={"x-request-id": "req_" + uuid.uuid4().hex, "openai-processing-ms": "0"},
-        )
-        response.force_close()
-        return response
+        return self._edge.response(error, close=True)
 
 
 class _Server(web.Server):
+    edge: Edge
+
     def __call__(self) -> RequestHandler:
         return _OpenAIErrorHandler(self, loop=self._loop, **self._kwargs)
+
+    async def serve(self, request: BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        if not isinstance(protocol, _OpenAIErrorHandler):
+            return await self.edge.serve(request)
+        protocol.request_started(request)
+        try:
+            return await self.edge.serve(request)
+        finally:
+            protocol.request_ended(request)
 
 
 class ProxyRunner(web.AppRunner):
@@ -78,6 +178,10 @@ class ProxyRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # same state; only the protocol it builds differs
+        assert isinstance(server, _Server)
+        state = self.app[STATE]
+        server.edge = Edge(state.settings.server, server.request_handler, state.request_ids)
+        server.request_handler = server.serve
         return server
 
 

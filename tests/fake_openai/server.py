@@ -245,6 +245,7 @@ class FakeOpenAI:
             key=key,
             time=time.monotonic(),
             parts=parts,
+            raw_path=request.rel_url.raw_path,
         )
         request[RECEIVED] = received
         with self._changed:
