@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from urllib.parse import unquote
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
@@ -26,6 +27,7 @@ from chatgpt_proxy.errors import (
     InvalidContentType,
     Overloaded,
     ProxyError,
+    UnknownRoute,
     UnsupportedEncoding,
     VersionNotSupported,
 )
@@ -167,6 +169,9 @@ def _refusal(request: web.BaseRequest) -> ProxyError | None:
     """Why ``request`` cannot be served at all, or None."""
     if request.version not in (HttpVersion11, HttpVersion10):
         return VersionNotSupported("Only HTTP/1.0 and HTTP/1.1 are supported.")
+    if _has_dot_segment(request.raw_path):
+        # Refused before routing: no normalisation may turn it into another route.
+        return UnknownRoute(f"Invalid URL ({request.method} {request.path})")
     headers = request.headers
     expect = headers.get("Expect")
     if expect is not None and expect.lower() != "100-continue":
@@ -182,6 +187,23 @@ def _refusal(request: web.BaseRequest) -> ProxyError | None:
         except Exception:  # the standard library's MIME parser fails on odd parameters
             return InvalidContentType("The Content-Type header could not be parsed.")
     return None
+
+
+def _has_dot_segment(target: str) -> bool:
+    """Whether a segment of ``target``'s path is ``.`` or ``..``, however often it was
+    percent-encoded (``%2e%2e``, ``%252e%252e``, ``..%2F..``)."""
+    path = target.partition("?")[0]
+    if "%" not in path and "/." not in path:
+        return False  # the usual path: nothing to decode
+    for segment in path.split("/"):
+        for _ in range(3):
+            if any(part in (".", "..") for part in segment.split("/")):
+                return True
+            decoded = unquote(segment)
+            if decoded == segment:
+                break
+            segment = decoded
+    return False
 
 
 def _reason(status: int) -> str:
