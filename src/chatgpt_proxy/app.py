@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 import aiohttp
 from aiohttp import web
 
-from chatgpt_proxy.auth import KeyCache
+from chatgpt_proxy.auth import FailedAuthThrottle, KeyCache
 from chatgpt_proxy.catalog import ModelCatalog
 from chatgpt_proxy.errors import (
     InvalidRequest,
@@ -167,7 +167,15 @@ async def _open_state(
         store = await KeyStore.open(settings.database_url)
         stack.push_async_callback(store.close)
         await store.migrate()
-    keys = KeyCache(store, refresh_seconds=settings.auth.cache_refresh_seconds)
+    auth = settings.auth
+    throttle = (
+        FailedAuthThrottle(
+            auth.failed_auth_limit, auth.failed_auth_window, auth.failed_auth_block_seconds
+        )
+        if auth.failed_auth_limit
+        else None
+    )
+    keys = KeyCache(store, refresh_seconds=auth.cache_refresh_seconds, throttle=throttle)
     await keys.start()
     stack.push_async_callback(keys.stop)
     pricing = Pricing(settings.pricing)

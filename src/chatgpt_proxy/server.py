@@ -47,6 +47,7 @@ class _OpenAIErrorHandler(RequestHandler):
         self._edge = manager.edge
         self._edge_loop = asyncio.get_running_loop()
         self._edge_address: str | None = None
+        self._edge_busy = False  # a request is being served
         self._edge_request: BaseRequest | None = None  # the request whose body is awaited
         self._edge_timer: asyncio.TimerHandle | None = None
         self._edge_partial = False  # bytes of a request not yet begun have arrived
@@ -72,29 +73,34 @@ class _OpenAIErrorHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._edge_request is None:
+        if self._edge_busy:
+            self._edge_last_data = self._edge_loop.time()
+        elif data:  # (aiohttp replays its buffer with b"" when reading resumes)
             if self._edge_timer is None:  # the first bytes of the next request
                 self._arm(self._edge.settings.header_timeout)
             self._edge_partial = True
-        else:
-            self._edge_last_data = self._edge_loop.time()
         super().data_received(data)
 
     def request_started(self, request: BaseRequest) -> None:
         """The request's headers are in: from now on, only its body is timed."""
         self._disarm()
+        self._edge_busy = True
         self._edge_partial = False
         if not request.content.is_eof():
             self._edge_request = request
             self._edge_last_data = self._edge_loop.time()
             self._arm(self._edge.settings.body_idle_timeout)
 
-    def request_ended(self, request: BaseRequest) -> None:
+    def request_ended(self, request: BaseRequest, response: web.StreamResponse | None) -> None:
         self._disarm()
+        self._edge_busy = False
         self._edge_request = None
         if not request.content.is_eof() and request.content.exception() is not None:
-            # The body timed out: nothing more of it is read (and none is waited for).
+            # The body timed out: none of the rest is read or waited for, and the connection
+            # closes after the answer (what follows on it is the rest of that body).
             request.content.feed_eof()
+            if response is not None:
+                response.force_close()
 
     def _arm(self, delay: float) -> None:
         self._disarm()
@@ -162,10 +168,12 @@ class _Server(web.Server):
         if not isinstance(protocol, _OpenAIErrorHandler):
             return await self.edge.serve(request)
         protocol.request_started(request)
+        response = None
         try:
-            return await self.edge.serve(request)
+            response = await self.edge.serve(request)
+            return response
         finally:
-            protocol.request_ended(request)
+            protocol.request_ended(request, response)
 
 
 class ProxyRunner(web.AppRunner):

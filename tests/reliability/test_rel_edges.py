@@ -6,18 +6,21 @@ Malformed input is sent over raw sockets, so no client library tidies it first.
 
 from __future__ import annotations
 
+import secrets
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import orjson
 import pytest
-from security.sec_helpers import RawResponse, assert_openai_error, check_error, raw_request
+from redis.asyncio import Redis
 
+from chatgpt_proxy.auth import FailedAuthThrottle
+from chatgpt_proxy.errors import RateLimited
 from fake_openai import FakeOpenAI
 from harness import Proxy
+from security.sec_helpers import RawResponse, assert_openai_error, check_error, raw_request
+from services import redis_url
 
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -78,9 +81,7 @@ def test_odd_content_type_parameter_is_never_a_500(
 @pytest.mark.parametrize(
     "expect", [b"100-continu\xe9", b"\xff\xfe", b"100-foo", b"nonsense", b"100-continue\x80"]
 )
-def test_odd_expect_header_is_a_4xx_envelope(
-    proxy: Proxy, fake: FakeOpenAI, expect: bytes
-) -> None:
+def test_odd_expect_header_is_a_4xx_envelope(proxy: Proxy, fake: FakeOpenAI, expect: bytes) -> None:
     """Defect 8: an Expect header aiohttp cannot honour is answered as OpenAI's error."""
     head = b"Content-Type: application/json\r\nExpect: " + expect + b"\r\n"
     response = _post(proxy, head, orjson.dumps(HELLO))
@@ -126,16 +127,16 @@ def test_http_layer_errors_are_envelopes(
 # ---------------------------------------------------------------- rows 22 and 23: paths
 
 
-def test_encoded_slash_in_a_model_id_stays_encoded_upstream(
-    proxy: Proxy, fake: FakeOpenAI
-) -> None:
+def test_encoded_slash_in_a_model_id_stays_encoded_upstream(proxy: Proxy, fake: FakeOpenAI) -> None:
     """Defect 9: `%2F` stays inside its one path segment on the way up."""
     proxy.http().get("/v1/models/org%2Fmodel-1", headers={"Authorization": f"Bearer {proxy.key}"})
     received = fake.requests[-1]
     assert received.raw_path == "/v1/models/org%2Fmodel-1"
     # The SDK quotes a model id the same way; the proxy passes it on as the SDK sent it.
     fake.reset()
-    proxy.http().get("/v1/models/ft:gpt-4o:org::id", headers={"Authorization": f"Bearer {proxy.key}"})
+    proxy.http().get(
+        "/v1/models/ft:gpt-4o:org::id", headers={"Authorization": f"Bearer {proxy.key}"}
+    )
     assert fake.requests[-1].raw_path == "/v1/models/ft:gpt-4o:org::id"
 
 
@@ -327,3 +328,226 @@ def test_missing_or_unknown_key_is_401_without_echo(proxy: Proxy, fake: FakeOpen
     missing = proxy.http().post(CHAT, json=HELLO)
     check_error(missing, 401, "invalid_api_key")
     assert fake.requests == []
+
+
+# ---------------------------------------------------------------- row 18: guessing keys
+
+
+def test_failed_auth_is_throttled_per_address(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    """Row 18: after N failures in a window, 429 with retry-after, then a short block."""
+    proxy = make_proxy(
+        auth={"failed_auth_limit": 3, "failed_auth_window": 60, "failed_auth_block_seconds": 0.5}
+    )
+    client = proxy.http()
+    good = {"Authorization": f"Bearer {proxy.key}"}
+    bad = {"Authorization": "Bearer pk-" + "x" * 43}
+    for _ in range(2):
+        check_error(client.post(CHAT, json=HELLO, headers=bad), 401, "invalid_api_key")
+        # Successful authentications are neither counted nor hindered below the limit.
+        assert client.post(CHAT, json=HELLO, headers=good).status_code == 200
+    check_error(client.post(CHAT, json=HELLO, headers=bad), 401, "invalid_api_key")
+    blocked = client.post(CHAT, json=HELLO, headers=bad)
+    check_error(blocked, 429, "rate_limit_exceeded")
+    assert int(blocked.headers["retry-after"]) >= 1
+    # The block is the address's: a right guess now cannot be told from a wrong one.
+    check_error(client.post(CHAT, json=HELLO, headers=good), 429, "rate_limit_exceeded")
+    assert client.get("/healthz").status_code == 200
+    deadline = time.monotonic() + 10
+    while client.post(CHAT, json=HELLO, headers=good).status_code == 429:
+        assert time.monotonic() < deadline, "the block never ended"
+    check_error(client.post(CHAT, json=HELLO, headers=bad), 401, "invalid_api_key")
+
+
+def test_failed_auth_memory_is_bounded() -> None:
+    """Row 18: a guesser with many addresses costs bounded memory."""
+    now = [0.0]
+    throttle = FailedAuthThrottle(2, 60.0, 60.0, clock=lambda: now[0], max_addresses=100)
+    for n in range(10_000):
+        throttle.failed(f"10.0.{n // 256}.{n % 256}")
+        throttle.failed(f"10.0.{n // 256}.{n % 256}")
+    assert len(throttle) <= 200
+    with pytest.raises(RateLimited):
+        throttle.check("10.0.39.15")  # the latest blocked address is still blocked
+    now[0] = 61.0
+    throttle.check("10.0.39.15")
+
+
+# ---------------------------------------------------------------- moderation cache prefix
+
+
+def test_moderation_cache_uses_the_configured_redis_prefix(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    """Verdicts live under `limits.redis_prefix`, so proxies sharing a Redis stay apart."""
+    url = redis_url()
+    prefix = f"t{secrets.token_hex(4)}:"
+    proxy = make_proxy(redis_url=url, limits={"redis_prefix": prefix}, moderation={"enabled": True})
+    text = f"a prompt worth caching {secrets.token_hex(4)}"
+    response = proxy.post_json(
+        CHAT, orjson.dumps({**HELLO, "messages": [{"role": "user", "content": text}]})
+    )
+    assert response.status_code == 200, response.text
+
+    async def keys() -> list[bytes]:
+        redis = Redis.from_url(url)
+        try:
+            found: list[bytes] = await redis.keys(prefix + "mod:*")
+            if found:
+                await redis.delete(*found)
+            return found
+        finally:
+            await redis.aclose()
+
+    assert proxy.loop.run(keys())
+
+
+# ---------------------------------------------------------------- row 14: slow clients
+
+
+def _connect(proxy: Proxy) -> socket.socket:
+    host, port = proxy.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)  # the deadline of each read
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; a read past the deadline fails the test."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes) -> RawResponse:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:])
+    }
+    return RawResponse(int(lines[0].split()[1]), headers, body)
+
+
+SLOW = {"header_timeout": 0.3, "body_idle_timeout": 0.3}
+
+
+def test_slow_headers_get_a_408_and_the_connection_closed(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    """Row 14: a request line and headers that never finish arriving are timed out."""
+    proxy = make_proxy(server=SLOW)
+    with _connect(proxy) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        response = _parse(_read_until_closed(sock))
+    _envelope(response, 408)
+    with _connect(proxy) as sock:  # connected, sent nothing: closed without a word
+        assert _read_until_closed(sock) == b""
+    assert fake.requests == []
+
+
+def test_idle_body_gets_a_408(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:
+    """Row 14: a body that stops arriving half-way is a 408, and nothing goes upstream."""
+    proxy = make_proxy(server=SLOW)
+    body = orjson.dumps(HELLO)
+    with _connect(proxy) as sock:
+        sock.sendall(
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        response = _parse(_read_until_closed(sock))
+    assert response.status == 408, response
+    assert_openai_error(response.status, response.body, expected_status=408, code="request_timeout")
+    assert fake.requests == []
+    # A slow upstream is not the client's silence: a whole body then a long wait is served.
+    slow = {**HELLO, "messages": [{"role": "user", "content": "[[fault:slow:1]] hi"}]}
+    assert proxy.post_json(CHAT, orjson.dumps(slow)).status_code == 200
+    # Keep-alive connections idle between requests are not timed out as slow headers.
+    with proxy.http() as client:
+        headers = {"Authorization": f"Bearer {proxy.key}"}
+        assert client.post(CHAT, json=HELLO, headers=headers).status_code == 200
+        assert client.post(CHAT, json=slow, headers=headers).status_code == 200
+
+
+def test_connections_per_address_are_capped(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    """Row 14: past the cap, a new connection from the same address is refused at once."""
+    proxy = make_proxy(server={"max_connections_per_address": 2})
+    held = [_connect(proxy), _connect(proxy)]
+    try:
+        with _connect(proxy) as extra:
+            response = _parse(_read_until_closed(extra))
+        _envelope(response, 429)
+        assert response.headers["retry-after"] == "1"
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # the held connections' slots come back once the server sees them closed
+        status = proxy.http().get("/healthz").status_code
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, status
+
+
+def test_slow_sse_reader_send_timeout() -> None:
+    """Row 14: a 60 s send timeout for a reader that stops reading a stream."""
+    pytest.skip(
+        "Row 14: aiohttp offers no public per-write timeout on a server response; a stream "
+        "to a reader that stopped reading waits in StreamResponse.write (bounded by the "
+        "transport's high-water mark), so the bound is the stream's own timeouts"
+    )
+
+
+# ---------------------------------------------------------------- row 28: overload
+
+
+def _hold(proxy: Proxy) -> socket.socket:
+    """A request the fake never answers, its connection kept open: it holds one slot."""
+    body = orjson.dumps({**HELLO, "messages": [{"role": "user", "content": "[[fault:hang]]"}]})
+    sock = _connect(proxy)
+    sock.sendall(
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+@pytest.mark.parametrize("pending", [0, 1])
+def test_full_proxy_answers_503_with_retry_after(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI, pending: int
+) -> None:
+    """Row 28: a proxy at its cap of requests in flight (and of waiting ones) answers 503."""
+    proxy = make_proxy(
+        server={
+            "max_requests_in_flight": 2,
+            "max_pending_requests": pending,
+            "pending_timeout": 0.2,
+        }
+    )
+    held = [_hold(proxy), _hold(proxy)]
+    try:
+        fake.wait_for_requests(2, path=CHAT)
+        client = proxy.http()
+        response = client.post(CHAT, json=HELLO, headers={"Authorization": f"Bearer {proxy.key}"})
+        check_error(response, 503, "server_overloaded")
+        assert response.headers["retry-after"] == "1"
+        assert fake.count(CHAT) == 2
+        assert client.get("/readyz").status_code == 200  # probes are never queued
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    headers = {"Authorization": f"Bearer {proxy.key}"}
+    while proxy.http().post(CHAT, json=HELLO, headers=headers).status_code != 200:
+        assert time.monotonic() < deadline, "slots never came back"

@@ -119,7 +119,7 @@ class Forward:
         state = request.app[STATE]
         ctx = context(request)
         ctx.endpoint = self.endpoint.name
-        key = state.keys.authenticate(request.headers.get("Authorization"))
+        key = state.keys.authenticate(request.headers.get("Authorization"), request.remote)
         ctx.key_id = key.id
         path = self._upstream_path(request)
         parsed = await self._parse(request, state)
