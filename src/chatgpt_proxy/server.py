@@ -171,6 +171,11 @@ class _Server(web.Server):
         response = None
         try:
             response = await self.edge.serve(request)
+            failure = request.content.exception()
+            if isinstance(failure, RequestTimeout) and not response.prepared:
+                # Whatever the handler made of its failed read (an upload streamed upstream
+                # fails there as an upstream error), the client's silence is the cause.
+                response = self.edge.response(failure, close=True)
             return response
         finally:
             protocol.request_ended(request, response)

@@ -551,3 +551,28 @@ def test_full_proxy_answers_503_with_retry_after(
     headers = {"Authorization": f"Bearer {proxy.key}"}
     while proxy.http().post(CHAT, json=HELLO, headers=headers).status_code != 200:
         assert time.monotonic() < deadline, "slots never came back"
+
+
+def test_idle_multipart_body_gets_a_408(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:
+    """Row 14: an upload that stops arriving half-way is a 408 too."""
+    proxy = make_proxy(server=SLOW)
+    boundary = "edgeboundary"
+    head = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + b"RIFF"
+        + b"\0" * 100
+    )
+    with _connect(proxy) as sock:
+        sock.sendall(
+            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {proxy.key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(head) + 10_000}\r\n\r\n".encode()
+            + head
+        )
+        response = _parse(_read_until_closed(sock))
+    assert_openai_error(response.status, response.body, expected_status=408, code="request_timeout")
