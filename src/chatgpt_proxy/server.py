@@ -39,7 +39,8 @@ class _OpenAIErrorHandler(RequestHandler):
     Slow clients are timed: a request's line and headers must arrive within
     ``header_timeout`` (a connection that sent nothing is closed, one half-way through a
     request gets a 408), and a body that stays silent for ``body_idle_timeout`` fails its
-    read with a 408. Each client address may hold only so many connections.
+    read with a 408. A client that leaves its answer unread for ``send_timeout`` is dropped.
+    Each client address may hold only so many connections.
     """
 
     def __init__(self, manager: _Server, **kwargs: Any) -> None:
@@ -52,6 +53,7 @@ class _OpenAIErrorHandler(RequestHandler):
         self._edge_timer: asyncio.TimerHandle | None = None
         self._edge_partial = False  # bytes of a request not yet begun have arrived
         self._edge_last_data = 0.0
+        self._edge_send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -67,6 +69,7 @@ class _OpenAIErrorHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._stop_send_timer()
         if self._edge_address is not None:
             self._edge.connections.release(self._edge_address)
             self._edge_address = None
@@ -101,6 +104,29 @@ class _OpenAIErrorHandler(RequestHandler):
             request.content.feed_eof()
             if response is not None:
                 response.force_close()
+
+    def pause_writing(self) -> None:
+        # The client is not reading what it is sent (the transport's buffer is full): it has
+        # ``send_timeout`` seconds to start again, else it is dropped, and its upstream call
+        # with it. asyncio's flow control callbacks are the public way to see a stalled reader.
+        super().pause_writing()
+        self._edge_send_timer = self._edge_loop.call_later(
+            self._edge.settings.send_timeout, self._send_expired
+        )
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _stop_send_timer(self) -> None:
+        if self._edge_send_timer is not None:
+            self._edge_send_timer.cancel()
+            self._edge_send_timer = None
+
+    def _send_expired(self) -> None:
+        self._edge_send_timer = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def _arm(self, delay: float) -> None:
         self._disarm()

@@ -499,13 +499,31 @@ def test_connections_per_address_are_capped(
         assert time.monotonic() < deadline, status
 
 
-def test_slow_sse_reader_send_timeout() -> None:
-    """Row 14: a 60 s send timeout for a reader that stops reading a stream."""
-    pytest.skip(
-        "Row 14: aiohttp offers no public per-write timeout on a server response; a stream "
-        "to a reader that stopped reading waits in StreamResponse.write (bounded by the "
-        "transport's high-water mark), so the bound is the stream's own timeouts"
+def test_reader_that_stops_reading_a_stream_is_dropped(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    """Row 14: a stream nobody reads is dropped after the send timeout, its upstream call too."""
+    proxy = make_proxy(server={"send_timeout": 0.3})
+    words = 200_000  # several MB of events: more than every buffer between the two sockets
+    body = orjson.dumps(
+        {
+            **HELLO,
+            "stream": True,
+            "messages": [{"role": "user", "content": f"[[fault:long:{words}]]"}],
+        }
     )
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect((host, int(port)))
+        sock.sendall(
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        # Nothing is read from here on.
+        assert fake.wait_for_disconnect(timeout=30, path=CHAT) is not None
 
 
 # ---------------------------------------------------------------- row 28: overload

@@ -49,6 +49,12 @@ class ServerSettings(_Section):
     body_idle_timeout: float = Field(
         30.0, gt=0, description="seconds a request body may stay silent before a 408"
     )
+    send_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a client may leave its answer unread (a stream it stopped "
+        "reading) before it is dropped, and its upstream call with it",
+    )
     max_connections_per_address: int = Field(
         2048,
         ge=0,
