@@ -32,6 +32,7 @@ from chatgpt_proxy.errors import (
     VersionNotSupported,
 )
 from chatgpt_proxy.ids import UniqueIds
+from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.settings import ServerSettings
 
 AppHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -108,6 +109,10 @@ class Edge:
         self.connections = ConnectionCounts(settings.max_connections_per_address)
         self._handler = handler
         self._ids = ids
+        # Answers no route sees, hence in no access line: counted for /metrics instead.
+        self.overloaded = 0
+        self.connections_refused = 0
+        self.timed_out = 0
         self._gate = (
             InFlightGate(
                 settings.max_requests_in_flight,
@@ -126,6 +131,7 @@ class Edge:
         if gate is None or request.path in _UNGATED:
             return await self._run(request)
         if not await gate.enter():
+            self.overloaded += 1
             return self.response(Overloaded("The server is overloaded. Retry shortly."))
         try:
             return await self._run(request)
@@ -138,6 +144,24 @@ class Edge:
         except web.HTTPException as exc:
             # Raised by aiohttp before any route runs (no resource for a CONNECT target...).
             return self.response(_http_error(request, exc))
+
+    def watch(self, metrics: Metrics) -> None:
+        """Export the edge's counts at /metrics."""
+        metrics.watch(
+            "chatgpt_proxy_overloaded_total",
+            "requests answered 503 because the process was full",
+            lambda: float(self.overloaded),
+        )
+        metrics.watch(
+            "chatgpt_proxy_connections_refused_total",
+            "connections refused: too many open from one client address",
+            lambda: float(self.connections_refused),
+        )
+        metrics.watch(
+            "chatgpt_proxy_client_timeouts_total",
+            "clients timed out: slow headers, an idle body or an answer left unread",
+            lambda: float(self.timed_out),
+        )
 
     def response(self, error: ProxyError, *, close: bool = False) -> web.Response:
         """``error`` in OpenAI's envelope, with the headers every answer carries."""

@@ -61,6 +61,7 @@ class _OpenAIErrorHandler(RequestHandler):
         address = peer[0] if isinstance(peer, tuple) else None
         if address is not None:
             if not self._edge.connections.admit(address):
+                self._edge.connections_refused += 1
                 refusal = RateLimited("Too many connections from your address.", retry_after=1)
                 self._answer_and_close(refusal)
                 return
@@ -126,6 +127,7 @@ class _OpenAIErrorHandler(RequestHandler):
     def _send_expired(self) -> None:
         self._edge_send_timer = None
         if self.transport is not None:
+            self._edge.timed_out += 1
             self.transport.abort()
 
     def _arm(self, delay: float) -> None:
@@ -144,6 +146,7 @@ class _OpenAIErrorHandler(RequestHandler):
             return
         request = self._edge_request
         if request is None:
+            self._edge.timed_out += 1
             if self._edge_partial:
                 self._answer_and_close(RequestTimeout("The request headers took too long."))
             else:
@@ -157,6 +160,7 @@ class _OpenAIErrorHandler(RequestHandler):
             self._arm(idle_limit - idle)
             return
         # The handler's read fails with it, and the handler answers it as any error.
+        self._edge.timed_out += 1
         request.content.set_exception(RequestTimeout("The request body stopped arriving."))
 
     def _answer_and_close(self, error: ProxyError) -> None:
@@ -220,6 +224,7 @@ class ProxyRunner(web.AppRunner):
         assert isinstance(server, _Server)
         state = self.app[STATE]
         server.edge = Edge(state.settings.server, server.request_handler, state.request_ids)
+        server.edge.watch(state.metrics)
         server.request_handler = server.serve
         return server
 

@@ -97,6 +97,11 @@ def test_odd_expect_header_is_a_4xx_envelope(proxy: Proxy, fake: FakeOpenAI, exp
         b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET http://evil.example/v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
         b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"get /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"G@T /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"A" * 300 + b" /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\0" * 40 + b"\r\n\r\n",  # TLS hello
         b"G\x00T /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /v1/models\r\n\r\n",
         b"GET /v1/models HTTP/0.9\r\n\r\n",
@@ -439,6 +444,14 @@ def _parse(raw: bytes) -> RawResponse:
 SLOW = {"header_timeout": 0.3, "body_idle_timeout": 0.3}
 
 
+def _metric(proxy: Proxy, name: str) -> float:
+    """A number of /metrics: what the edge refuses reaches no access line, only these."""
+    for line in proxy.http().get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
 def test_slow_headers_get_a_408_and_the_connection_closed(
     make_proxy: Callable[..., Proxy], fake: FakeOpenAI
 ) -> None:
@@ -451,6 +464,7 @@ def test_slow_headers_get_a_408_and_the_connection_closed(
     with _connect(proxy) as sock:  # connected, sent nothing: closed without a word
         assert _read_until_closed(sock) == b""
     assert fake.requests == []
+    assert _metric(proxy, "chatgpt_proxy_client_timeouts_total") == 2
 
 
 def test_idle_body_gets_a_408(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:
@@ -497,6 +511,7 @@ def test_connections_per_address_are_capped(
         if status == 200:
             break
         assert time.monotonic() < deadline, status
+    assert _metric(proxy, "chatgpt_proxy_connections_refused_total") >= 1
 
 
 def test_reader_that_stops_reading_a_stream_is_dropped(
@@ -562,6 +577,7 @@ def test_full_proxy_answers_503_with_retry_after(
         assert response.headers["retry-after"] == "1"
         assert fake.count(CHAT) == 2
         assert client.get("/readyz").status_code == 200  # probes are never queued
+        assert _metric(proxy, "chatgpt_proxy_overloaded_total") == 1
     finally:
         for sock in held:
             sock.close()
