@@ -318,7 +318,8 @@ class AuthSettings(_Section):
         20,
         ge=0,
         description="failed authentications from one client address within "
-        "`failed_auth_window` before it is blocked (0: never)",
+        "`failed_auth_window` before it is blocked (0: never); behind a load balancer every "
+        "client shares its address",
     )
     failed_auth_window: float = Field(
         60.0, gt=0, description="seconds over which failed authentications are counted"
