@@ -6,6 +6,7 @@ Malformed input is sent over raw sockets, so no client library tidies it first.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import time
@@ -17,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from chatgpt_proxy.auth import FailedAuthThrottle
+from chatgpt_proxy.edge import InFlightGate
 from chatgpt_proxy.errors import RateLimited
 from fake_openai import FakeOpenAI
 from harness import Proxy
@@ -614,3 +616,29 @@ def test_idle_multipart_body_gets_a_408(make_proxy: Callable[..., Proxy], fake: 
         )
         response = _parse(_read_until_closed(sock))
     assert_openai_error(response.status, response.body, expected_status=408, code="request_timeout")
+
+
+def test_in_flight_gate_queue_is_bounded_and_never_leaks_a_slot() -> None:
+    """Row 28: the wait for a slot is bounded in length and in time; a waiter that gives up
+    (its client left) takes no slot with it."""
+
+    async def scenario() -> None:
+        gate = InFlightGate(limit=1, pending=1, wait=30.0)
+        assert await gate.enter()
+        waiting = asyncio.ensure_future(gate.enter())
+        await asyncio.sleep(0)  # let it join the queue
+        assert not await gate.enter()  # the queue is full: refused at once
+        gate.leave()
+        assert await waiting  # the slot went to the one waiting
+        leaving = asyncio.ensure_future(gate.enter())
+        await asyncio.sleep(0)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        gate.leave()
+        assert await gate.enter()  # the slot is free again: the cancelled waiter took none
+        quick = InFlightGate(limit=1, pending=5, wait=0.01)
+        assert await quick.enter()
+        assert not await quick.enter()  # waited its bounded time, then refused
+
+    asyncio.run(scenario())
