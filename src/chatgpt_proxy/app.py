@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, TextIO
 import aiohttp
 from aiohttp import web
 
-from chatgpt_proxy.auth import KeyCache
+from chatgpt_proxy.auth import FailedAuthThrottle, KeyCache
 from chatgpt_proxy.catalog import ModelCatalog
-from chatgpt_proxy.errors import MethodNotAllowed, ProxyError, RequestTooLarge, UnknownRoute
+from chatgpt_proxy.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    ProxyError,
+    RequestTooLarge,
+    UnknownRoute,
+)
 from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.keystore import KeyStore
 from chatgpt_proxy.keystore.objects import ObjectOwners
@@ -161,7 +167,15 @@ async def _open_state(
         store = await KeyStore.open(settings.database_url)
         stack.push_async_callback(store.close)
         await store.migrate()
-    keys = KeyCache(store, refresh_seconds=settings.auth.cache_refresh_seconds)
+    auth = settings.auth
+    throttle = (
+        FailedAuthThrottle(
+            auth.failed_auth_limit, auth.failed_auth_window, auth.failed_auth_block_seconds
+        )
+        if auth.failed_auth_limit
+        else None
+    )
+    keys = KeyCache(store, refresh_seconds=auth.cache_refresh_seconds, throttle=throttle)
     await keys.start()
     stack.push_async_callback(keys.stop)
     pricing = Pricing(settings.pricing)
@@ -232,7 +246,7 @@ def served(handler: Handler) -> Handler:
             response = await handler(request)
         except ProxyError as err:
             response = error_response(err)
-        except web.HTTPException as exc:
+        except (web.HTTPException, web.RequestPayloadError) as exc:
             response = error_response(_http_error(request, exc))
         except Exception:
             # The logs' redacting filter scrubs the traceback of anything secret.
@@ -281,11 +295,19 @@ def error_response(err: ProxyError) -> web.Response:
     )
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> ProxyError:
+def _http_error(
+    request: web.BaseRequest, exc: web.HTTPException | web.RequestPayloadError
+) -> ProxyError:
+    """aiohttp's own refusal of ``request`` as the proxy's error."""
+    if isinstance(exc, web.RequestPayloadError):
+        # A body that does not decode as its Content-Encoding says, or whose framing is broken.
+        return InvalidRequest("The request body could not be read: it is not encoded as declared.")
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return RequestTooLarge("The request body is too large.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Invalid method for URL ({request.method} {request.path}).")
     return _unknown_route(request)
 
 
-def _unknown_route(request: web.Request) -> UnknownRoute:
+def _unknown_route(request: web.BaseRequest) -> UnknownRoute:
     return UnknownRoute(f"Invalid URL ({request.method} {request.path})")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-from chatgpt_proxy.errors import AuthenticationFailed
+from chatgpt_proxy.errors import AuthenticationFailed, RateLimited
 from chatgpt_proxy.keystore import ClientKey, KeyStore, hash_secret, looks_like_key
 from chatgpt_proxy.periodic import Periodic
 
@@ -24,10 +26,80 @@ logger = logging.getLogger("chatgpt_proxy.auth")
 # (clock skew between replicas, transaction commit order); re-reading this much is cheap.
 _POLL_OVERLAP = timedelta(seconds=5)
 _MAX_HEADER = 512
+# Addresses whose failures are remembered, at most: a guesser with many addresses costs
+# memory up to this bound, then the oldest records go first.
+_MAX_TRACKED_ADDRESSES = 100_000
+
+V = TypeVar("V")
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class FailedAuthThrottle:
+    """Failed authentications per client address: past ``limit`` of them within ``window``
+    seconds, the address is answered 429 (with ``retry-after``) for ``block`` seconds,
+    whatever key it sends. Successful authentications are not counted.
+
+    >>> throttle = FailedAuthThrottle(limit=20, window=60.0, block=60.0)
+    >>> throttle.check("203.0.113.7")    # RateLimited while the address is blocked
+    >>> throttle.failed("203.0.113.7")
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        block: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_addresses: int = _MAX_TRACKED_ADDRESSES,
+    ) -> None:
+        self._limit = limit
+        self._window = window
+        self._block = block
+        self._clock = clock
+        self._max_addresses = max_addresses
+        self._failures: dict[str, tuple[float, int]] = {}  # address -> (window start, count)
+        self._blocked: dict[str, float] = {}  # address -> blocked until
+
+    def __len__(self) -> int:
+        """Addresses remembered (failing or blocked): never more than twice the bound."""
+        return len(self._failures) + len(self._blocked)
+
+    def check(self, address: str) -> None:
+        if not self._blocked:
+            return
+        until = self._blocked.get(address)
+        if until is None:
+            return
+        left = until - self._clock()
+        if left <= 0:
+            del self._blocked[address]
+            return
+        raise RateLimited(
+            "Too many failed authentication attempts from your address. Retry later.",
+            retry_after=left,
+        )
+
+    def failed(self, address: str) -> None:
+        now = self._clock()
+        started, count = self._failures.pop(address, (now, 0))
+        if now - started >= self._window:
+            started, count = now, 0
+        count += 1
+        if count >= self._limit:
+            _bounded_set(self._blocked, address, now + self._block, self._max_addresses)
+            return  # counting starts again once the block ends
+        _bounded_set(self._failures, address, (started, count), self._max_addresses)
+
+
+def _bounded_set(records: dict[str, V], address: str, value: V, limit: int) -> None:
+    """Set ``records[address]``, dropping the oldest record first when ``limit`` is reached."""
+    if len(records) >= limit:
+        del records[next(iter(records))]
+    records[address] = value
 
 
 class KeyCache:
@@ -43,9 +115,11 @@ class KeyCache:
         store: KeyStore,
         *,
         refresh_seconds: float = 1.0,
+        throttle: FailedAuthThrottle | None = None,
         now: Callable[[], datetime] = _now,
     ) -> None:
         self._store = store
+        self._throttle = throttle
         self._now = now
         self._by_hash: dict[str, ClientKey] = {}
         self._hash_of: dict[str, str] = {}
@@ -83,7 +157,19 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._by_hash)
 
-    def authenticate(self, authorization: str | None) -> ClientKey:
+    def authenticate(self, authorization: str | None, address: str | None = None) -> ClientKey:
+        """The client key of ``authorization``; failures from ``address`` are throttled."""
+        throttle = self._throttle
+        if throttle is None or address is None:
+            return self._authenticate(authorization)
+        throttle.check(address)
+        try:
+            return self._authenticate(authorization)
+        except AuthenticationFailed:
+            throttle.failed(address)
+            raise
+
+    def _authenticate(self, authorization: str | None) -> ClientKey:
         secret = _bearer(authorization)
         digest = hash_secret(secret)
         key = self._by_hash.get(digest)

@@ -10,6 +10,10 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     │   ├── InvalidMultipart                400 invalid_multipart
     │   ├── InvalidHeader                   400 invalid_header
     │   ├── RequestTooLarge                 413 request_too_large
+    │   ├── RequestTimeout                  408 request_timeout
+    │   ├── UnsupportedEncoding             415 unsupported_content_encoding
+    │   ├── ExpectationFailed               417 expectation_failed
+    │   ├── VersionNotSupported             505 http_version_not_supported
     │   ├── UnknownRoute                    404 unknown_url
     │   ├── MethodNotAllowed                405 method_not_allowed
     │   ├── ModelNotFound                   404 model_not_found
@@ -27,6 +31,7 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     ├── ServiceUnavailable                  503
     │   ├── ModerationUnavailable           503 moderation_unavailable   (+ retry-after)
     │   ├── NoUpstreamKeys                  503 no_upstream_keys
+    │   ├── Overloaded                      503 server_overloaded        (+ retry-after)
     │   └── StoreUnavailable                503 store_unavailable
     ├── UpstreamError                       502 upstream_error           (+ retry-after)
     └── UpstreamTimeout                     504 upstream_timeout         (+ retry-after)
@@ -129,6 +134,26 @@ class InvalidHeader(InvalidRequest):
 class RequestTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
+class UnsupportedEncoding(InvalidRequest):
+    status = 415
+    code = "unsupported_content_encoding"
+
+
+class ExpectationFailed(InvalidRequest):
+    status = 417
+    code = "expectation_failed"
+
+
+class VersionNotSupported(InvalidRequest):
+    status = 505
+    code = "http_version_not_supported"
 
 
 class UnknownRoute(InvalidRequest):
@@ -276,6 +301,15 @@ class ModerationUnavailable(ServiceUnavailable):
 class NoUpstreamKeys(ServiceUnavailable):
     code = "no_upstream_keys"
     should_retry = False  # every key is out of service until an operator (or a probe) acts
+
+
+class Overloaded(ServiceUnavailable):
+    """The proxy itself is full: more requests in flight and waiting than it is set to hold."""
+
+    code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, headers=_retry_after_headers(retry_after))
 
 
 class UpstreamError(ProxyError):

@@ -13,7 +13,6 @@ import gc
 import logging
 import multiprocessing
 import signal
-import uuid
 from typing import Any
 
 import uvloop
@@ -21,8 +20,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from chatgpt_proxy.app import create_app
-from chatgpt_proxy.errors import InvalidRequest, ProxyError
+from chatgpt_proxy.app import STATE, create_app
+from chatgpt_proxy.edge import Edge
+from chatgpt_proxy.errors import InvalidRequest, ProxyError, RateLimited, RequestTimeout
 from chatgpt_proxy.settings import Settings
 
 logger = logging.getLogger("chatgpt_proxy.server")
@@ -32,10 +32,142 @@ _GC_YOUNG_THRESHOLD = 50_000
 
 
 class _OpenAIErrorHandler(RequestHandler):
-    """Answers requests that fail to parse (bad header bytes, CRLF, NUL...) in OpenAI's format.
+    """One client connection, as aiohttp serves it, with the proxy's edge around it.
 
-    aiohttp answers those before any route runs, as plain text; SDKs expect JSON.
+    Requests that fail to parse (bad header bytes, CRLF, NUL...) are answered in OpenAI's
+    format: aiohttp answers those before any route runs, as plain text; SDKs expect JSON.
+    Slow clients are timed: a request's line and headers must arrive within
+    ``header_timeout`` (a connection that sent nothing is closed, one half-way through a
+    request gets a 408), and a body that stays silent for ``body_idle_timeout`` fails its
+    read with a 408. A client that leaves its answer unread for ``send_timeout`` is dropped.
+    Each client address may hold only so many connections.
     """
+
+    def __init__(self, manager: _Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._edge = manager.edge
+        self._edge_loop = asyncio.get_running_loop()
+        self._edge_address: str | None = None
+        self._edge_busy = False  # a request is being served
+        self._edge_request: BaseRequest | None = None  # the request whose body is awaited
+        self._edge_timer: asyncio.TimerHandle | None = None
+        self._edge_partial = False  # bytes of a request not yet begun have arrived
+        self._edge_last_data = 0.0
+        self._edge_send_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else None
+        if address is not None:
+            if not self._edge.connections.admit(address):
+                self._edge.connections_refused += 1
+                refusal = RateLimited("Too many connections from your address.", retry_after=1)
+                self._answer_and_close(refusal)
+                return
+            self._edge_address = address
+        self._arm(self._edge.settings.header_timeout)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self._stop_send_timer()
+        if self._edge_address is not None:
+            self._edge.connections.release(self._edge_address)
+            self._edge_address = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._edge_busy:
+            self._edge_last_data = self._edge_loop.time()
+        elif data:  # (aiohttp replays its buffer with b"" when reading resumes)
+            if self._edge_timer is None:  # the first bytes of the next request
+                self._arm(self._edge.settings.header_timeout)
+            self._edge_partial = True
+        super().data_received(data)
+
+    def request_started(self, request: BaseRequest) -> None:
+        """The request's headers are in: from now on, only its body is timed."""
+        self._disarm()
+        self._edge_busy = True
+        self._edge_partial = False
+        if not request.content.is_eof():
+            self._edge_request = request
+            self._edge_last_data = self._edge_loop.time()
+            self._arm(self._edge.settings.body_idle_timeout)
+
+    def request_ended(self, request: BaseRequest, response: web.StreamResponse | None) -> None:
+        self._disarm()
+        self._edge_busy = False
+        self._edge_request = None
+        if not request.content.is_eof() and request.content.exception() is not None:
+            # The body timed out: none of the rest is read or waited for, and the connection
+            # closes after the answer (what follows on it is the rest of that body).
+            request.content.feed_eof()
+            if response is not None:
+                response.force_close()
+
+    def pause_writing(self) -> None:
+        # The client is not reading what it is sent (the transport's buffer is full): it has
+        # ``send_timeout`` seconds to start again, else it is dropped, and its upstream call
+        # with it. asyncio's flow control callbacks are the public way to see a stalled reader.
+        super().pause_writing()
+        self._edge_send_timer = self._edge_loop.call_later(
+            self._edge.settings.send_timeout, self._send_expired
+        )
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _stop_send_timer(self) -> None:
+        if self._edge_send_timer is not None:
+            self._edge_send_timer.cancel()
+            self._edge_send_timer = None
+
+    def _send_expired(self) -> None:
+        self._edge_send_timer = None
+        if self.transport is not None:
+            self._edge.timed_out += 1
+            self.transport.abort()
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._edge_timer = self._edge_loop.call_later(delay, self._expired)
+
+    def _disarm(self) -> None:
+        if self._edge_timer is not None:
+            self._edge_timer.cancel()
+            self._edge_timer = None
+
+    def _expired(self) -> None:
+        self._edge_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        request = self._edge_request
+        if request is None:
+            self._edge.timed_out += 1
+            if self._edge_partial:
+                self._answer_and_close(RequestTimeout("The request headers took too long."))
+            else:
+                transport.close()
+            return
+        if request.content.is_eof():
+            return
+        idle_limit = self._edge.settings.body_idle_timeout
+        idle = self._edge_loop.time() - self._edge_last_data
+        if idle < idle_limit:
+            self._arm(idle_limit - idle)
+            return
+        # The handler's read fails with it, and the handler answers it as any error.
+        self._edge.timed_out += 1
+        request.content.set_exception(RequestTimeout("The request body stopped arriving."))
+
+    def _answer_and_close(self, error: ProxyError) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(self._edge.raw_response(error))
+            transport.close()
 
     def handle_error(
         self,
@@ -52,20 +184,31 @@ class _OpenAIErrorHandler(RequestHandler):
         else:
             error = InvalidRequest("The request is not valid HTTP: malformed line or header.")
             error.status = status
-        response = web.Response(
-            body=error.body(),
-            status=error.status,
-            content_type="application/json",
-            # Every answer carries these, even one no route saw.
-            headers={"x-request-id": "req_" + uuid.uuid4().hex, "openai-processing-ms": "0"},
-        )
-        response.force_close()
-        return response
+        return self._edge.response(error, close=True)
 
 
 class _Server(web.Server):
+    edge: Edge
+
     def __call__(self) -> RequestHandler:
         return _OpenAIErrorHandler(self, loop=self._loop, **self._kwargs)
+
+    async def serve(self, request: BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        if not isinstance(protocol, _OpenAIErrorHandler):
+            return await self.edge.serve(request)
+        protocol.request_started(request)
+        response = None
+        try:
+            response = await self.edge.serve(request)
+            failure = request.content.exception()
+            if isinstance(failure, RequestTimeout) and not response.prepared:
+                # Whatever the handler made of its failed read (an upload streamed upstream
+                # fails there as an upstream error), the client's silence is the cause.
+                response = self.edge.response(failure, close=True)
+            return response
+        finally:
+            protocol.request_ended(request, response)
 
 
 class ProxyRunner(web.AppRunner):
@@ -78,6 +221,11 @@ class ProxyRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # same state; only the protocol it builds differs
+        assert isinstance(server, _Server)
+        state = self.app[STATE]
+        server.edge = Edge(state.settings.server, server.request_handler, state.request_ids)
+        server.edge.watch(state.metrics)
+        server.request_handler = server.serve
         return server
 
 

@@ -37,6 +37,7 @@ class Received:
     key: str | None
     time: float  # time.monotonic()
     parts: tuple[FormPart, ...] = ()
+    raw_path: str = ""  # the path as sent, percent-encoding kept (``path`` is decoded)
 
     def json(self) -> Any:
         return orjson.loads(self.body)

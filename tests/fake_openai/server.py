@@ -252,6 +252,7 @@ class FakeOpenAI:
             key=key,
             time=time.monotonic(),
             parts=parts,
+            raw_path=request.rel_url.raw_path,
         )
         request[RECEIVED] = received
         with self._changed:

@@ -114,7 +114,11 @@ def test_redis_cache_falls_back_to_memory_and_logs_once(
         # Nothing listens on port 1: every Redis call fails at once.
         redis = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
         cache = RedisVerdictCache(
-            redis, memory=MemoryVerdictCache(10, 60.0), clock=clock, retry_interval=30.0
+            redis,
+            memory=MemoryVerdictCache(10, 60.0),
+            prefix="cgp:mod:",
+            clock=clock,
+            retry_interval=30.0,
         )
         try:
             await cache.set_many({"a": CLEAN})

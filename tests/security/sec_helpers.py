@@ -49,7 +49,7 @@ def raw_request(url: str, data: bytes, recorder: Recorder | None = None) -> RawR
         recorder.add_bytes(raw)
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    assert lines and lines[0].startswith("HTTP/1."), f"not an HTTP answer: {raw[:200]!r}"
+    assert lines and lines[0].startswith("HTTP/"), f"not an HTTP answer: {raw[:200]!r}"
     status = int(lines[0].split()[1])
     headers: dict[str, str] = {}
     for line in lines[1:]:

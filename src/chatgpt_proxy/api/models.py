@@ -12,7 +12,7 @@ async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ctx = context(request)
     ctx.endpoint = "models.list"
-    key = state.keys.authenticate(request.headers.get("Authorization"))
+    key = state.keys.authenticate(request.headers.get("Authorization"), request.remote)
     ctx.key_id = key.id
     models = [m for m in await state.catalog.models() if key.policy.allows_model(m["id"])]
     return web.Response(

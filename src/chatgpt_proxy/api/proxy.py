@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 import orjson
 from aiohttp import web
@@ -43,6 +44,10 @@ BodyKind = Literal["json", "multipart", "none"]
 
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
+# What a path segment may hold unquoted (RFC 3986 pchar), as the OpenAI SDK quotes them.
+_PATH_SAFE = "!$&'()*+,;=:@"
+# Fields with which an SDK would reach another host or account; never sent upstream.
+_FOREIGN_FIELDS = ("api_base", "base_url", "api_key", "organization", "extra_headers")
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _CHECKED_ANSWERS = frozenset({"chat.completions", "completions", "responses"})
@@ -135,10 +140,11 @@ class Forward:
         state = request.app[STATE]
         ctx = context(request)
         ctx.endpoint = self.endpoint.name
-        key = state.keys.authenticate(request.headers.get("Authorization"))
+        key = state.keys.authenticate(request.headers.get("Authorization"), request.remote)
         ctx.key_id = key.id
         path = self._upstream_path(request)
         parsed = await self._parse(request, state, held)
+        _strip_foreign_fields(parsed)
         model = parsed.model
         if model is not None:
             ctx.model = model
@@ -250,10 +256,15 @@ class Forward:
         if "id" in params and not _ID.match(params["id"]):
             raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
         if "model" in params:
-            model = params["model"]
-            segments = model.split("/")
-            if not _MODEL_ID.match(model) or any(s in ("", ".", "..") for s in segments):
+            # From the path as sent: a `%2F` inside a model id stays inside its one segment
+            # upstream, as the SDK quoted it (aiohttp's match_info has it decoded into `/`).
+            raw = request.rel_url.raw_path.removeprefix("/v1/models/")
+            segments = [unquote(segment) for segment in raw.split("/")]
+            model = "/".join(segments)
+            if not _MODEL_ID.match(model) or any(s in ("", ".", "..") for s in model.split("/")):
                 raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
+            quoted = "/".join(quote(segment, safe=_PATH_SAFE) for segment in segments)
+            return self.endpoint.upstream_path.format(model=quoted)
         return self.endpoint.upstream_path.format(**params)
 
     async def _parse(self, request: web.Request, state: AppState, held: ExitStack) -> _Parsed:
@@ -308,6 +319,26 @@ def _holding(state: AppState, holder: StoredObject) -> Upstream:
             f"The upstream {holder.upstream} holding this object is no longer configured."
         )
     return upstream
+
+
+def _strip_foreign_fields(parsed: _Parsed) -> None:
+    """Drop the body fields that name another host or credential (DESIGN §3.2).
+
+    The proxy never acts on them, and the upstream must not see them either. A body without
+    them (the usual one) goes up byte for byte: looking them up costs a few dict lookups.
+    """
+    document = parsed.document
+    if not any(name in document for name in _FOREIGN_FIELDS):
+        return
+    if parsed.upload is not None or not isinstance(parsed.body, bytes):
+        # A form is forwarded as the bytes received, which cannot lose a field: refuse it.
+        raise InvalidRequest(
+            "Fields that name another host or credential are not accepted in a form.",
+            param=next(name for name in _FOREIGN_FIELDS if name in document),
+        )
+    kept = {name: value for name, value in document.items() if name not in _FOREIGN_FIELDS}
+    parsed.document = kept
+    parsed.body = orjson.dumps(kept)
 
 
 def _meter(

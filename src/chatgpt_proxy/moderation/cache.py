@@ -4,7 +4,7 @@ A chat resends its whole history each turn; keyed by a hash of each item (and th
 model), only the new messages go to the endpoint. Two implementations of ``VerdictCache``:
 
     cache = MemoryVerdictCache(size=100_000, ttl=86400.0)    # one process: a bounded LRU
-    cache = RedisVerdictCache(redis, memory=cache)            # shared by replicas (redis_url)
+    cache = RedisVerdictCache(redis, memory=cache, prefix="cgp:mod:")  # shared (redis_url)
 
     [hit] = await cache.get_many([cache_key("hello", "omni-moderation-latest")])
 
@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatgpt_proxy.moderation")
 
-REDIS_PREFIX = "cgp:mod:"
+
+def redis_prefix(configured: str) -> str:
+    """The prefix of verdict keys under the configured one (``limits.redis_prefix``)."""
+    return configured + "mod:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,8 @@ class MemoryVerdictCache:
 class RedisVerdictCache:
     """Verdicts shared by every replica through Redis (MGET, SET with EX), memory in front.
 
-    >>> cache = RedisVerdictCache(redis, memory=MemoryVerdictCache(100_000, 86400.0))
+    >>> memory = MemoryVerdictCache(100_000, 86400.0)
+    >>> cache = RedisVerdictCache(redis, memory=memory, prefix=redis_prefix("cgp:"))
     """
 
     def __init__(
@@ -143,7 +147,7 @@ class RedisVerdictCache:
         redis: Redis,
         *,
         memory: MemoryVerdictCache,
-        prefix: str = REDIS_PREFIX,
+        prefix: str,
         owns_client: bool = False,
         op_timeout: float = 1.0,
         retry_interval: float = 30.0,

@@ -27,6 +27,7 @@ from chatgpt_proxy.moderation.cache import (
     RedisVerdictCache,
     VerdictCache,
     connect_redis,
+    redis_prefix,
 )
 from chatgpt_proxy.moderation.engines import Engine, ModerationContext, Verdict, load_engine
 from chatgpt_proxy.moderation.inputs import Item, moderation_items, output_items
@@ -205,11 +206,14 @@ def build_moderator(
         if name == "rules":
             engines.append(RulesEngine(config.rules))
         elif name == "openai":
+            prefix = redis_prefix(settings.limits.redis_prefix)
             if redis is not None:
-                cache = RedisVerdictCache(redis, memory=memory, clock=clock)
+                cache = RedisVerdictCache(redis, memory=memory, prefix=prefix, clock=clock)
             elif settings.redis_url:
                 own = connect_redis(settings.redis_url)
-                cache = RedisVerdictCache(own, memory=memory, owns_client=True, clock=clock)
+                cache = RedisVerdictCache(
+                    own, memory=memory, prefix=prefix, owns_client=True, clock=clock
+                )
             engine = OpenAIModerationEngine(client, router, config, cache)
             _check_upstream(router, engine, config)
             engines.append(engine)

@@ -57,6 +57,33 @@ class ServerSettings(_Section):
         True, description="log one line per request (written in batches, at most 0.1 s late)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a client may take to send a request's line and headers"
+    )
+    body_idle_timeout: float = Field(
+        30.0, gt=0, description="seconds a request body may stay silent before a 408"
+    )
+    send_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a client may leave its answer unread (a stream it stopped "
+        "reading) before it is dropped, and its upstream call with it",
+    )
+    max_connections_per_address: int = Field(
+        2048,
+        ge=0,
+        description="open connections from one client address, at most (0: no cap); behind a "
+        "load balancer every client shares its address",
+    )
+    max_requests_in_flight: int = Field(
+        4096, ge=0, description="requests one process serves at once, streams included (0: no cap)"
+    )
+    max_pending_requests: int = Field(
+        1024, ge=0, description="requests that may wait for one of those slots; past it, a 503"
+    )
+    pending_timeout: float = Field(
+        1.0, gt=0, description="seconds a request may wait for a slot before a 503"
+    )
 
 
 class UpstreamSettings(_Section):
@@ -332,6 +359,19 @@ class AuthSettings(_Section):
     )
     cache_refresh_seconds: float = Field(
         1.0, gt=0, description="how often client keys are reloaded from the database"
+    )
+    failed_auth_limit: int = Field(
+        20,
+        ge=0,
+        description="failed authentications from one client address within "
+        "`failed_auth_window` before it is blocked (0: never); behind a load balancer every "
+        "client shares its address",
+    )
+    failed_auth_window: float = Field(
+        60.0, gt=0, description="seconds over which failed authentications are counted"
+    )
+    failed_auth_block_seconds: float = Field(
+        60.0, gt=0, description="seconds a blocked address is answered 429, whatever its key"
     )
 
 
