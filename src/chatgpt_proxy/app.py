@@ -32,6 +32,7 @@ from chatgpt_proxy.logs import AccessLog, access_log_enabled
 from chatgpt_proxy.metering import Meter
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.moderation import Moderator, build_moderator
+from chatgpt_proxy.periodic import TaskErrors
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.redis_link import RedisLink
@@ -145,6 +146,7 @@ async def _open_state(
 ) -> AppState:
     router = Router.from_settings(settings.upstreams, settings.pool)
     redactor = Redactor(router.secrets())
+    task_errors = TaskErrors()  # failed runs of the background tasks below, for /metrics
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=settings.server.max_upstream_connections, enable_cleanup_closed=True
@@ -153,7 +155,7 @@ async def _open_state(
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     stack.push_async_callback(session.close)
-    idle = IdleWatch(settings.timeouts.stream_idle)
+    idle = IdleWatch(settings.timeouts.stream_idle, errors=task_errors)
     idle.start()
     stack.push_async_callback(idle.stop)
     client = UpstreamClient(session, settings.timeouts, settings.retries, idle=idle)
@@ -161,11 +163,11 @@ async def _open_state(
         store = await KeyStore.open(settings.database_url)
         stack.push_async_callback(store.close)
         await store.migrate()
-    keys = KeyCache(store, refresh_seconds=settings.auth.cache_refresh_seconds)
+    keys = KeyCache(store, refresh_seconds=settings.auth.cache_refresh_seconds, errors=task_errors)
     await keys.start()
     stack.push_async_callback(keys.stop)
     pricing = Pricing(settings.pricing)
-    meter = Meter(store, pricing=pricing)
+    meter = Meter(store, pricing=pricing, errors=task_errors)
     meter.start()
     stack.push_async_callback(meter.close)
     link = RedisLink.open(settings) if settings.redis_url is not None else None
@@ -177,16 +179,18 @@ async def _open_state(
             link, store, pricing, lease_seconds=settings.limits.concurrency_lease_seconds
         )
         limiter = FallbackLimiter(shared_limiter, MemoryLimiter(store, pricing), link)
-        shared = SharedState(link, router, keys)
+        shared = SharedState(link, router, keys, errors=task_errors)
         await shared.start()
         stack.push_async_callback(shared.stop)
     stack.push_async_callback(limiter.close)
     moderator = build_moderator(settings, client, router)
     stack.push_async_callback(moderator.close)
-    prober = Prober(client, router, interval=settings.pool.probe_interval)
+    prober = Prober(client, router, interval=settings.pool.probe_interval, errors=task_errors)
     prober.start()
     stack.push_async_callback(prober.stop)
     metrics = Metrics(router.upstreams)
+    metrics.watch_tasks(task_errors)
+    meter.export(metrics)
     metrics.watch(
         "chatgpt_proxy_moderation_blocks_total",
         "requests blocked by moderation",

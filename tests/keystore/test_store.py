@@ -269,11 +269,72 @@ def test_usage_clips_oversized_client_text(database_url: str) -> None:
     run(scenario())
 
 
-def test_usage_for_an_unknown_key_is_a_store_error(database_url: str) -> None:
+def test_usage_for_an_unknown_key_is_refused_and_the_rest_written(database_url: str) -> None:
     async def scenario() -> None:
         async with migrated(database_url) as store:
-            with pytest.raises(StoreUnavailable):
-                await store.record_usage([event("key_missing")])
+            key, _ = await store.create("ci", KeyPolicy())
+            missing = event("key_missing")
+            refused = await store.record_usage([event(key.id), missing, event(key.id, model="b")])
+            assert refused == [missing]
+            assert {row.model for row in await store.usage_summary(key.id)} == {"gpt-4o-mini", "b"}
+            assert await store.record_usage([missing]) == [missing]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"model": "gpt\x00-4o"},
+        {"model": "\ud800lone surrogate"},
+        {"model": "\x00" * 300},
+        {"endpoint": "chat\x00" * 40, "upstream": "\udfff" * 120},
+        {"prompt_tokens": 2**40, "total_tokens": 2**63, "latency_ms": -5},
+        {"cost": float("nan")},
+        {"cost": float("inf")},
+    ],
+    ids=["nul", "surrogate", "long-nul", "other-columns", "huge-ints", "nan-cost", "inf-cost"],
+)
+def test_usage_text_and_numbers_are_made_storable(
+    database_url: str, changes: dict[str, Any]
+) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            key, _ = await store.create("ci", KeyPolicy())
+            assert await store.record_usage([event(key.id, **changes), event(key.id)]) == []
+            rows = await store.usage_summary(key.id)
+            assert sum(row.requests for row in rows) == 2
+            assert all("\x00" not in row.model and len(row.model) <= 200 for row in rows)
+            tokens, cost = await store.usage_totals(key.id)
+            assert 0 <= tokens < 2**33 and cost == cost  # not NaN
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("junk", ["key_\x00", "\x00", "key_\ud800", "key_" + "a" * 5000])
+def test_ids_no_key_can_have_match_nothing(database_url: str, junk: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            await store.create("ci", KeyPolicy())
+            assert await store.get(junk) is None
+            assert await store.revoke(junk) is None
+            assert await store.update(junk, name="x") is None
+            assert await store.usage_summary(junk) == []
+            assert await store.usage_totals(junk) == (0, 0.0)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\ud800", "n" * 201])
+def test_names_no_column_can_hold_are_invalid(database_url: str, name: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            with pytest.raises(InvalidRequest):
+                await store.create(name, KeyPolicy())
+            key, _ = await store.create("ci", KeyPolicy())
+            with pytest.raises(InvalidRequest):
+                await store.update(key.id, name=name)
+            assert [k.name for k in await store.list()] == ["ci"]
 
     run(scenario())
 

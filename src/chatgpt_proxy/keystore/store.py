@@ -23,9 +23,11 @@ from chatgpt_proxy.keystore import migrator, usage
 from chatgpt_proxy.keystore.engine import create_engine
 from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
+from chatgpt_proxy.keystore.text import is_storable
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secret
 
 MAX_NAME_LENGTH = 200
+MAX_ID_LENGTH = 32  # the client_keys.id column
 _POLICY_COLUMNS = tuple(name for name in KeyPolicy.field_names() if name != "models")
 
 
@@ -111,6 +113,8 @@ class KeyStore:
         return key, secret
 
     async def get(self, key_id: str) -> ClientKey | None:
+        if not _possible_id(key_id):
+            return None
         with _store_errors("get"):
             async with self._engine.connect() as conn:
                 return await _fetch_key(conn, key_id)
@@ -164,19 +168,45 @@ class KeyStore:
             values["expires_at"] = aware_utc(expires_at, "expires_at")
         return await self._update("update", key_id, values)
 
-    async def record_usage(self, events: Sequence[UsageEvent]) -> None:
-        """Insert a batch of usage events in one statement (an executemany)."""
+    async def record_usage(self, events: Sequence[UsageEvent]) -> builtins.list[UsageEvent]:
+        """Insert a batch of usage events; return those the database refused (none are written).
+
+        The batch is one statement (an executemany). If the database refuses it for what a row
+        holds (a key id it does not know, a value it cannot store), each row is tried again on
+        its own, in a savepoint of one transaction, so one bad row never holds back the others:
+        the rows refused again are returned, and everything else is written. A database that
+        cannot be reached raises ``StoreUnavailable``, and then nothing is written.
+        """
         if not events:
-            return
+            return []
         rows = usage.event_rows(events)
         with _store_errors("record_usage"):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(usage_events.insert(), rows)
+            except _ROW_FAILURES as exc:
+                if not _refused_for_its_data(exc):
+                    raise
+            else:
+                return []
+            refused = []
             async with self._engine.begin() as conn:
-                await conn.execute(usage_events.insert(), rows)
+                for event, row in zip(events, rows, strict=True):
+                    try:
+                        async with conn.begin_nested():
+                            await conn.execute(usage_events.insert(), row)
+                    except _ROW_FAILURES as exc:
+                        if not _refused_for_its_data(exc):
+                            raise
+                        refused.append(event)
+            return refused
 
     async def usage_summary(
         self, key_id: str, since: date | None = None
     ) -> builtins.list[UsageRow]:
         """A key's usage per UTC day and model, from the UTC day ``since`` on."""
+        if not _possible_id(key_id):
+            return []
         with _store_errors("usage_summary"):
             async with self._engine.connect() as conn:
                 query = usage.summary_query(conn.dialect.name, key_id, since)
@@ -185,6 +215,8 @@ class KeyStore:
 
     async def usage_totals(self, key_id: str, since: datetime | None = None) -> tuple[int, float]:
         """A key's total tokens and cost (USD) since ``since``, or ever: what budgets compare to."""
+        if not _possible_id(key_id):
+            return 0, 0.0
         query = usage.totals_query(key_id, since)
         with _store_errors("usage_totals"):
             async with self._engine.connect() as conn:
@@ -200,6 +232,8 @@ class KeyStore:
     async def _update(
         self, operation: str, key_id: str, values: Mapping[str, Any]
     ) -> ClientKey | None:
+        if not _possible_id(key_id):
+            return None
         statement = client_keys.update().where(client_keys.c.id == key_id).values(dict(values))
         with _store_errors(operation):
             async with self._engine.begin() as conn:
@@ -229,15 +263,44 @@ def _store_errors(operation: str) -> Iterator[None]:
         ) from exc
 
 
+# What a statement can fail with because of the values it was given: the database's verdicts,
+# and the drivers' own errors for a value they cannot send (SQLAlchemy passes those on as they
+# are when the driver raises them, or wraps them in a plain StatementError while binding).
+_ROW_FAILURES = (sa.exc.StatementError, ValueError, ArithmeticError)
+
+
+def _refused_for_its_data(exc: Exception) -> bool:
+    """Whether a statement was refused for the values it was given, not for the database's state.
+
+    Such a failure follows the row, and another row would pass; any other (a lost connection,
+    a missing table, a timeout) is the database's, and every row would fail alike.
+    """
+    if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if isinstance(exc, sa.exc.StatementError):
+        return isinstance(exc.orig, ValueError | ArithmeticError | TypeError)
+    return True
+
+
 def _checked_name(name: str) -> str:
     # Checked here, not left to the column: PostgreSQL would refuse an over-long name with a
     # database error (a 503), SQLite would store it; either way the client deserves a 400.
     name = name.strip()
-    if not name or len(name) > MAX_NAME_LENGTH:
+    if not name or not is_storable(name, MAX_NAME_LENGTH):
         raise InvalidRequest(
-            f"Invalid value for 'name': must be 1-{MAX_NAME_LENGTH} characters.", param="name"
+            f"Invalid value for 'name': must be 1-{MAX_NAME_LENGTH} characters, "
+            "without NUL or unpaired surrogates.",
+            param="name",
         )
     return name
+
+
+def _possible_id(key_id: str) -> bool:
+    # An id no row can hold (NUL, a lone surrogate, longer than the column) matches no key;
+    # asked of PostgreSQL it would fail the statement, and the client would see a 503.
+    return is_storable(key_id, MAX_ID_LENGTH)
 
 
 def _policy_row(policy: KeyPolicy) -> dict[str, Any]:
