@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from chatgpt_proxy.errors import StoreUnavailable
 from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent
@@ -116,3 +117,53 @@ def test_a_failing_writer_keeps_its_rows_and_shows_it(sqlite_database_url: str) 
             await meter.close()
 
     asyncio.run(scenario())
+
+
+def _samples(proxy: Proxy) -> dict[str, float]:
+    text = proxy.http().get("/metrics").text
+    return {
+        sample.name + "".join(f"[{v}]" for v in sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _poll(check: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + DEADLINE_S
+    while not (ok := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ok
+
+
+def test_a_failing_usage_writer_shows_in_readyz_and_metrics(proxy: Proxy) -> None:
+    store = proxy.state.store
+    original = store.record_usage
+    broken = [True]
+
+    async def failing(events: Sequence[UsageEvent]) -> list[UsageEvent]:
+        if broken[0]:
+            raise RuntimeError("a bug in the writer")
+        return await original(events)
+
+    store.record_usage = failing  # type: ignore[method-assign]
+    try:
+        assert proxy.http().get("/readyz").status_code == 200
+        proxy.client().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert _poll(lambda: proxy.http().get("/readyz").status_code == 503)
+        problems = proxy.http().get("/readyz").json()["problems"]
+        assert any("usage writer failing" in problem for problem in problems), problems
+        samples = _samples(proxy)
+        assert samples["chatgpt_proxy_usage_pending_requests"] == 1
+        assert samples["chatgpt_proxy_usage_failed_flushes_total"] >= 3
+        assert samples["chatgpt_proxy_background_errors_total[writing usage]"] >= 3
+        broken[0] = False
+        assert _poll(lambda: proxy.http().get("/readyz").status_code == 200)
+        assert _used(proxy, proxy.key_id) > 0
+        samples = _samples(proxy)
+        assert samples["chatgpt_proxy_usage_pending_requests"] == 0
+        assert samples["chatgpt_proxy_usage_written_requests_total"] == 1
+        assert samples["chatgpt_proxy_usage_set_aside_rows_total"] == 0
+    finally:
+        store.record_usage = original  # type: ignore[method-assign]
