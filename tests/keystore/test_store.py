@@ -409,3 +409,27 @@ def test_two_stores_share_one_sqlite_file(sqlite_database_url: str) -> None:
             assert await store.count() == 45
 
     run(scenario())
+
+
+def test_the_first_key_is_created_once_by_replicas_starting_together(database_url: str) -> None:
+    replicas = 6
+
+    async def start(barrier: asyncio.Barrier) -> str | None:
+        # Each replica has its own engine, as separate processes would.
+        async with migrated(database_url) as store:
+            await barrier.wait()
+            created = await store.create_if_empty("default", KeyPolicy(rpm=10))
+            return None if created is None else created[1]
+
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            pass  # migrated once first: the race under test is the key's, not the schema's
+        barrier = asyncio.Barrier(replicas)
+        secrets = await asyncio.gather(*(start(barrier) for _ in range(replicas)))
+        assert len([s for s in secrets if s is not None]) == 1, secrets
+        async with migrated(database_url) as store:
+            (key,) = await store.list()
+            assert key.name == "default" and key.policy.rpm == 10
+            assert await store.create_if_empty("default", KeyPolicy()) is None
+
+    run(scenario())

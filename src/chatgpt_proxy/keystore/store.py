@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
 from chatgpt_proxy.keystore import migrator, usage
-from chatgpt_proxy.keystore.engine import create_engine
+from chatgpt_proxy.keystore.engine import create_engine, exclusive
 from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
 from chatgpt_proxy.keystore.text import is_storable
@@ -28,6 +28,8 @@ from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secre
 
 MAX_NAME_LENGTH = 200
 MAX_ID_LENGTH = 32  # the client_keys.id column
+# Any fixed 64-bit number, the same in every replica: it names the lock, nothing more.
+_FIRST_KEY_LOCK = 0x6367705F66697273  # b"cgp_firs"
 _POLICY_COLUMNS = tuple(name for name in KeyPolicy.field_names() if name != "models")
 
 
@@ -83,32 +85,23 @@ class KeyStore:
         self, name: str, policy: KeyPolicy, expires_at: datetime | None = None
     ) -> tuple[ClientKey, str]:
         """A new key and its secret: the only time the secret exists outside its client."""
-        secret = new_secret()
-        now = datetime.now(UTC)
-        key = ClientKey(
-            id="key_" + secrets.token_hex(8),
-            name=_checked_name(name),
-            prefix=display_prefix(secret),
-            key_hash=hash_secret(secret),
-            created_at=now,
-            updated_at=now,
-            expires_at=None if expires_at is None else aware_utc(expires_at, "expires_at"),
-            revoked_at=None,
-            policy=policy,
-        )
-        row = {
-            "id": key.id,
-            "name": key.name,
-            "prefix": key.prefix,
-            "key_hash": key.key_hash,
-            "created_at": key.created_at,
-            "updated_at": key.updated_at,
-            "expires_at": key.expires_at,
-            "revoked_at": None,
-            **_policy_row(policy),
-        }
+        key, secret, row = _new_key(name, policy, expires_at)
         with _store_errors("create"):
             async with self._engine.begin() as conn:
+                await conn.execute(client_keys.insert().values(row))
+        return key, secret
+
+    async def create_if_empty(self, name: str, policy: KeyPolicy) -> tuple[ClientKey, str] | None:
+        """Create a key only if there is none yet (a first start's key); ``None`` if there was.
+
+        Once, however many replicas start together: they take turns, and only the first finds
+        the table empty.
+        """
+        key, secret, row = _new_key(name, policy, None)
+        with _store_errors("create_if_empty"):
+            async with exclusive(self._engine, _FIRST_KEY_LOCK) as conn:
+                if await conn.scalar(sa.select(client_keys.c.id).limit(1)) is not None:
+                    return None
                 await conn.execute(client_keys.insert().values(row))
         return key, secret
 
@@ -261,6 +254,37 @@ def _store_errors(operation: str) -> Iterator[None]:
         raise StoreUnavailable(
             f"The key store is unavailable ({operation}: {type(exc).__name__})."
         ) from exc
+
+
+def _new_key(
+    name: str, policy: KeyPolicy, expires_at: datetime | None
+) -> tuple[ClientKey, str, dict[str, Any]]:
+    """A new key, its secret and its row, checked before any SQL runs."""
+    secret = new_secret()
+    now = datetime.now(UTC)
+    key = ClientKey(
+        id="key_" + secrets.token_hex(8),
+        name=_checked_name(name),
+        prefix=display_prefix(secret),
+        key_hash=hash_secret(secret),
+        created_at=now,
+        updated_at=now,
+        expires_at=None if expires_at is None else aware_utc(expires_at, "expires_at"),
+        revoked_at=None,
+        policy=policy,
+    )
+    row = {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "key_hash": key.key_hash,
+        "created_at": key.created_at,
+        "updated_at": key.updated_at,
+        "expires_at": key.expires_at,
+        "revoked_at": None,
+        **_policy_row(policy),
+    }
+    return key, secret, row
 
 
 # What a statement can fail with because of the values it was given: the database's verdicts,
