@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +17,7 @@ from chatgpt_proxy.errors import StoreUnavailable
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy
 from chatgpt_proxy.periodic import Periodic, TaskErrors
 from harness import Proxy
+from services import redis_url
 
 DEADLINE_S = 10.0
 
@@ -97,3 +101,25 @@ def test_key_refresh_goes_on_after_a_store_bug(proxy: Proxy) -> None:
         assert _background_errors(proxy)["refreshing client keys"] == 1
     finally:
         store.changed_since = original  # type: ignore[method-assign]
+
+
+def test_sharing_upstream_key_states_goes_on_after_a_bug(make_proxy: Callable[..., Proxy]) -> None:
+    prefix = f"cgp-test:{secrets.token_hex(4)}:"
+    proxy = make_proxy(redis_url=redis_url(), limits={"redis_prefix": prefix})
+    shared = proxy.state.shared
+    assert shared is not None
+    original = shared._changes
+    calls: list[int] = []
+
+    def once_broken() -> list[dict[str, Any]]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("a bug")
+        return original()
+
+    shared._changes = once_broken  # type: ignore[method-assign]
+    deadline = time.monotonic() + DEADLINE_S
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(calls) >= 3, "the watcher stopped at its first unexpected exception"
+    assert _background_errors(proxy)["sharing upstream key states"] == 1
