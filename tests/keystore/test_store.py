@@ -433,3 +433,28 @@ def test_the_first_key_is_created_once_by_replicas_starting_together(database_ur
             assert await store.create_if_empty("default", KeyPolicy()) is None
 
     run(scenario())
+
+
+def test_a_row_the_database_refuses_for_its_value_is_refused_alone(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the cleaning (as a future column or driver might be): the database's own verdict on
+    # a value must still set that row aside, not fail the batch as if the database were down.
+    monkeypatch.setattr("chatgpt_proxy.keystore.usage.storable", lambda text, limit: text)
+
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            key, _ = await store.create("ci", KeyPolicy())
+            bad = [
+                event(key.id, model="m" * 300),  # too long for PostgreSQL's column
+                event(key.id, model="nul\x00"),  # PostgreSQL refuses NUL
+                event(key.id, model="\ud800"),  # no driver can encode it
+            ]
+            refused = await store.record_usage([event(key.id), *bad, event(key.id, model="b")])
+            assert all(e in bad for e in refused)
+            if database_url.startswith("postgresql"):
+                assert refused == bad
+            models = {row.model for row in await store.usage_summary(key.id)}
+            assert {"gpt-4o-mini", "b"} <= models
+
+    run(scenario())

@@ -301,11 +301,17 @@ def _refused_for_its_data(exc: Exception) -> bool:
     """
     if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
         return True
-    if isinstance(exc, sa.exc.DBAPIError):
-        return False
-    if isinstance(exc, sa.exc.StatementError):
-        return isinstance(exc.orig, ValueError | ArithmeticError | TypeError)
-    return True
+    if not isinstance(exc, sa.exc.StatementError):
+        return True  # the driver's own ValueError or ArithmeticError, passed on as it is
+    cause = exc.orig
+    # asyncpg's adapter reports the server's verdicts as a generic error that carries their
+    # SQLSTATE (class 22: data exception, 23: integrity), and chains the driver's own error: a
+    # ValueError when the value could not even be encoded.
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None) or ""
+    if str(sqlstate)[:2] in ("22", "23"):
+        return True
+    driver_error = cause.__cause__ if cause is not None else None
+    return any(isinstance(e, ValueError | ArithmeticError) for e in (cause, driver_error))
 
 
 def _checked_name(name: str) -> str:
