@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgpt_proxy.errors import StoreUnavailable
 from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent
@@ -60,8 +61,8 @@ def test_a_nul_in_model_does_not_stop_metering_for_other_keys(
 class _FlakyStore(KeyStore):
     """A store whose usage writes fail as told: the database away, or a bug."""
 
-    def __init__(self, inner: KeyStore) -> None:
-        super().__init__(inner._engine)
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
         self.failures: list[BaseException] = []
 
     async def record_usage(self, events: Sequence[UsageEvent]) -> list[UsageEvent]:
@@ -93,9 +94,8 @@ def test_a_row_the_database_refuses_is_set_aside_and_the_rest_written(
 
 def test_a_failing_writer_keeps_its_rows_and_shows_it(sqlite_database_url: str) -> None:
     async def scenario() -> None:
-        async with await KeyStore.open(sqlite_database_url) as base:
-            await base.migrate()
-            store = _FlakyStore(base)
+        async with await _FlakyStore.open(sqlite_database_url) as store:
+            await store.migrate()
             key, _ = await store.create("ci", KeyPolicy())
             meter = Meter(store, interval=3600)
             meter.record(key.id, "gpt-4o", "openai#1", "chat.completions", 200, None, None, 5)
