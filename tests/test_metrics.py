@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatgpt_proxy.metrics import Metrics
+from chatgpt_proxy.periodic import TaskErrors
 from harness import Proxy
 
 
@@ -44,3 +45,29 @@ def test_the_proxy_exports_requests_and_key_states(proxy: Proxy) -> None:
     up = "chatgpt_proxy_upstream_key_up"
     assert samples[(up, (("key", "openai#1"), ("state", "active")))] == 1
     assert samples[(up, (("key", "openai#2"), ("state", "active")))] == 1
+
+
+def test_background_errors_are_counted_by_task() -> None:
+    errors = TaskErrors()
+    metrics = Metrics([])
+    metrics.watch_tasks(errors)
+    assert "chatgpt_proxy_background_errors_total{" not in metrics.render().decode()
+    errors.count("writing usage")
+    errors.count("writing usage")
+    errors.count("refreshing client keys")
+    samples = _samples(metrics.render().decode())
+    name = "chatgpt_proxy_background_errors_total"
+    assert samples[(name, (("task", "writing usage"),))] == 2
+    assert samples[(name, (("task", "refreshing client keys"),))] == 1
+
+
+def test_the_proxy_exports_its_usage_writer(proxy: Proxy) -> None:
+    samples = _samples(proxy.http().get("/metrics").text)
+    for name in (
+        "chatgpt_proxy_usage_pending_requests",
+        "chatgpt_proxy_usage_written_requests_total",
+        "chatgpt_proxy_usage_set_aside_rows_total",
+        "chatgpt_proxy_usage_dropped_requests_total",
+        "chatgpt_proxy_usage_failed_flushes_total",
+    ):
+        assert samples[(name, ())] == 0, name

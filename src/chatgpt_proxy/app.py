@@ -39,6 +39,7 @@ from chatgpt_proxy.logs import AccessLog, access_log_enabled
 from chatgpt_proxy.metering import Meter
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.moderation import Moderator, build_moderator
+from chatgpt_proxy.periodic import TaskErrors
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.redis_link import RedisLink
@@ -151,6 +152,7 @@ async def _open_state(
 ) -> AppState:
     router = Router.from_settings(settings.upstreams, settings.pool)
     redactor = Redactor(router.secrets())
+    task_errors = TaskErrors()  # failed runs of the background tasks below, for /metrics
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=settings.server.max_upstream_connections, enable_cleanup_closed=True
@@ -159,7 +161,7 @@ async def _open_state(
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     stack.push_async_callback(session.close)
-    idle = IdleWatch(settings.timeouts.stream_idle)
+    idle = IdleWatch(settings.timeouts.stream_idle, errors=task_errors)
     idle.start()
     stack.push_async_callback(idle.stop)
     client = UpstreamClient(session, settings.timeouts, settings.retries, idle=idle)
@@ -175,11 +177,13 @@ async def _open_state(
         if auth.failed_auth_limit
         else None
     )
-    keys = KeyCache(store, refresh_seconds=auth.cache_refresh_seconds, throttle=throttle)
+    keys = KeyCache(
+        store, refresh_seconds=auth.cache_refresh_seconds, throttle=throttle, errors=task_errors
+    )
     await keys.start()
     stack.push_async_callback(keys.stop)
     pricing = Pricing(settings.pricing)
-    meter = Meter(store, pricing=pricing)
+    meter = Meter(store, pricing=pricing, errors=task_errors)
     meter.start()
     stack.push_async_callback(meter.close)
     link = RedisLink.open(settings) if settings.redis_url is not None else None
@@ -191,16 +195,18 @@ async def _open_state(
             link, store, pricing, lease_seconds=settings.limits.concurrency_lease_seconds
         )
         limiter = FallbackLimiter(shared_limiter, MemoryLimiter(store, pricing), link)
-        shared = SharedState(link, router, keys)
+        shared = SharedState(link, router, keys, errors=task_errors)
         await shared.start()
         stack.push_async_callback(shared.stop)
     stack.push_async_callback(limiter.close)
     moderator = build_moderator(settings, client, router)
     stack.push_async_callback(moderator.close)
-    prober = Prober(client, router, interval=settings.pool.probe_interval)
+    prober = Prober(client, router, interval=settings.pool.probe_interval, errors=task_errors)
     prober.start()
     stack.push_async_callback(prober.stop)
     metrics = Metrics(router.upstreams)
+    metrics.watch_tasks(task_errors)
+    meter.export(metrics)
     metrics.watch(
         "chatgpt_proxy_moderation_blocks_total",
         "requests blocked by moderation",

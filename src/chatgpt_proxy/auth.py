@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from chatgpt_proxy.errors import AuthenticationFailed, RateLimited
 from chatgpt_proxy.keystore import ClientKey, KeyStore, hash_secret, looks_like_key
-from chatgpt_proxy.periodic import Periodic
+from chatgpt_proxy.periodic import Periodic, TaskErrors
 
 logger = logging.getLogger("chatgpt_proxy.auth")
 
@@ -117,6 +117,7 @@ class KeyCache:
         refresh_seconds: float = 1.0,
         throttle: FailedAuthThrottle | None = None,
         now: Callable[[], datetime] = _now,
+        errors: TaskErrors | None = None,
     ) -> None:
         self._store = store
         self._throttle = throttle
@@ -124,7 +125,9 @@ class KeyCache:
         self._by_hash: dict[str, ClientKey] = {}
         self._hash_of: dict[str, str] = {}
         self._since: datetime | None = None
-        self._poll = Periodic("refreshing client keys", refresh_seconds, self.refresh)
+        self._poll = Periodic(
+            "refreshing client keys", refresh_seconds, self.refresh, errors=errors
+        )
 
     async def start(self) -> None:
         await self.refresh()

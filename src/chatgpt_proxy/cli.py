@@ -90,10 +90,9 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     )
 
     async def first_key(store: KeyStore) -> str | None:
-        if await store.count() > 0:
-            return None
-        _, secret = await store.create("default", default_policy(settings.limits))
-        return secret
+        # Once, even when several replicas start together on an empty database.
+        created = await store.create_if_empty("default", default_policy(settings.limits))
+        return None if created is None else created[1]
 
     secret = _with_store(settings, first_key)
     if secret is not None:

@@ -4,8 +4,10 @@
 endpoint, status): a few additions, no allocation for a group already seen, no I/O. A
 background task writes one row per group every ``interval`` seconds, so the database sees
 rows per second whatever the request rate; ``close`` writes what is left, so a clean shutdown
-loses nothing. If the database is down, tallies are kept (up to ``max_groups``) and written
-when it returns. ``pricing`` is what a request's ``cost`` is computed with.
+loses nothing. If the database is down (or the write fails in any other way), tallies are kept
+(up to ``max_groups``) and written when it returns; a row the database refuses for what it holds
+is set aside (logged and counted) and the others are written. ``failing`` tells ``/readyz`` when
+flushes keep failing. ``pricing`` is what a request's ``cost`` is computed with.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ from dataclasses import dataclass
 
 from chatgpt_proxy.errors import ProxyError
 from chatgpt_proxy.keystore import KeyStore, UsageEvent
-from chatgpt_proxy.periodic import Periodic
+from chatgpt_proxy.metrics import Metrics
+from chatgpt_proxy.periodic import Periodic, TaskErrors
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.usage import Usage
 
 logger = logging.getLogger("chatgpt_proxy.metering")
 
 Group = tuple[str, str, str, str, int]  # key id, model, upstream alias, endpoint, status
+
+# Flushes that must fail in a row before /readyz says so: one failure is a blip, and the
+# tallies are kept for the next flush anyway.
+FAILING_AFTER = 3
 
 
 @dataclass(slots=True)
@@ -60,15 +67,19 @@ class Meter:
         interval: float = 1.0,
         max_groups: int = 100_000,
         pricing: Pricing | None = None,
+        errors: TaskErrors | None = None,
     ) -> None:
         self._store = store
         self.pricing = pricing if pricing is not None else Pricing({})
         self._max_groups = max_groups
         self._tallies: dict[Group, _Tally] = {}
         self._flushing = asyncio.Lock()
-        self._periodic = Periodic("writing usage", interval, self.flush)
+        self._periodic = Periodic("writing usage", interval, self.flush, errors=errors)
         self.dropped = 0
         self.written = 0  # requests written, not rows
+        self.set_aside = 0  # rows the database refused, logged and dropped
+        self.failed_flushes = 0
+        self._failures_in_a_row = 0
 
     def start(self) -> None:
         self._periodic.start()
@@ -105,8 +116,14 @@ class Meter:
         """Requests recorded and not yet written."""
         return sum(tally.requests for tally in self._tallies.values())
 
+    @property
+    def failing(self) -> bool:
+        """Whether the last ``FAILING_AFTER`` flushes all failed (usage is piling up)."""
+        return self._failures_in_a_row >= FAILING_AFTER
+
     async def flush(self) -> None:
-        """Write every request recorded so far; when it returns, they are all in the store."""
+        """Write every request recorded so far; when it returns, they are all in the store
+        (or, for a row the database refused, set aside and logged)."""
         # One flush at a time: a second caller waits for the batch the first is writing,
         # rather than return while it is still on its way.
         async with self._flushing:
@@ -114,12 +131,20 @@ class Meter:
                 return
             batch, self._tallies = self._tallies, {}
             try:
-                await self._store.record_usage([_event(g, t) for g, t in batch.items()])
-            except ProxyError:
+                refused = await self._store.record_usage([_event(g, t) for g, t in batch.items()])
+            except Exception:
+                # Kept whatever the failure: the database away, or a bug that a restart fixes.
                 for group, tally in batch.items():
                     self._tallies.setdefault(group, _Tally()).merge(tally)
+                self.failed_flushes += 1
+                self._failures_in_a_row += 1
                 raise
-            self.written += sum(tally.requests for tally in batch.values())
+            self._failures_in_a_row = 0
+            for event in refused:
+                _log_set_aside(event)
+            self.set_aside += len(refused)
+            written = sum(tally.requests for tally in batch.values())
+            self.written += written - sum(event.requests for event in refused)
 
     async def close(self) -> None:
         # Holding the flush lock: a batch on its way is written, not cancelled half-way.
@@ -127,8 +152,56 @@ class Meter:
             await self._periodic.stop()
         try:
             await self.flush()
-        except ProxyError as exc:
-            logger.error("%d requests' usage could not be written: %s", self.pending, exc)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, ProxyError) else type(exc).__name__
+            logger.error("%d requests' usage could not be written: %s", self.pending, reason)
+
+    def export(self, metrics: Metrics) -> None:
+        """Show the writer's state in ``/metrics``, so a failing one is seen before shutdown."""
+        metrics.watch(
+            "chatgpt_proxy_usage_pending_requests",
+            "requests whose usage is recorded and not yet written",
+            lambda: float(self.pending),
+        )
+        metrics.watch(
+            "chatgpt_proxy_usage_written_requests_total",
+            "requests whose usage was written",
+            lambda: float(self.written),
+        )
+        metrics.watch(
+            "chatgpt_proxy_usage_set_aside_rows_total",
+            "usage rows the database refused, logged and not written",
+            lambda: float(self.set_aside),
+        )
+        metrics.watch(
+            "chatgpt_proxy_usage_dropped_requests_total",
+            "requests not metered because too many groups were waiting to be written",
+            lambda: float(self.dropped),
+        )
+        metrics.watch(
+            "chatgpt_proxy_usage_failed_flushes_total",
+            "usage writes that failed (their rows are kept and written later)",
+            lambda: float(self.failed_flushes),
+        )
+
+
+def _log_set_aside(event: UsageEvent) -> None:
+    # Everything needed to re-enter the row by hand; the model is the client's text, so repr().
+    logger.error(
+        "usage row set aside, the database refused it: key=%s model=%.200r upstream=%s "
+        "endpoint=%.100r status=%d requests=%d prompt_tokens=%d completion_tokens=%d "
+        "total_tokens=%d cost=%s",
+        event.key_id,
+        event.model,
+        event.upstream,
+        event.endpoint,
+        event.status,
+        event.requests,
+        event.prompt_tokens,
+        event.completion_tokens,
+        event.total_tokens,
+        event.cost,
+    )
 
 
 def _event(group: Group, tally: _Tally) -> UsageEvent:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from chatgpt_proxy.periodic import TaskErrors
 from chatgpt_proxy.upstream.router import Upstream
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -48,6 +49,21 @@ class _CallbackCounter(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         yield GaugeMetricFamily(self._name, self._help, value=self._read())
+
+
+class _TaskErrorCollector(Collector):
+    def __init__(self, errors: TaskErrors) -> None:
+        self._errors = errors
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "chatgpt_proxy_background_errors",
+            "failed runs of a background task (it goes on), by task",
+            labels=["task"],
+        )
+        for task, count in self._errors.counts.items():
+            family.add_metric([task], count)
+        yield family
 
 
 class _Latency:
@@ -103,6 +119,10 @@ class Metrics:
     def watch(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Export a number another component keeps, read at scrape time."""
         self.registry.register(_CallbackCounter(name, help_text, read))
+
+    def watch_tasks(self, errors: TaskErrors) -> None:
+        """Export the failed runs of the app's background tasks, by task name."""
+        self.registry.register(_TaskErrorCollector(errors))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         group = (endpoint, status)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from chatgpt_proxy.errors import ConfigError
+from chatgpt_proxy.periodic import FailureStreak, TaskErrors
 from chatgpt_proxy.settings import Settings
 
 if TYPE_CHECKING:
@@ -147,11 +148,16 @@ class RedisLink:
             await self.client.aclose()
 
     async def _recheck(self) -> None:
+        # A bug in a ping must not leave the limits per process for good: keep checking.
+        streak = FailureStreak("checking whether Redis answers again", TaskErrors())
         while not self.up:
             await asyncio.sleep(self._recheck_seconds)
             try:
                 await self.ping()
             except RedisUnavailable:
+                continue
+            except Exception as exc:
+                streak.failed(exc)
                 continue
             self.up = True
             logger.info("Redis answers again; limits are shared again")

@@ -33,6 +33,7 @@ import orjson
 
 from chatgpt_proxy.auth import KeyCache
 from chatgpt_proxy.errors import ProxyError
+from chatgpt_proxy.periodic import FailureStreak, TaskErrors
 from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable, redis_errors
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.pool import KeyState
@@ -49,7 +50,13 @@ class SharedState:
     """Client key changes and upstream key states, shared by every replica on one Redis."""
 
     def __init__(
-        self, link: RedisLink, router: Router, keys: KeyCache, *, tick: float = 0.1
+        self,
+        link: RedisLink,
+        router: Router,
+        keys: KeyCache,
+        *,
+        tick: float = 0.1,
+        errors: TaskErrors | None = None,
     ) -> None:
         self._link = link
         self._router = router
@@ -61,6 +68,9 @@ class SharedState:
         self._states = f"{link.prefix}upstream-states"
         self._seen: dict[str, tuple[KeyState, float]] = {}  # alias -> (state, until: monotonic)
         self._tasks: list[asyncio.Task[None]] = []
+        errors = errors if errors is not None else TaskErrors()
+        self._listening = FailureStreak("listening for shared state", errors)
+        self._watching = FailureStreak("sharing upstream key states", errors)
 
     async def start(self) -> None:
         self._tasks = [
@@ -94,6 +104,8 @@ class SharedState:
                     await self._subscribe()
                 except RedisUnavailable as exc:
                     self._link.failed(exc)
+                except Exception as exc:  # a bug: this replica must not stop listening for it
+                    self._listening.failed(exc)
             await asyncio.sleep(_RESUBSCRIBE_SECONDS)
 
     async def _subscribe(self) -> None:
@@ -156,13 +168,16 @@ class SharedState:
             await asyncio.sleep(self._tick)
             if not self._link.up:
                 continue  # what changed meanwhile is published once Redis is back
-            changes = self._changes()
-            if not changes:
-                continue
             try:
-                await self._publish(changes)
+                changes = self._changes()
+                if changes:
+                    await self._publish(changes)
             except RedisUnavailable as exc:
                 self._link.failed(exc)
+            except Exception as exc:  # a bug: this replica must not stop sharing for it
+                self._watching.failed(exc)
+            else:
+                self._watching.succeeded()
 
     def _changes(self) -> list[dict[str, Any]]:
         now = time.monotonic()

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from cli_helpers import output, run_cli
+from cli_helpers import clean_env, output, run_cli
 from click.testing import CliRunner
 
 from chatgpt_proxy.cli import main
 from chatgpt_proxy.keystore import KeyStore, UsageEvent
+from fake_openai import FAKE_KEYS, FakeOpenAI
+from servers import free_port, wait_until_serving
 
 KEY_LINE = re.compile(r"^pk-[A-Za-z0-9_-]{22,}$")
 
@@ -216,3 +221,66 @@ def test_keys_create_help_lists_the_policy_options() -> None:
     result = CliRunner().invoke(main, ["keys", "create", "--help"])
     for option in ("--name", "--rpm", "--tpm", "--models", "--expires", "--json"):
         assert option in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["keys", "create", "--name", "a\udcffb"],  # argv bytes that are not UTF-8
+        ["keys", "update", "key_\udcff", "--rpm", "5"],
+        ["keys", "revoke", "key_\udcff"],
+        ["keys", "revoke", "key_" + "a" * 5000],
+        ["keys", "usage", "key_\udcff"],
+    ],
+    ids=["create-name", "update-id", "revoke-id", "revoke-huge-id", "usage-id"],
+)
+def test_junk_names_and_ids_are_errors_without_traceback(
+    tmp_path: Path, env: dict[str, str], database_url: str, args: list[str]
+) -> None:
+    env = {**env, "CHATGPT_PROXY_DATABASE_URL": database_url}
+    result = run_cli(args, cwd=tmp_path, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "unavailable" not in result.stderr
+    if args[1] != "usage":  # the usage of a key that cannot exist is simply empty
+        assert result.returncode != 0
+        assert "name" in result.stderr or "no client key" in result.stderr, result.stderr
+
+
+def test_replicas_starting_together_create_one_default_key(
+    tmp_path: Path, fake: FakeOpenAI, database_url: str
+) -> None:
+    replicas = 3
+    env = clean_env(
+        {
+            "OPENAI_API_KEYS": FAKE_KEYS[0],
+            "OPENAI_BASE_URL": fake.base_url,
+            "CHATGPT_PROXY_DATABASE_URL": database_url,
+        }
+    )
+    ports = [free_port() for _ in range(replicas)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "chatgpt_proxy", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for port in ports
+    ]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            wait_until_serving(f"http://127.0.0.1:{port}", process, timeout=60)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        printed = [process.communicate(timeout=60)[0] for process in processes]
+    announced = [out for out in printed if "created one named 'default'" in out]
+    assert len(announced) == 1, printed
+
+    async def keys() -> list[str]:
+        async with await KeyStore.open(database_url) as store:
+            return [key.name for key in await store.list()]
+
+    assert asyncio.run(keys()) == ["default"]

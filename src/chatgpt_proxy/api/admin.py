@@ -45,8 +45,13 @@ def _json(data: object, status: int = 200) -> web.Response:
 async def _key_or_404(state: AppState, key_id: str) -> ClientKey:
     key = await state.store.get(key_id)
     if key is None:
-        raise UnknownRoute(f"No client key with id {key_id!r}.", param="id")
+        raise _no_such_key(key_id)
     return key
+
+
+def _no_such_key(key_id: str) -> UnknownRoute:
+    # The id comes from the client: named in the message, but clipped (it may be huge).
+    return UnknownRoute(f"No client key with id {key_id[:64]!r}.", param="id")
 
 
 async def _changed(state: AppState, key: ClientKey) -> None:
@@ -91,7 +96,7 @@ async def update_key(request: web.Request) -> web.Response:
         key.id, name=change.name, policy=change.policy, expires_at=change.expires_at
     )
     if updated is None:
-        raise UnknownRoute(f"No client key with id {key.id!r}.", param="id")
+        raise _no_such_key(key.id)
     await _changed(state, updated)
     return _json(updated.public_dict())
 
@@ -100,7 +105,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     state = _authorize(request)
     key = await state.store.revoke(request.match_info["id"])
     if key is None:
-        raise UnknownRoute(f"No client key with id {request.match_info['id']!r}.", param="id")
+        raise _no_such_key(request.match_info["id"])
     await _changed(state, key)
     return _json(key.public_dict())
 

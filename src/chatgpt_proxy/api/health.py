@@ -34,6 +34,8 @@ async def readyz(request: web.Request) -> web.Response:
     )
     if usable == 0:
         problems.append("no upstream key is usable")
+    if state.meter.failing:
+        problems.append(f"usage writer failing ({state.meter.pending} requests not yet written)")
     body = {"status": "ready" if not problems else "not ready", "problems": problems}
     return web.Response(
         body=orjson.dumps(body), status=503 if problems else 200, content_type="application/json"

@@ -6,13 +6,15 @@ the store needs SQLAlchemy's async drivers, so the URL is mapped here, once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from chatgpt_proxy.errors import ConfigError
 
@@ -64,6 +66,24 @@ def create_engine(database_url: str) -> AsyncEngine:
         pool_pre_ping=True,
         connect_args={"timeout": POSTGRES_CONNECT_TIMEOUT_S},
     )
+
+
+@contextlib.asynccontextmanager
+async def exclusive(engine: AsyncEngine, lock: int) -> AsyncIterator[AsyncConnection]:
+    """A transaction that no other holder of ``lock``, in any process, runs beside.
+
+    For work that reads then writes and must happen once however many replicas start together
+    (migrating, creating the first key). On PostgreSQL ``lock`` names a transaction-scoped
+    advisory lock, released by the commit or rollback even if the process dies; SQLite has one
+    write lock per file, taken up front (``BEGIN IMMEDIATE``), so there ``lock`` is not needed.
+    """
+    async with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+            yield conn
 
 
 def _use_wal(cursor: Any) -> None:

@@ -16,6 +16,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatgpt_proxy.keystore.engine import exclusive
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 # Any fixed 64-bit number, the same in every replica: it names the lock, nothing more.
@@ -30,12 +32,6 @@ def alembic_config() -> Config:
 
 
 def _upgrade(connection: sa.Connection, revision: str) -> None:
-    if connection.dialect.name == "postgresql":
-        # Replicas starting together queue here and each then finds the schema current. A
-        # transaction-scoped lock is released by the commit or rollback, even if we crash.
-        connection.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": _POSTGRES_MIGRATION_LOCK}
-        )
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
@@ -44,14 +40,11 @@ def _upgrade(connection: sa.Connection, revision: str) -> None:
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the database to ``revision`` in one transaction (DDL is transactional on both).
 
-    The lock is taken before Alembic is entered, and that matters twice: Alembic's ``context``
-    and ``op`` are process-wide proxies, so two upgrades interleaving on one event loop would
-    corrupt each other even before they raced in the database.
+    Replicas starting together queue on the lock and each then finds the schema current (a CLI
+    and a server migrating one SQLite file run one after the other instead of both creating the
+    tables). The lock is taken before Alembic is entered, and that matters twice: Alembic's
+    ``context`` and ``op`` are process-wide proxies, so two upgrades interleaving on one event
+    loop would corrupt each other even before they raced in the database.
     """
-    async with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            # Take SQLite's write lock up front: a CLI and a server migrating one file at once
-            # then run one after the other instead of both creating the tables.
-            await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-        async with conn.begin():
-            await conn.run_sync(_upgrade, revision)
+    async with exclusive(engine, _POSTGRES_MIGRATION_LOCK) as conn:
+        await conn.run_sync(_upgrade, revision)

@@ -21,13 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
 from chatgpt_proxy.keystore import migrator, objects, usage
-from chatgpt_proxy.keystore.engine import create_engine
+from chatgpt_proxy.keystore.engine import create_engine, exclusive
 from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
 from chatgpt_proxy.keystore.objects import StoredObject
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
+from chatgpt_proxy.keystore.text import is_storable
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secret
 
 MAX_NAME_LENGTH = 200
+MAX_ID_LENGTH = 32  # the client_keys.id column
+# Any fixed 64-bit number, the same in every replica: it names the lock, nothing more.
+_FIRST_KEY_LOCK = 0x6367705F66697273  # b"cgp_firs"
 _POLICY_COLUMNS = tuple(name for name in KeyPolicy.field_names() if name != "models")
 
 
@@ -83,36 +87,29 @@ class KeyStore:
         self, name: str, policy: KeyPolicy, expires_at: datetime | None = None
     ) -> tuple[ClientKey, str]:
         """A new key and its secret: the only time the secret exists outside its client."""
-        secret = new_secret()
-        now = datetime.now(UTC)
-        key = ClientKey(
-            id="key_" + secrets.token_hex(8),
-            name=_checked_name(name),
-            prefix=display_prefix(secret),
-            key_hash=hash_secret(secret),
-            created_at=now,
-            updated_at=now,
-            expires_at=None if expires_at is None else aware_utc(expires_at, "expires_at"),
-            revoked_at=None,
-            policy=policy,
-        )
-        row = {
-            "id": key.id,
-            "name": key.name,
-            "prefix": key.prefix,
-            "key_hash": key.key_hash,
-            "created_at": key.created_at,
-            "updated_at": key.updated_at,
-            "expires_at": key.expires_at,
-            "revoked_at": None,
-            **_policy_row(policy),
-        }
+        key, secret, row = _new_key(name, policy, expires_at)
         with _store_errors("create"):
             async with self._engine.begin() as conn:
                 await conn.execute(client_keys.insert().values(row))
         return key, secret
 
+    async def create_if_empty(self, name: str, policy: KeyPolicy) -> tuple[ClientKey, str] | None:
+        """Create a key only if there is none yet (a first start's key); ``None`` if there was.
+
+        Once, however many replicas start together: they take turns, and only the first finds
+        the table empty.
+        """
+        key, secret, row = _new_key(name, policy, None)
+        with _store_errors("create_if_empty"):
+            async with exclusive(self._engine, _FIRST_KEY_LOCK) as conn:
+                if await conn.scalar(sa.select(client_keys.c.id).limit(1)) is not None:
+                    return None
+                await conn.execute(client_keys.insert().values(row))
+        return key, secret
+
     async def get(self, key_id: str) -> ClientKey | None:
+        if not _possible_id(key_id):
+            return None
         with _store_errors("get"):
             async with self._engine.connect() as conn:
                 return await _fetch_key(conn, key_id)
@@ -166,19 +163,45 @@ class KeyStore:
             values["expires_at"] = aware_utc(expires_at, "expires_at")
         return await self._update("update", key_id, values)
 
-    async def record_usage(self, events: Sequence[UsageEvent]) -> None:
-        """Insert a batch of usage events in one statement (an executemany)."""
+    async def record_usage(self, events: Sequence[UsageEvent]) -> builtins.list[UsageEvent]:
+        """Insert a batch of usage events; return those the database refused (none are written).
+
+        The batch is one statement (an executemany). If the database refuses it for what a row
+        holds (a key id it does not know, a value it cannot store), each row is tried again on
+        its own, in a savepoint of one transaction, so one bad row never holds back the others:
+        the rows refused again are returned, and everything else is written. A database that
+        cannot be reached raises ``StoreUnavailable``, and then nothing is written.
+        """
         if not events:
-            return
+            return []
         rows = usage.event_rows(events)
         with _store_errors("record_usage"):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(usage_events.insert(), rows)
+            except _ROW_FAILURES as exc:
+                if not _refused_for_its_data(exc):
+                    raise
+            else:
+                return []
+            refused = []
             async with self._engine.begin() as conn:
-                await conn.execute(usage_events.insert(), rows)
+                for event, row in zip(events, rows, strict=True):
+                    try:
+                        async with conn.begin_nested():
+                            await conn.execute(usage_events.insert(), row)
+                    except _ROW_FAILURES as exc:
+                        if not _refused_for_its_data(exc):
+                            raise
+                        refused.append(event)
+            return refused
 
     async def usage_summary(
         self, key_id: str, since: date | None = None
     ) -> builtins.list[UsageRow]:
         """A key's usage per UTC day and model, from the UTC day ``since`` on."""
+        if not _possible_id(key_id):
+            return []
         with _store_errors("usage_summary"):
             async with self._engine.connect() as conn:
                 query = usage.summary_query(conn.dialect.name, key_id, since)
@@ -187,6 +210,8 @@ class KeyStore:
 
     async def usage_totals(self, key_id: str, since: datetime | None = None) -> tuple[int, float]:
         """A key's total tokens and cost (USD) since ``since``, or ever: what budgets compare to."""
+        if not _possible_id(key_id):
+            return 0, 0.0
         query = usage.totals_query(key_id, since)
         with _store_errors("usage_totals"):
             async with self._engine.connect() as conn:
@@ -214,6 +239,8 @@ class KeyStore:
     async def _update(
         self, operation: str, key_id: str, values: Mapping[str, Any]
     ) -> ClientKey | None:
+        if not _possible_id(key_id):
+            return None
         statement = client_keys.update().where(client_keys.c.id == key_id).values(dict(values))
         with _store_errors(operation):
             async with self._engine.begin() as conn:
@@ -243,15 +270,81 @@ def _store_errors(operation: str) -> Iterator[None]:
         ) from exc
 
 
+def _new_key(
+    name: str, policy: KeyPolicy, expires_at: datetime | None
+) -> tuple[ClientKey, str, dict[str, Any]]:
+    """A new key, its secret and its row, checked before any SQL runs."""
+    secret = new_secret()
+    now = datetime.now(UTC)
+    key = ClientKey(
+        id="key_" + secrets.token_hex(8),
+        name=_checked_name(name),
+        prefix=display_prefix(secret),
+        key_hash=hash_secret(secret),
+        created_at=now,
+        updated_at=now,
+        expires_at=None if expires_at is None else aware_utc(expires_at, "expires_at"),
+        revoked_at=None,
+        policy=policy,
+    )
+    row = {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "key_hash": key.key_hash,
+        "created_at": key.created_at,
+        "updated_at": key.updated_at,
+        "expires_at": key.expires_at,
+        "revoked_at": None,
+        **_policy_row(policy),
+    }
+    return key, secret, row
+
+
+# What a statement can fail with because of the values it was given: the database's verdicts,
+# and the drivers' own errors for a value they cannot send (SQLAlchemy passes those on as they
+# are when the driver raises them, or wraps them in a plain StatementError while binding).
+_ROW_FAILURES = (sa.exc.StatementError, ValueError, ArithmeticError)
+
+
+def _refused_for_its_data(exc: Exception) -> bool:
+    """Whether a statement was refused for the values it was given, not for the database's state.
+
+    Such a failure follows the row, and another row would pass; any other (a lost connection,
+    a missing table, a timeout) is the database's, and every row would fail alike.
+    """
+    if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+        return True
+    if not isinstance(exc, sa.exc.StatementError):
+        return True  # the driver's own ValueError or ArithmeticError, passed on as it is
+    cause = exc.orig
+    # asyncpg's adapter reports the server's verdicts as a generic error that carries their
+    # SQLSTATE (class 22: data exception, 23: integrity), and chains the driver's own error: a
+    # ValueError when the value could not even be encoded.
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None) or ""
+    if str(sqlstate)[:2] in ("22", "23"):
+        return True
+    driver_error = cause.__cause__ if cause is not None else None
+    return any(isinstance(e, ValueError | ArithmeticError) for e in (cause, driver_error))
+
+
 def _checked_name(name: str) -> str:
     # Checked here, not left to the column: PostgreSQL would refuse an over-long name with a
     # database error (a 503), SQLite would store it; either way the client deserves a 400.
     name = name.strip()
-    if not name or len(name) > MAX_NAME_LENGTH:
+    if not name or not is_storable(name, MAX_NAME_LENGTH):
         raise InvalidRequest(
-            f"Invalid value for 'name': must be 1-{MAX_NAME_LENGTH} characters.", param="name"
+            f"Invalid value for 'name': must be 1-{MAX_NAME_LENGTH} characters, "
+            "without NUL or unpaired surrogates.",
+            param="name",
         )
     return name
+
+
+def _possible_id(key_id: str) -> bool:
+    # An id no row can hold (NUL, a lone surrogate, longer than the column) matches no key;
+    # asked of PostgreSQL it would fail the statement, and the client would see a 503.
+    return is_storable(key_id, MAX_ID_LENGTH)
 
 
 def _policy_row(policy: KeyPolicy) -> dict[str, Any]:

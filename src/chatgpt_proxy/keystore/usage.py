@@ -5,6 +5,7 @@ Pure statement builders; ``store.py`` runs them and owns the error boundary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -13,11 +14,17 @@ import sqlalchemy as sa
 
 from chatgpt_proxy.keystore.models import UsageEvent, UsageRow
 from chatgpt_proxy.keystore.schema import aware_utc, usage_events
+from chatgpt_proxy.keystore.text import storable
 
-# The model name comes from the client; PostgreSQL would refuse an over-long one and with it the
-# whole batch, so text is clipped to the column widths instead.
-_TEXT_LIMITS = {"model": 200, "upstream": 100, "endpoint": 100}
+# The model name comes from the client; PostgreSQL would refuse an over-long one, or one with a
+# NUL, and with it the whole batch, so text is made storable and clipped to the column widths.
+_TEXT_LIMITS = {"key_id": 32, "model": 200, "upstream": 100, "endpoint": 100}
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# The counters are INTEGER columns (32 bits on PostgreSQL). A sum past that (an upstream that
+# reports absurd usage, a long outage summing latency) is kept at the largest value the column
+# holds: a row that says "at least this much" rather than a row refused.
+_SUMMED_COLUMNS = ("requests", *_TOKEN_COLUMNS, "latency_ms")
+_INT32_MAX = 2**31 - 1
 
 
 def event_rows(events: Sequence[UsageEvent]) -> list[dict[str, Any]]:
@@ -26,19 +33,17 @@ def event_rows(events: Sequence[UsageEvent]) -> list[dict[str, Any]]:
 
 
 def _event_row(event: UsageEvent) -> dict[str, Any]:
+    cost = event.cost
     row: dict[str, Any] = {
-        "key_id": event.key_id,
         "created_at": aware_utc(event.created_at, "created_at"),
-        "status": event.status,
-        "requests": event.requests,
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "total_tokens": event.total_tokens,
-        "cost": event.cost,
-        "latency_ms": event.latency_ms,
+        "status": min(max(event.status, 0), _INT32_MAX),
+        # NaN is a value SQLite stores as NULL and PostgreSQL as NaN, which then poisons sums.
+        "cost": cost if cost is None or math.isfinite(cost) else None,
     }
+    for name in _SUMMED_COLUMNS:
+        row[name] = min(max(getattr(event, name), 0), _INT32_MAX)
     for name, limit in _TEXT_LIMITS.items():
-        row[name] = getattr(event, name)[:limit]
+        row[name] = storable(getattr(event, name), limit)
     return row
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from chatgpt_proxy.periodic import Periodic
+from chatgpt_proxy.periodic import Periodic, TaskErrors
 
 
 class Watched:
@@ -57,13 +57,21 @@ class IdleWatch:
     >>> watched = watch.watch(response)   # then watched.touch() per chunk, watched.done()
     """
 
-    def __init__(self, idle: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        idle: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        errors: TaskErrors | None = None,
+    ) -> None:
         self._idle = idle
         self._clock = clock
         self._streams: dict[int, Watched] = {}
         # A sweep at a quarter of the limit ends a silent stream at most 25% late.
         interval = max(0.05, min(1.0, idle / 4))
-        self._periodic = Periodic("ending silent upstream streams", interval, self._sweep)
+        self._periodic = Periodic(
+            "ending silent upstream streams", interval, self._sweep, errors=errors
+        )
 
     def start(self) -> None:
         self._periodic.start()

@@ -21,7 +21,7 @@ from chatgpt_proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from chatgpt_proxy.periodic import Periodic
+from chatgpt_proxy.periodic import Periodic, TaskErrors
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.client import Outbound, UpstreamClient
 from chatgpt_proxy.upstream.pool import KeyPool, UpstreamKey
@@ -76,10 +76,19 @@ def _retired_as(single: Upstream) -> Health:
 class Prober:
     """Re-admits retired keys that recover, checking every ``interval`` seconds."""
 
-    def __init__(self, client: UpstreamClient, router: Router, *, interval: float) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        router: Router,
+        *,
+        interval: float,
+        errors: TaskErrors | None = None,
+    ) -> None:
         self._client = client
         self._router = router
-        self._periodic = Periodic("probing retired upstream keys", interval, self.run_once)
+        self._periodic = Periodic(
+            "probing retired upstream keys", interval, self.run_once, errors=errors
+        )
 
     def start(self) -> None:
         self._periodic.start()
