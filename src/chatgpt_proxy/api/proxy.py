@@ -7,6 +7,7 @@ its usage, and strips that extra chunk again on the way back.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Mapping
@@ -16,14 +17,21 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, AppState, context
-from chatgpt_proxy.errors import InvalidRequest, ModelNotAllowed, ProxyError, UnknownRoute
+from chatgpt_proxy.app import CLIENT_CLOSED, STATE, AppState, context
+from chatgpt_proxy.errors import (
+    InvalidRequest,
+    ModelNotAllowed,
+    ProxyError,
+    ServiceUnavailable,
+    UnknownRoute,
+)
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
-from chatgpt_proxy.streaming import CheckAnswer, Outcome, relay
+from chatgpt_proxy.streaming import CheckAnswer, Outcome, StreamStyle, relay
 from chatgpt_proxy.upstream.affinity import Holder
 from chatgpt_proxy.upstream.client import Body, Outbound
-from chatgpt_proxy.usage import estimate_tokens
+from chatgpt_proxy.upstream.router import Upstream
+from chatgpt_proxy.usage import Usage, estimate_tokens
 
 BodyKind = Literal["json", "multipart", "none"]
 
@@ -127,11 +135,40 @@ class Forward:
         upstream = state.router.route(model)
         if holder is not None:
             upstream = state.router.get(holder.upstream) or upstream
-        admission = await state.limiter.admit(key, parsed.estimate(), model)
+        forward = self._forward(request, state, key, parsed, path, upstream, holder)
+        if not (self.endpoint.name == "responses" and parsed.document.get("background") is True):
+            return await forward
+        # A background response goes on upstream whoever waits for it: one whose client left
+        # is still read to its end, so that its id and usage are recorded.
+        return await asyncio.shield(state.drain.keep(forward))
+
+    async def _forward(
+        self,
+        request: web.Request,
+        state: AppState,
+        key: ClientKey,
+        parsed: _Parsed,
+        path: str,
+        upstream: Upstream,
+        holder: Holder | None,
+    ) -> web.StreamResponse:
+        """Admit, moderate, send upstream, relay and meter; the admission is settled however
+        it ends."""
+        ctx = context(request)
+        model = parsed.model
+        estimate = parsed.estimate()
+        admission = await state.limiter.admit(key, estimate, model)
         ctx.headers = admission.headers
-        used: list[tuple[int, float]] = []  # tokens and cost, once the relay is done
+        # What an answer whose usage is unknown is charged (DESIGN §4): never zero.
+        estimated = Usage(estimate, 0, estimate)
+        used: list[tuple[int, float]] = []  # tokens and cost, once metered
+        started = time.monotonic()
+        sent = False
+        name = self.endpoint.name
         try:
             await state.moderator.check(self.endpoint.name, parsed.document, key)
+            if state.drain.draining:
+                raise ServiceUnavailable("The server is shutting down; retry the request.")
             body, strip_usage = self._usage_stream(parsed)
             outbound = Outbound(
                 request.method,
@@ -142,31 +179,47 @@ class Forward:
                 parsed.stream,
                 prefer_key=holder.alias if holder is not None else None,
             )
+            sent = True  # from here on the upstream may be working on it
             try:
                 reply = await state.client.send(upstream, outbound)
             except ProxyError:
+                sent = False  # every try failed: nothing was done upstream
                 if parsed.upload is not None and parsed.upload.exceeded:
                     raise too_large(state.settings.server.max_body_bytes) from None
                 raise
             ctx.upstream = reply.alias
-            started = time.monotonic()
 
             def done(outcome: Outcome) -> None:
-                cost = _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
-                used.append((outcome.usage.total_tokens if outcome.usage else 0, cost))
+                usage = outcome.usage
+                if usage is None and reply.response.status < 400:
+                    usage = estimated  # cut, abandoned or too large to read
+                cost = _meter(state, key, name, model, reply.alias, outcome.status, usage, started)
+                used.append((usage.total_tokens if usage else 0, cost))
                 if outcome.resource_id is not None:
                     holder = Holder(upstream.name, reply.alias)
                     state.affinity.remember(outcome.resource_id, holder)
 
+            style = StreamStyle(
+                strip_usage=strip_usage,
+                typed_events=name.startswith("responses"),
+                capture_id=name == "responses",
+            )
             return await relay(
                 request,
                 reply,
                 state.redactor,
-                strip_usage=strip_usage,
+                style=style,
                 on_done=done,
                 check_answer=self._answer_check(state, key),
-                capture_id=self.endpoint.name == "responses",
+                drain=state.drain,
             )
+        except asyncio.CancelledError:
+            if sent and not used:  # the client left before the answer came
+                cost = _meter(
+                    state, key, name, model, ctx.upstream, CLIENT_CLOSED, estimated, started
+                )
+                used.append((estimate, cost))
+            raise
         finally:
             await admission.settle(*(used[0] if used else (0, 0.0)))
             await admission.release()
@@ -222,7 +275,11 @@ class Forward:
         return _Parsed(raw, document, model, document.get("stream") is True)
 
     def _usage_stream(self, parsed: _Parsed) -> tuple[Body, bool]:
-        """Ask a chat or completion stream for its usage when the client did not."""
+        """Ask a chat or completion stream for its usage when the client did not.
+
+        The proxy's ``include_usage`` is merged into whatever ``stream_options`` the client
+        sent (absent, ``null``, ``{}``, ``false``), and the usage chunk is hidden again.
+        """
         if not parsed.stream or self.endpoint.name not in _USAGE_STREAMS:
             return parsed.body, False
         options = parsed.document.get("stream_options")
@@ -230,7 +287,7 @@ class Forward:
             return parsed.body, False
         if options is not None and not isinstance(options, dict):
             return parsed.body, False  # malformed: the upstream tells the client so
-        if options is None and isinstance(parsed.body, bytes):
+        if "stream_options" not in parsed.document and isinstance(parsed.body, bytes):
             # Prepend the one member instead of re-encoding the whole history: cheaper, and
             # every byte the client sent still goes up as it was.
             start = parsed.body.index(b"{") + 1
@@ -246,16 +303,14 @@ def _meter(
     endpoint: str,
     model: str | None,
     alias: str,
-    outcome: Outcome,
+    status: int,
+    usage: Usage | None,
     started: float,
 ) -> float:
     """Record the request's usage; its cost in USD (0 when the model has no price)."""
-    usage = outcome.usage
     cost = state.meter.pricing.cost(model, usage)
     latency_ms = int((time.monotonic() - started) * 1000)
-    state.meter.record(
-        key.id, model or "-", alias, endpoint, outcome.status, usage, cost, latency_ms
-    )
+    state.meter.record(key.id, model or "-", alias, endpoint, status, usage, cost, latency_ms)
     return cost or 0.0
 
 
