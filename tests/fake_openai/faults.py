@@ -14,9 +14,10 @@ from .payloads import ORGANIZATION
 KeyFault = Literal["rate_limit", "invalid", "no_quota", "server_error", "hang", "html", "redirect"]
 KEY_FAULTS: frozenset[str] = frozenset(get_args(KeyFault))
 
-# Faults that replace the whole answer; the others (slow, cut, long) modify a normal answer.
-TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect"})
-MODIFIER_MARKERS = frozenset({"slow", "cut", "long"})
+# Faults that replace the whole answer; the others (slow, cut, long...) modify a normal answer.
+TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect", "notjson"})
+MODIFIER_MARKERS = frozenset({"slow", "cut", "long", "framing", "reset"})
+FRAMINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}  # `framing:NAME`: SSE line ends
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
 
 REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"
@@ -42,6 +43,8 @@ class PromptFaults:
     cut: int | None = None
     stall: int | None = None
     long: int | None = None
+    framing: bytes = b"\n"  # the line end of streamed events
+    reset: int | None = None  # streams: reset the connection (RST) after that many chunks
     markers: list[str] = field(default_factory=list)
 
 
@@ -60,6 +63,12 @@ def parse_markers(text: str) -> PromptFaults:
                 faults.stall = int(arg)
             elif name == "long":
                 faults.long = int(arg)
+            elif name == "framing":
+                if arg not in FRAMINGS:
+                    raise ValueError(arg)
+                faults.framing = FRAMINGS[arg]
+            elif name == "reset":
+                faults.reset = int(arg)
             else:
                 raise MarkerError(f"unknown fault marker [[fault:{name}]]")
         except ValueError as exc:
@@ -176,6 +185,11 @@ def html_page(key: str | None) -> web.Response:
     )
 
 
+def not_json() -> web.Response:
+    """A 200 that says it is JSON and is not (a broken gateway, a truncating cache)."""
+    return web.Response(status=200, content_type="application/json", text='{"choices": [ nope')
+
+
 def redirect() -> web.Response:
     return web.Response(status=302, headers={"Location": REDIRECT_TARGET})
 
@@ -211,4 +225,6 @@ async def answer_terminal(
             return html_page(key)
         case "redirect":
             return redirect()
+        case "notjson":
+            return not_json()
     raise AssertionError(f"not a terminal fault: {name}")
