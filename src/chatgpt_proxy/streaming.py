@@ -82,11 +82,32 @@ class StreamStyle:
     ``strip_usage``: the proxy asked for the usage chunk, so it is hidden again.
     ``typed_events``: the Responses API's ``event:``-typed stream, whose errors are typed too.
     ``capture_id``: note the id of the response object the answer creates.
+    ``keep_reading``: a background response, which goes on upstream whoever reads it: one
+    whose client left is read to its end (for its usage), not cancelled.
     """
 
     strip_usage: bool = False
     typed_events: bool = False
     capture_id: bool = False
+    keep_reading: bool = False
+
+
+class _Detachable:
+    """The client end of a stream read to its end anyway: once it has left, writes are dropped."""
+
+    __slots__ = ("gone", "response")
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.gone = False
+
+    async def write(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            await self.response.write(data)
+        except ConnectionResetError:
+            self.gone = True
 
 
 async def relay(
@@ -135,6 +156,8 @@ async def _relay_events(
     headers.update(SSE_HEADERS)
     response = web.StreamResponse(status=reply.response.status, headers=headers)
     await start_stream(request, response)
+    client = _Detachable(response) if style.keep_reading else None
+    write = response.write if client is None else client.write
     framer = EventFramer(_EVENT_LIMIT)
     sent = b""  # the last whole events sent: an error event follows their sequence number
     failure: ProxyError | None = None
@@ -152,20 +175,23 @@ async def _relay_events(
             break
         passed, events = framer.feed(chunk)
         if passed:  # an over-long event, relayed as it comes and never read
-            await response.write(passed)
+            await write(passed)
         if events:
             sent = events
-            await response.write(_inspected(events, outcome, style))
+            await write(_inspected(events, outcome, style))
     if failure is None:
         if tail := framer.flush():  # an unfinished last event: the client's to discard
-            await response.write(_inspected(tail, outcome, style))
+            await write(_inspected(tail, outcome, style))
     else:
         # An unfinished event is dropped: the error event must not land inside it.
         opening = b"\n\n" if framer.inside_event else b""
         number = next_sequence_number(sent) if style.typed_events else None
         event = error_event(failure, typed=style.typed_events, sequence_number=number)
-        await response.write(opening + event)
-    await response.write_eof()
+        await write(opening + event)
+    if client is not None and client.gone:
+        outcome.status = CLIENT_CLOSED
+    else:
+        await response.write_eof()
     return response
 
 

@@ -241,6 +241,19 @@ def test_row_13_a_background_response_is_not_cancelled_upstream(
     assert _access_line(proxy, 499) is not None
 
 
+def test_row_13_a_background_stream_is_read_to_its_end_after_its_client_left(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    """Row 13 skips ``background=true`` streams too: read to the end, for the true usage."""
+    body = _responses("one two three [[fault:slow:0.2]]", stream=True, background=True)
+    headers = {"Authorization": f"Bearer {proxy.key}", "Content-Type": "application/json"}
+    with proxy.http().stream("POST", "/v1/responses", content=body, headers=headers) as response:
+        assert next(response.iter_raw()).startswith(b"event: response.created")
+    assert _charged(proxy) == 4 + len(WORDS)  # from response.completed, after the client left
+    assert fake.disconnects == []
+    assert _access_line(proxy, 499) is not None
+
+
 def test_defect_6_an_answer_too_large_to_scan_is_relayed_whole_and_charged_the_estimate(
     proxy: Proxy,
 ) -> None:

@@ -136,7 +136,7 @@ class Forward:
         if holder is not None:
             upstream = state.router.get(holder.upstream) or upstream
         forward = self._forward(request, state, key, parsed, path, upstream, holder)
-        if not (self.endpoint.name == "responses" and parsed.document.get("background") is True):
+        if not self._background(parsed):
             return await forward
         # A background response goes on upstream whoever waits for it: one whose client left
         # is still read to its end, so that its id and usage are recorded.
@@ -203,6 +203,7 @@ class Forward:
                 strip_usage=strip_usage,
                 typed_events=name.startswith("responses"),
                 capture_id=name == "responses",
+                keep_reading=self._background(parsed),
             )
             return await relay(
                 request,
@@ -223,6 +224,10 @@ class Forward:
         finally:
             await admission.settle(*(used[0] if used else (0, 0.0)))
             await admission.release()
+
+    def _background(self, parsed: _Parsed) -> bool:
+        """A Responses API call run in the background: not cancelled when its client leaves."""
+        return self.endpoint.name == "responses" and parsed.document.get("background") is True
 
     def _holder(self, state: AppState, request: web.Request, parsed: _Parsed) -> Holder | None:
         """The key holding the stored response this request refers to, if this proxy knows it."""
