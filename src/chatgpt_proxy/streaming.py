@@ -13,6 +13,7 @@ answer to scrub, an answer to moderate), never cut to fit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -128,9 +129,7 @@ async def relay(
     outcome = Outcome(upstream.status)
     try:
         if upstream.content_type == "text/event-stream":
-            if drain is None:
-                return await _relay_events(request, reply, outcome, style, None)
-            with drain.track(upstream):
+            with drain.track(upstream) if drain is not None else contextlib.nullcontext():
                 return await _relay_events(request, reply, outcome, style, drain)
         return await _relay_body(request, reply, redactor, outcome, check_answer, style.capture_id)
     except ProxyError as err:

@@ -162,8 +162,7 @@ class Forward:
         # What an answer whose usage is unknown is charged (DESIGN §4): never zero.
         estimated = Usage(estimate, 0, estimate)
         used: list[tuple[int, float]] = []  # tokens and cost, once metered
-        started = time.monotonic()
-        sent = False
+        sent, started = False, 0.0
         name = self.endpoint.name
         try:
             await state.moderator.check(self.endpoint.name, parsed.document, key)
@@ -179,7 +178,7 @@ class Forward:
                 parsed.stream,
                 prefer_key=holder.alias if holder is not None else None,
             )
-            sent = True  # from here on the upstream may be working on it
+            sent, started = True, time.monotonic()  # the upstream may be working on it now
             try:
                 reply = await state.client.send(upstream, outbound)
             except ProxyError:
