@@ -15,7 +15,7 @@ KeyFault = Literal["rate_limit", "invalid", "no_quota", "server_error", "hang", 
 KEY_FAULTS: frozenset[str] = frozenset(get_args(KeyFault))
 
 # Faults that replace the whole answer; the others (slow, cut, long...) modify a normal answer.
-TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect", "notjson"})
+TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect", "garbage"})
 MODIFIER_MARKERS = frozenset({"slow", "cut", "long", "framing", "reset"})
 FRAMINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}  # `framing:NAME`: SSE line ends
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
@@ -185,9 +185,11 @@ def html_page(key: str | None) -> web.Response:
     )
 
 
-def not_json() -> web.Response:
-    """A 200 that says it is JSON and is not (a broken gateway, a truncating cache)."""
-    return web.Response(status=200, content_type="application/json", text='{"choices": [ nope')
+def garbage(key: str | None) -> web.Response:
+    """A 200 said to be JSON that is not (a broken gateway), leaking the key it got."""
+    return web.Response(
+        status=200, content_type="application/json", text=f"OK ok {key} }}{{ not json"
+    )
 
 
 def redirect() -> web.Response:
@@ -225,6 +227,6 @@ async def answer_terminal(
             return html_page(key)
         case "redirect":
             return redirect()
-        case "notjson":
-            return not_json()
+        case "garbage":
+            return garbage(key)
     raise AssertionError(f"not a terminal fault: {name}")
