@@ -266,8 +266,10 @@ async def _failed(
     """The answer to a request whose handler raised ``exc``, and the status to log."""
     stream = ctx.stream
     gone = request.transport is None or request.transport.is_closing()
-    if stream is not None and gone:
-        return stream, CLIENT_CLOSED  # the client left mid-answer: no one to tell
+    if stream is not None and gone:  # the client left mid-answer: no one to tell
+        if not isinstance(exc, ConnectionError | ProxyError):
+            errors_logger.exception("unexpected error in %s %s", request.method, request.path)
+        return stream, CLIENT_CLOSED
     if isinstance(exc, ProxyError):
         err = exc
     elif isinstance(exc, web.HTTPException):
