@@ -101,9 +101,9 @@ class EventFramer:
 
     def feed(self, chunk: bytes) -> tuple[bytes, bytes]:
         """What ``chunk`` lets go: (bytes of an over-long event, whole events)."""
-        if not self._pending and not self._passing and chunk.endswith(b"\n\n"):
-            if chunk.find(b"\r") < 0:  # the usual chunk: whole events, LF only
-                return b"", chunk
+        usual = not self._pending and not self._passing and chunk.endswith(b"\n\n")
+        if usual and chunk.find(b"\r") < 0:  # whole LF-framed events, nothing held before
+            return b"", chunk
         passed = b""
         if self._passing:
             data = self._tail + chunk
