@@ -254,9 +254,16 @@ def test_responses_create_and_sub_routes(client: openai.OpenAI) -> None:
     items = client.responses.input_items.list(response.id)
     assert [item.type for item in items.data] == ["message"]
     assert client.responses.cancel(response.id).status == "cancelled"
+    follow_up = client.responses.create(
+        model="gpt-4o-mini", input="more", previous_response_id=response.id
+    )
+    assert follow_up.previous_response_id == response.id
     client.responses.delete(response.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(response.id)
+    with pytest.raises(openai.BadRequestError) as caught:  # as OpenAI says it, in a body
+        client.responses.create(model="gpt-4o-mini", input="x", previous_response_id=response.id)
+    assert caught.value.code == "previous_response_not_found"
 
 
 def test_responses_stream(client: openai.OpenAI) -> None:

@@ -26,6 +26,7 @@ from chatgpt_proxy.drain import Drain
 from chatgpt_proxy.errors import MethodNotAllowed, ProxyError, RequestTooLarge, UnknownRoute
 from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.keystore import KeyStore
+from chatgpt_proxy.keystore.objects import ObjectOwners
 from chatgpt_proxy.limits import Limiter
 from chatgpt_proxy.limits.fallback import FallbackLimiter
 from chatgpt_proxy.limits.memory import MemoryLimiter
@@ -40,7 +41,6 @@ from chatgpt_proxy.redis_link import RedisLink
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.sse import error_event
-from chatgpt_proxy.upstream.affinity import Affinity
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.idle import IdleWatch
 from chatgpt_proxy.upstream.prober import Prober
@@ -69,8 +69,8 @@ class AppState:
     metrics: Metrics
     redactor: Redactor
     catalog: ModelCatalog
+    objects: ObjectOwners  # who owns each stored object (response...), in the database
     access_log: AccessLog | None = None  # None when access_log is off
-    affinity: Affinity = field(default_factory=Affinity)
     # Unique request ids without a system call each.
     request_ids: UniqueIds = field(default_factory=lambda: UniqueIds("req_", digits=10))
     redis: Redis | None = None  # the one Redis client, when redis_url is set
@@ -203,7 +203,18 @@ async def _open_state(
     )
     catalog = ModelCatalog(client, router)
     state = AppState(
-        settings, router, client, store, keys, limiter, moderator, meter, metrics, redactor, catalog
+        settings,
+        router,
+        client,
+        store,
+        keys,
+        limiter,
+        moderator,
+        meter,
+        metrics,
+        redactor,
+        catalog,
+        objects=ObjectOwners(store),
     )
     state.redis = link.client if link is not None else None
     state.shared = shared

@@ -7,26 +7,37 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     ├── InvalidRequest                      400 invalid_request_error
     │   ├── InvalidJSON                     400 invalid_json
     │   ├── InvalidContentType              400 invalid_content_type
+    │   ├── InvalidMultipart                400 invalid_multipart
     │   ├── InvalidHeader                   400 invalid_header
     │   ├── RequestTooLarge                 413 request_too_large
     │   ├── UnknownRoute                    404 unknown_url
     │   ├── MethodNotAllowed                405 method_not_allowed
     │   ├── ModelNotFound                   404 model_not_found
+    │   ├── ObjectNotFound                  404 (OpenAI's own: no code)
+    │   │   └── PreviousResponseNotFound    404 previous_response_not_found
     │   └── ContentPolicyViolation          400 content_policy_violation
     ├── AuthenticationFailed                401 invalid_api_key
     ├── PermissionDenied                    403 permission_denied
     │   └── ModelNotAllowed                 403 model_not_allowed
+    ├── ResourceUnavailable                 409 resource_key_unavailable (+ x-should-retry: false)
     ├── RateLimited                         429 rate_limit_exceeded      (+ retry-after)
     │   ├── QuotaExceeded                   429 insufficient_quota
-    │   └── UpstreamRateLimited             429 upstream_rate_limited    (+ retry-after <= 120 s)
+    │   ├── UpstreamRateLimited             429 upstream_rate_limited    (+ retry-after <= 120 s)
+    │   └── UpstreamQuotaExhausted          429 upstream_insufficient_quota
     ├── ServiceUnavailable                  503
     │   ├── ModerationUnavailable           503 moderation_unavailable   (+ retry-after)
     │   ├── NoUpstreamKeys                  503 no_upstream_keys
     │   └── StoreUnavailable                503 store_unavailable
-    ├── UpstreamError                       502 upstream_error
-    └── UpstreamTimeout                     504 upstream_timeout
+    ├── UpstreamError                       502 upstream_error           (+ retry-after)
+    └── UpstreamTimeout                     504 upstream_timeout         (+ retry-after)
 
     ConfigError                             not an HTTP error: a bad configuration at start-up
+
+A class whose error a retry cannot fix (or can) says so in ``should_retry``, which becomes the
+``x-should-retry`` header the OpenAI SDKs obey before their own rules (they retry 408, 409, 429
+and 5xx otherwise); errors of the upstream that a later retry may fix carry ``retry-after-ms``,
+which the SDKs prefer to their own short backoff, so their retries do not pile onto an upstream
+already failing.
 
 Foreign exceptions (aiohttp, SQLAlchemy, Redis) are translated where they are caught, with
 ``raise ... from exc``; nothing else in the proxy invents an error body.
@@ -40,6 +51,7 @@ from collections.abc import Mapping
 import orjson
 
 MAX_UPSTREAM_RETRY_AFTER = 120.0
+DEFAULT_RETRY_AFTER = 1.0  # what a 502/504 tells the SDKs to wait when nothing better is known
 
 
 class ProxyError(Exception):
@@ -53,6 +65,7 @@ class ProxyError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    should_retry: bool | None = None  # the x-should-retry header, when the class knows
 
     def __init__(
         self,
@@ -65,6 +78,12 @@ class ProxyError(Exception):
         self.message = message
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
+        if self.should_retry is not None:
+            self.headers.setdefault("x-should-retry", "true" if self.should_retry else "false")
+
+    def advise_retry(self, seconds: float) -> None:
+        """Tell the SDKs to wait ``seconds`` before retrying (``retry-after-ms`` first)."""
+        self.headers.update(_retry_after_headers(seconds, MAX_UPSTREAM_RETRY_AFTER, ms=True))
 
     def payload(self) -> dict[str, object]:
         return {
@@ -88,6 +107,7 @@ class InvalidRequest(ProxyError):
     status = 400
     type = "invalid_request_error"
     code: str | None = "invalid_request"
+    should_retry: bool | None = False  # the same request gets the same answer
 
 
 class InvalidJSON(InvalidRequest):
@@ -96,6 +116,10 @@ class InvalidJSON(InvalidRequest):
 
 class InvalidContentType(InvalidRequest):
     code = "invalid_content_type"
+
+
+class InvalidMultipart(InvalidRequest):
+    code = "invalid_multipart"
 
 
 class InvalidHeader(InvalidRequest):
@@ -122,6 +146,21 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
 
 
+class ObjectNotFound(InvalidRequest):
+    """A stored object (a response...) that is not the caller's, or does not exist.
+
+    Both are told alike, in the upstream's words, so another key's ids cannot be told from
+    unknown ones (DESIGN §3.8).
+    """
+
+    status = 404
+    code: str | None = None
+
+
+class PreviousResponseNotFound(ObjectNotFound):
+    code = "previous_response_not_found"
+
+
 class ContentPolicyViolation(InvalidRequest):
     code = "content_policy_violation"
 
@@ -134,22 +173,43 @@ class AuthenticationFailed(ProxyError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+    should_retry = False
 
 
 class PermissionDenied(ProxyError):
     status = 403
     type = "invalid_request_error"
     code: str | None = "permission_denied"
+    should_retry = False
 
 
 class ModelNotAllowed(PermissionDenied):
     code = "model_not_allowed"
 
 
-def _retry_after_headers(seconds: float, cap: float | None = None) -> dict[str, str]:
+class ResourceUnavailable(ProxyError):
+    """The upstream key holding a stored object is retired or gone: no other key holds it."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "resource_key_unavailable"
+    should_retry = False  # the SDKs retry a 409; this one stays until the key is back
+
+
+def _retry_after_headers(
+    seconds: float, cap: float | None = None, *, ms: bool = False
+) -> dict[str, str]:
+    """``retry-after`` in whole seconds, at least 1 (as HTTP has it), and with ``ms`` the
+    finer ``retry-after-ms``; a hint that is not a finite number becomes the default."""
+    if not math.isfinite(seconds):
+        seconds = DEFAULT_RETRY_AFTER
+    seconds = max(seconds, 0.001)
     if cap is not None:
         seconds = min(seconds, cap)
-    return {"retry-after": str(max(1, math.ceil(seconds)))}
+    headers = {"retry-after": str(max(1, math.ceil(seconds)))}
+    if ms:
+        headers["retry-after-ms"] = str(max(1, round(seconds * 1000)))
+    return headers
 
 
 class RateLimited(ProxyError):
@@ -174,15 +234,30 @@ class RateLimited(ProxyError):
 class QuotaExceeded(RateLimited):
     type = "insufficient_quota"
     code = "insufficient_quota"
+    should_retry = False
 
 
 class UpstreamRateLimited(RateLimited):
+    """Every upstream key is cooling: retry when the first of them is back (at most 120 s)."""
+
     type = "server_error"
     code = "upstream_rate_limited"
+    should_retry = True
 
     def __init__(self, message: str, *, retry_after: float) -> None:
+        if not math.isfinite(retry_after):
+            retry_after = DEFAULT_RETRY_AFTER
         capped = min(max(retry_after, 1.0), MAX_UPSTREAM_RETRY_AFTER)
         super().__init__(message, retry_after=capped)
+        self.advise_retry(retry_after)  # to the millisecond: the SDKs prefer it
+
+
+class UpstreamQuotaExhausted(RateLimited):
+    """Every upstream key is out of quota: nothing a retry can fix until an operator acts."""
+
+    type = "insufficient_quota"
+    code = "upstream_insufficient_quota"
+    should_retry = False
 
 
 class ServiceUnavailable(ProxyError):
@@ -200,18 +275,29 @@ class ModerationUnavailable(ServiceUnavailable):
 
 class NoUpstreamKeys(ServiceUnavailable):
     code = "no_upstream_keys"
+    should_retry = False  # every key is out of service until an operator (or a probe) acts
 
 
 class UpstreamError(ProxyError):
     status = 502
     type = "server_error"
     code = "upstream_error"
+    should_retry = True
+
+    def __init__(self, message: str, *, retry_after: float = DEFAULT_RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.advise_retry(retry_after)
 
 
 class UpstreamTimeout(ProxyError):
     status = 504
     type = "server_error"
     code = "upstream_timeout"
+    should_retry = True
+
+    def __init__(self, message: str, *, retry_after: float = DEFAULT_RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.advise_retry(retry_after)
 
 
 class ConfigError(Exception):

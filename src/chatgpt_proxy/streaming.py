@@ -55,6 +55,8 @@ _USAGE_MARK = b'"usage"'
 _USAGE_NULL_MARK = b'"usage":null'
 _NULL_VALUE = re.compile(rb"\s*:\s*null\b")  # what follows a "usage" key with no usage
 _CREATED = b'"response.created"'
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_HOLD_LIMIT = 64 * 1024  # how much of a stream may wait for its response.created event
 
 
 @dataclass(slots=True)
@@ -68,10 +70,12 @@ class Outcome:
     status: int
     usage: Usage | None = None
     complete: bool = False
-    resource_id: str | None = None  # the id of a Responses API response this answer created
 
 
 OnDone = Callable[[Outcome], None]
+# Records the id of the object an answer created; the id reaches the client only once it
+# returns, and a ProxyError it raises replaces the answer (or, on a stream, ends it).
+OnCreated = Callable[[str], Awaitable[None]]
 # Judges a whole successful answer before any of it is sent; raising a ProxyError replaces it.
 CheckAnswer = Callable[[bytes], Awaitable[None]]
 
@@ -82,14 +86,12 @@ class StreamStyle:
 
     ``strip_usage``: the proxy asked for the usage chunk, so it is hidden again.
     ``typed_events``: the Responses API's ``event:``-typed stream, whose errors are typed too.
-    ``capture_id``: note the id of the response object the answer creates.
     ``keep_reading``: a background response, which goes on upstream whoever reads it: one
     whose client left is read to its end (for its usage), not cancelled.
     """
 
     strip_usage: bool = False
     typed_events: bool = False
-    capture_id: bool = False
     keep_reading: bool = False
 
 
@@ -119,10 +121,12 @@ async def relay(
     style: StreamStyle = StreamStyle(),
     on_done: OnDone | None = None,
     check_answer: CheckAnswer | None = None,
+    on_created: OnCreated | None = None,
     drain: Drain | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends.
 
+    ``on_created`` is given the id of the response object the answer creates (Responses API).
     ``drain`` (the server's) tracks a stream so that a shutdown can end it with an error event.
     """
     upstream = reply.response
@@ -130,8 +134,8 @@ async def relay(
     try:
         if upstream.content_type == "text/event-stream":
             with drain.track(upstream) if drain is not None else contextlib.nullcontext():
-                return await _relay_events(request, reply, outcome, style, drain)
-        return await _relay_body(request, reply, redactor, outcome, check_answer, style.capture_id)
+                return await _relay_events(request, reply, outcome, style, on_created, drain)
+        return await _relay_body(request, reply, redactor, outcome, check_answer, on_created)
     except ProxyError as err:
         outcome.status = err.status  # refused before its headers: the client gets this error
         raise
@@ -149,6 +153,7 @@ async def _relay_events(
     reply: Reply,
     outcome: Outcome,
     style: StreamStyle,
+    on_created: OnCreated | None,
     drain: Drain | None,
 ) -> web.StreamResponse:
     headers = client_response_headers(reply.response.headers)
@@ -160,12 +165,31 @@ async def _relay_events(
     framer = EventFramer(_EVENT_LIMIT)
     sent = b""  # the last whole events sent: an error event follows their sequence number
     failure: ProxyError | None = None
+    held = _Held(on_created) if on_created is not None else None
     while True:
         try:
             chunk = await reply.read_chunk()
         except (aiohttp.ClientError, TimeoutError) as exc:
             failure = _broken(reply, type(exc).__name__, drain)
+            chunk = held.release() if held is not None else b""  # what it had, then the error
+            if chunk and (events := framer.feed(chunk)[1]):
+                sent = events
+                await write(_inspected(events, outcome, style))
             break
+        if held is not None:
+            try:
+                sendable = await held.feed(chunk)
+            except ProxyError as err:
+                failure = err  # the id was never sent: no one can use it
+                break
+            if not held.released:
+                continue
+            held = None
+            if not chunk:  # the end, before any response.created event
+                passed, events = framer.feed(sendable)
+                if passed or events:
+                    await write(passed + _inspected(events, outcome, style))
+            chunk = chunk and sendable
         if not chunk:
             if reply.went_silent or (drain is not None and drain.ending):
                 failure = _broken(reply, "silence", drain)  # closed here, which looks like an end
@@ -195,20 +219,40 @@ async def _relay_events(
 
 
 def _inspected(events: bytes, outcome: Outcome, style: StreamStyle) -> bytes:
-    """``events`` as the client gets them, their usage and created id noted in ``outcome``."""
+    """``events`` as the client gets them, their usage noted in ``outcome``."""
     if style.strip_usage:
         return _without_usage(events, outcome)
-    capture = style.capture_id and outcome.resource_id is None
-    if _has_usage(events) or (capture and _CREATED in events):
+    if _has_usage(events):
         for event in split_events(events):
-            created = capture and outcome.resource_id is None and _CREATED in event
-            if not (created or _has_usage(event)):
-                continue
-            document = _event_document(event)
-            outcome.usage = usage_in_document(document) or outcome.usage
-            if created:
-                outcome.resource_id = _created_id(document)
+            if _has_usage(event):
+                outcome.usage = usage_in_document(_event_document(event)) or outcome.usage
     return events
+
+
+class _Held:
+    """A stream's first bytes, held until the id its ``response.created`` event gives is
+    recorded: a client may use that id at once, on any replica."""
+
+    def __init__(self, on_created: OnCreated) -> None:
+        self._on_created = on_created
+        self._held = b""
+        self.released = False
+
+    async def feed(self, chunk: bytes) -> bytes:
+        """What may be sent now: ``b""`` while holding, everything held once released."""
+        if chunk:
+            self._held += chunk  # small: the event comes first
+            created = _created_in(self._held) if _CREATED in self._held else None
+            if created is not None:
+                await self._on_created(created)
+            elif len(self._held) <= _HOLD_LIMIT:
+                return b""  # an upstream that sends much before the event is not held up
+        return self.release()
+
+    def release(self) -> bytes:
+        self.released = True
+        held, self._held = self._held, b""
+        return held
 
 
 def _broken(reply: Reply, cause: str, drain: Drain | None) -> ProxyError:
@@ -256,9 +300,14 @@ def _event_document(event: bytes) -> dict[str, Any] | None:
     return _json_document(event_data(event))
 
 
-def _created_id(document: object) -> str | None:
-    if isinstance(document, dict) and isinstance(response := document.get("response"), dict):
-        return _string(response.get("id"))
+def _created_in(stream: bytes) -> str | None:
+    """The id of the response that the ``response.created`` event in ``stream`` announces,
+    once its data line has arrived whole (LF, CRLF or CR line ends alike)."""
+    for line in _LINE_END.split(stream)[:-1]:  # the last piece may be unfinished
+        if _CREATED in line and line.startswith(b"data:"):
+            document = _json_document(line[5:])
+            if document is not None and isinstance(response := document.get("response"), dict):
+                return _string(response.get("id"))
     return None
 
 
@@ -280,15 +329,18 @@ async def _relay_body(
     redactor: Redactor,
     outcome: Outcome,
     check_answer: CheckAnswer | None,
-    capture_id: bool,
+    on_created: OnCreated | None,
 ) -> web.StreamResponse:
     upstream = reply.response
     headers = client_response_headers(upstream.headers)
     is_json = upstream.content_type == "application/json"
     length = upstream.content_length
     # A success to moderate is held whole, whatever its type: one that cannot be read as
-    # an answer is refused, never let through unjudged.
+    # an answer is refused, never let through unjudged. One that creates a stored object is
+    # held whole too, to record the id it gives before the client has it.
     checked = check_answer is not None and upstream.status < 300
+    recorded = on_created is not None and upstream.status < 300 and is_json
+    checked = checked or recorded
     whole = length is not None and length <= _WHOLE_ANSWER_LIMIT
     if upstream.status >= 400 or whole or checked:
         limit = _USAGE_SCAN_LIMIT if checked else _WHOLE_ANSWER_LIMIT
@@ -298,17 +350,18 @@ async def _relay_body(
             raise UpstreamError("The upstream answer is too large for the proxy to relay.")
         if upstream.status >= 400:
             body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
-        elif checked or (capture_id and is_json):
+        elif checked:
             # One parse for all: the answer to judge, the id of a response created, its usage.
             document = _json_document(body)
             outcome.usage = usage_in_document(document)
-            if capture_id:
-                outcome.resource_id = _string(document.get("id")) if document else None
             if check_answer is not None:
                 if document is None:
                     logger.warning("answer via %s refused: not JSON to moderate", reply.alias)
                     raise UpstreamError("The upstream answer could not be read to moderate it.")
                 await check_answer(body)
+            created = _string(document.get("id")) if document else None
+            if on_created is not None and created is not None:
+                await on_created(created)
         elif is_json:
             outcome.usage = usage_in_json(body)
         outcome.complete = True

@@ -9,13 +9,29 @@ from typing import Any, Literal, get_args
 
 from aiohttp import web
 
-from .payloads import ORGANIZATION
+from .payloads import ORGANIZATION, PROJECT
 
-KeyFault = Literal["rate_limit", "invalid", "no_quota", "server_error", "hang", "html", "redirect"]
+KeyFault = Literal[
+    "rate_limit",
+    "invalid",
+    "no_quota",
+    "server_error",
+    "hang",
+    "html",
+    "redirect",
+    # The key's account may not use the model (403), or does not see it (404 model_not_found).
+    "forbidden",
+    "model_not_found",
+    "unavailable",  # 503
+    "plain",  # a 200 text/plain page
+    "garbage",  # a 200 said to be JSON that is not
+]
 KEY_FAULTS: frozenset[str] = frozenset(get_args(KeyFault))
 
 # Faults that replace the whole answer; the others (slow, cut, long...) modify a normal answer.
-TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect", "garbage"})
+TERMINAL_MARKERS = frozenset(
+    {"500", "429", "400", "hang", "html", "redirect", "503", "plain", "garbage", "422"}
+)
 MODIFIER_MARKERS = frozenset({"slow", "cut", "long", "framing", "reset"})
 FRAMINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}  # `framing:NAME`: SSE line ends
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
@@ -32,6 +48,7 @@ class KeyScript:
     fault: KeyFault
     remaining: int | None  # None: forever
     retry_after: float = 20
+    headers: dict[str, str] | None = None  # set on the fault's answer, over its own
 
 
 @dataclass
@@ -185,8 +202,38 @@ def html_page(key: str | None) -> web.Response:
     )
 
 
+def forbidden(model: str) -> web.Response:
+    """What OpenAI answers a project without access to a model; it names the project."""
+    return error_response(
+        403,
+        f"Project `{PROJECT}` of organization {ORGANIZATION} does not have access to model"
+        f" `{model}`",
+        "invalid_request_error",
+        code="model_not_found",
+    )
+
+
+def model_not_found(model: str) -> web.Response:
+    return error_response(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it"
+        f" (organization {ORGANIZATION}).",
+        "invalid_request_error",
+        code="model_not_found",
+    )
+
+
+def unavailable() -> web.Response:
+    return error_response(
+        503, "The engine is currently overloaded, please try again later.", "server_error"
+    )
+
+
+def plain_page(key: str | None) -> web.Response:
+    return web.Response(status=200, content_type="text/plain", text=f"upstream says {key}")
+
+
 def garbage(key: str | None) -> web.Response:
-    """A 200 said to be JSON that is not (a broken gateway), leaking the key it got."""
     return web.Response(
         status=200, content_type="application/json", text=f"OK ok {key} }}{{ not json"
     )
@@ -227,6 +274,21 @@ async def answer_terminal(
             return html_page(key)
         case "redirect":
             return redirect()
+        case "forbidden":
+            return forbidden(model)
+        case "model_not_found":
+            return model_not_found(model)
+        case "422":
+            return error_response(
+                422,
+                f"Unprocessable request for organization {ORGANIZATION}: 'n' must be at most 128.",
+                "invalid_request_error",
+                param="n",
+            )
+        case "503" | "unavailable":
+            return unavailable()
+        case "plain":
+            return plain_page(key)
         case "garbage":
             return garbage(key)
     raise AssertionError(f"not a terminal fault: {name}")

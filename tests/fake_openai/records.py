@@ -53,7 +53,8 @@ class Received:
 async def read_parts(body: bytes, content_type: str) -> tuple[FormPart, ...]:
     """Parse a multipart body already read into memory, with aiohttp's multipart reader."""
     loop = asyncio.get_running_loop()
-    stream = StreamReader(BaseProtocol(loop), limit=2**16, loop=loop)
+    # Fed whole: a limit under half the body would ask this protocol-less reader to pause.
+    stream = StreamReader(BaseProtocol(loop), limit=max(2**16, len(body)), loop=loop)
     stream.feed_data(body)
     stream.feed_eof()
     reader = MultipartReader(CIMultiDict({hdrs.CONTENT_TYPE: content_type}), stream)

@@ -85,13 +85,20 @@ class FakeOpenAI:
         return self.url + "/v1"
 
     def script_key(
-        self, key: str, fault: faults.KeyFault, times: int | None = None, *, retry_after: float = 20
+        self,
+        key: str,
+        fault: faults.KeyFault,
+        times: int | None = None,
+        *,
+        retry_after: float = 20,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next `times` requests made with `key` (all, if None) with `fault`."""
+        """Answer the next `times` requests made with `key` (all, if None) with `fault`;
+        `headers` are set on that answer over its own (e.g. an odd `retry-after`)."""
         if fault not in faults.KEY_FAULTS:
             raise ValueError(f"unknown key fault {fault!r}; one of {sorted(faults.KEY_FAULTS)}")
         with self._lock:
-            self._state.scripts[key] = faults.KeyScript(fault, times, retry_after)
+            self._state.scripts[key] = faults.KeyScript(fault, times, retry_after, headers)
 
     def clear_script(self, key: str) -> None:
         with self._lock:
@@ -280,8 +287,12 @@ class FakeOpenAI:
 
         if script is not None:
             if script.fault == "rate_limit":
-                return faults.rate_limited(model, script.retry_after)
-            return await faults.answer_terminal(request, script.fault, key=key, model=model)
+                answer: web.StreamResponse = faults.rate_limited(model, script.retry_after)
+            else:
+                answer = await faults.answer_terminal(request, script.fault, key=key, model=model)
+            if script.headers:
+                answer.headers.update(script.headers)
+            return answer
 
         # Moderation has its own switches: a marker in a prompt the proxy moderates must fault
         # the real call, not the moderation call that precedes it.
@@ -485,6 +496,18 @@ class FakeOpenAI:
 
     async def _responses_create(self, request: web.Request) -> web.StreamResponse:
         body = request[BODY]
+        previous = body.get("previous_response_id")
+        with self._lock:
+            unknown = previous is not None and previous not in self._state.responses
+        if unknown:
+            # As OpenAI answers it: a 400, unlike the 404 of a path naming an unknown response.
+            return faults.error_response(
+                400,
+                f"Previous response with id '{previous}' not found.",
+                "invalid_request_error",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         reply = self._reply(request)
         response_id = p.new_id("resp_")
         usage = p.responses_usage(p.count_words(body.get("input", "")), len(reply.split()))

@@ -142,7 +142,7 @@ def test_endless_chunked_body_is_cut_at_the_limit(
     make_proxy: Callable[..., Proxy], fake: FakeOpenAI, path: str, content_type: str, head: bytes
 ) -> None:
     """A body that never ends is answered 413 once the limit is passed: counted as it comes."""
-    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT})
+    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT, "max_upload_bytes": SMALL_LIMIT})
     url = proxy.url.removeprefix("http://")
     host, port = url.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -175,7 +175,7 @@ def test_endless_chunked_body_is_cut_at_the_limit(
 
 
 def test_multipart_over_limit_is_413(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:
-    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT})
+    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT, "max_upload_bytes": SMALL_LIMIT})
     headers = {**_auth(proxy), "Content-Type": "multipart/form-data; boundary=testboundary"}
     data = _multipart(SMALL_LIMIT * 8)
     response = proxy.http().post("/v1/audio/transcriptions", content=data, headers=headers)
@@ -186,7 +186,7 @@ def test_multipart_over_limit_is_413(make_proxy: Callable[..., Proxy], fake: Fak
 def test_chunked_multipart_over_limit_is_413(
     make_proxy: Callable[..., Proxy], fake: FakeOpenAI
 ) -> None:
-    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT})
+    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT, "max_upload_bytes": SMALL_LIMIT})
     headers = {**_auth(proxy), "Content-Type": "multipart/form-data; boundary=testboundary"}
     data = _multipart(SMALL_LIMIT * 16)
 
@@ -202,7 +202,9 @@ def test_chunked_multipart_over_limit_is_413(
 
 
 def test_multipart_under_limit_passes(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:
-    proxy = make_proxy(server={"max_body_bytes": SMALL_LIMIT * 4})
+    proxy = make_proxy(
+        server={"max_body_bytes": SMALL_LIMIT * 4, "max_upload_bytes": SMALL_LIMIT * 4}
+    )
     headers = {**_auth(proxy), "Content-Type": "multipart/form-data; boundary=testboundary"}
     data = _multipart(SMALL_LIMIT)
     response = proxy.http().post("/v1/audio/transcriptions", content=data, headers=headers)

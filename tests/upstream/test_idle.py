@@ -88,3 +88,25 @@ def test_the_sweep_closes_only_streams_silent_past_the_limit() -> None:
     assert len(watch) == 1
     steady.done()
     assert len(watch) == 0
+
+
+def test_time_spent_writing_to_a_slow_client_is_not_the_upstreams_silence() -> None:
+    import asyncio
+
+    from chatgpt_proxy.upstream.idle import IdleWatch
+
+    now = [0.0]
+    watch = IdleWatch(idle=10.0, clock=lambda: now[0])
+    response = _Response()
+    watched = watch.watch(response)  # type: ignore[arg-type]
+    watched.touch()  # a chunk arrived; the relay is held up handing it to a slow client
+    now[0] = 100.0
+    asyncio.run(watch._sweep())
+    assert not response.closed and not watched.went_silent
+    watched.wait()  # the relay reads the upstream again: its silence counts from here
+    now[0] = 109.0
+    asyncio.run(watch._sweep())
+    assert not response.closed
+    now[0] = 110.5
+    asyncio.run(watch._sweep())
+    assert response.closed and watched.went_silent

@@ -4,7 +4,16 @@ from collections import Counter
 
 import pytest
 
-from chatgpt_proxy.errors import NoUpstreamKeys, UpstreamError, UpstreamRateLimited
+from chatgpt_proxy.errors import (
+    ModelNotFound,
+    NoUpstreamKeys,
+    PermissionDenied,
+    ProxyError,
+    ResourceUnavailable,
+    UpstreamError,
+    UpstreamQuotaExhausted,
+    UpstreamRateLimited,
+)
 from chatgpt_proxy.upstream.pool import KeyPool, KeyState, PoolPolicy, UpstreamKey
 
 SECRETS = ["sk-secret-aaaa1111", "sk-secret-bbbb2222", "sk-secret-cccc3333"]
@@ -198,16 +207,56 @@ def test_cooling_and_retired_mix_raises_rate_limited() -> None:
     assert caught.value.headers["retry-after"] == "15"
 
 
-def test_only_ejected_keys_raise_upstream_error() -> None:
+def test_ejection_never_takes_the_whole_pool_out() -> None:
+    """Every key failing: only the configured share is ejected, the rest stays in play."""
     pool, _ = make_pool(2)
-    keys = pool.keys()
-    for key in keys:
+    first, second = pool.keys()
+    for key in pool.keys():
         for _ in range(3):
             pool.report_failure(key)
-    with pytest.raises(UpstreamError) as caught:
-        pool.acquire()
-    assert type(caught.value) is UpstreamError
-    assert "failing" in caught.value.message
+    assert (first.state, second.state) == (KeyState.EJECTED, KeyState.ACTIVE)
+    assert {take(pool).alias for _ in range(4)} == {"openai#2"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "share", "ejected"),
+    [(4, 0.5, 2), (4, 0.25, 1), (5, 0.5, 2), (10, 0.1, 1), (3, 1.0, 3), (2, 0.1, 1)],
+)
+def test_at_most_the_configured_share_is_ejected(keys: int, share: float, ejected: int) -> None:
+    pool, _ = make_pool(keys, policy=PoolPolicy(max_ejected_share=share))
+    for key in pool.keys():
+        for _ in range(3):
+            pool.report_failure(key)
+    states = [key.state for key in pool.keys()]
+    assert states.count(KeyState.EJECTED) == ejected  # at least one, as Envoy's outliers
+
+
+def test_a_freed_share_lets_the_next_failure_eject() -> None:
+    pool, clock = make_pool(2, policy=PoolPolicy(eject_base=10.0, eject_max=10.0))
+    first, second = pool.keys()
+    for _ in range(3):
+        pool.report_failure(first)
+        pool.report_failure(second)
+    assert second.state is KeyState.ACTIVE
+    clock.advance(10)  # the first is back on probation
+    pool.report_failure(second)
+    assert pool.snapshot()[1].state is KeyState.EJECTED
+    assert pool.snapshot()[0].state is KeyState.ACTIVE
+
+
+def test_with_no_other_key_usable_the_ejected_key_due_back_first_is_used() -> None:
+    pool, clock = make_pool(3, policy=PoolPolicy(max_ejected_share=1.0))
+    a, b, c = pool.keys()
+    for _ in range(3):
+        pool.report_failure(a)
+    clock.advance(0.5)
+    for _ in range(3):
+        pool.report_failure(b)
+    pool.report_retired(c, "invalid")
+    assert take(pool) is a
+    assert take(pool, exclude=("openai#1",)) is b
+    with pytest.raises(NoUpstreamKeys):
+        pool.acquire(exclude={"openai#1", "openai#2"})  # this request tried both
 
 
 def test_exclude_skips_keys_already_tried() -> None:
@@ -398,3 +447,123 @@ def test_invalid_configuration_is_rejected() -> None:
         PoolPolicy(eject_after=0)
     with pytest.raises(ValueError):
         PoolPolicy(eject_base=10, eject_max=5)
+
+
+# ---------------------------------------------------------------- the key holding an object
+
+
+def test_acquire_exact_gives_that_key_or_says_why_not_never_another() -> None:
+    pool, clock = make_pool(3)
+    holder = pool.keys()[1]
+    key = pool.acquire_exact("openai#2")
+    assert key is holder and key.inflight == 1
+    pool.release(key)
+
+    pool.report_rate_limited(holder, retry_after=30)
+    with pytest.raises(UpstreamRateLimited) as cooling:
+        pool.acquire_exact("openai#2")
+    assert cooling.value.headers["retry-after"] == "30"
+    clock.advance(31)
+    pool.release(pool.acquire_exact("openai#2"))  # the cooldown is over
+
+    for _ in range(pool.policy.eject_after):
+        pool.report_failure(holder)
+    with pytest.raises(UpstreamError):
+        pool.acquire_exact("openai#2")
+
+    pool.report_retired(holder, "invalid")
+    for alias in ("openai#2", "openai#9"):  # retired, or no longer configured
+        with pytest.raises(ResourceUnavailable) as gone:
+            pool.acquire_exact(alias)
+        assert gone.value.status == 409 and gone.value.headers == {"x-should-retry": "false"}
+    assert all(key.inflight == 0 for key in pool.keys())
+
+
+def test_a_retry_does_not_go_to_an_ejected_key_while_another_is_usable() -> None:
+    pool, _ = make_pool(2)
+    first, second = pool.keys()
+    for _ in range(3):
+        pool.report_failure(first)
+    with pytest.raises(UpstreamError) as caught:
+        pool.acquire(exclude={"openai#2"})
+    assert "failing" in caught.value.message
+    assert take(pool) is second
+
+
+def test_a_key_that_refused_a_model_is_barred_from_it_for_a_while() -> None:
+    pool, clock = make_pool(3, policy=PoolPolicy(barred_for=60.0))
+    first = pool.keys()[0]
+    pool.report_refused_model(first, "gpt-4o", 403)
+    chosen = {pool.acquire(model="gpt-4o").alias for _ in range(6)}
+    assert chosen == {"openai#2", "openai#3"}
+    assert {take(pool).alias for _ in range(3)} == {"openai#1", "openai#2", "openai#3"}
+    assert pool.acquire(prefer="openai#1", model="gpt-4o").alias != "openai#1"
+    assert pool.acquire(prefer="openai#1", model="gpt-4o-mini").alias == "openai#1"
+    clock.advance(60)
+    assert "openai#1" in {pool.acquire(model="gpt-4o").alias for _ in range(3)}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "error", "code"),
+    [
+        ([403, 403], PermissionDenied, "permission_denied"),
+        ([404, 404], ModelNotFound, "model_not_found"),
+        ([403, 404], ModelNotFound, "model_not_found"),
+    ],
+)
+def test_every_key_refusing_a_model_is_a_sanitized_answer_not_to_retry(
+    statuses: list[int], error: type[ProxyError], code: str
+) -> None:
+    pool, _ = make_pool(2)
+    for key, status in zip(pool.keys(), statuses, strict=True):
+        pool.report_refused_model(key, "gpt-4o", status)
+    with pytest.raises(error) as caught:
+        pool.acquire(model="gpt-4o")
+    assert caught.value.code == code and caught.value.param == "model"
+    assert caught.value.headers == {"x-should-retry": "false"}
+    assert "openai#" not in caught.value.message
+    assert take(pool).alias == "openai#1"  # other models are served as before
+
+
+def test_refused_model_and_cooling_keys_wait_for_the_cooling_key() -> None:
+    pool, _ = make_pool(2)
+    first, second = pool.keys()
+    pool.report_refused_model(first, "gpt-4o", 404)
+    pool.report_rate_limited(second, retry_after=12)
+    with pytest.raises(UpstreamRateLimited):
+        pool.acquire(model="gpt-4o")
+
+
+def test_refusals_are_remembered_within_a_bound(caplog: pytest.LogCaptureFixture) -> None:
+    pool, _ = make_pool(1)
+    key = pool.keys()[0]
+    for i in range(5000):
+        pool.report_refused_model(key, f"model-{i}", 404)
+    assert len(pool._barred) <= pool._barred.limit
+    caplog.set_level(logging.WARNING, logger="chatgpt_proxy.upstream")
+    caplog.clear()
+    pool.report_refused_model(key, "model-4999", 404)
+    assert not caplog.records  # told once per refusal, not per request
+
+
+def test_every_key_out_of_quota_is_429_not_to_retry() -> None:
+    pool, _ = make_pool(2)
+    for key in pool.keys():
+        pool.report_retired(key, "no_quota")
+    with pytest.raises(UpstreamQuotaExhausted) as caught:
+        pool.acquire()
+    assert caught.value.status == 429
+    assert caught.value.headers["x-should-retry"] == "false"
+    pool.report_retired(pool.keys()[0], "invalid")
+    with pytest.raises(NoUpstreamKeys) as mixed:
+        pool.acquire()
+    assert mixed.value.headers["x-should-retry"] == "false"
+
+
+def test_a_lone_key_keeps_its_alias() -> None:
+    pool, _ = make_pool(3)
+    third = pool.keys()[2]
+    alone = KeyPool.alone("openai", third)
+    assert [key.alias for key in alone.keys()] == ["openai#3"]
+    assert alone.keys()[0] is not third  # what the probe does to it stays apart
+    assert alone.acquire().secret == third.secret

@@ -1,8 +1,11 @@
 """The OpenAI routes: an allowlist of endpoints, each forwarded through the one pipeline.
 
-auth → model policy → route → limits → moderation → upstream (key pool, retries) → relay →
-meter. Bodies go upstream byte for byte; the proxy re-encodes one only to ask a stream for
-its usage, and strips that extra chunk again on the way back.
+auth → model policy → route → limits → ownership → moderation → upstream (key pool,
+retries) → relay → meter. Bodies go upstream byte for byte; the proxy re-encodes one only to
+ask a stream for its usage, and strips that extra chunk again on the way back. A stored
+response is its creator's alone: its id names it in the paths and in ``previous_response_id``,
+and the record of its owner (``keystore/objects.py``) decides who may use it and which
+upstream key serves that.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import asyncio
 import re
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -21,14 +26,18 @@ from chatgpt_proxy.app import CLIENT_CLOSED, STATE, AppState, context
 from chatgpt_proxy.errors import (
     InvalidRequest,
     ModelNotAllowed,
+    ObjectNotFound,
+    PreviousResponseNotFound,
     ProxyError,
+    ResourceUnavailable,
     ServiceUnavailable,
     UnknownRoute,
 )
 from chatgpt_proxy.keystore import ClientKey
-from chatgpt_proxy.requestbody import StreamedUpload, open_multipart, read_json, too_large
-from chatgpt_proxy.streaming import CheckAnswer, Outcome, StreamStyle, relay
-from chatgpt_proxy.upstream.affinity import Holder
+from chatgpt_proxy.keystore.objects import RESPONSE, StoredObject
+from chatgpt_proxy.multipart import SpooledUpload, UploadLimits, form_flag, read_multipart
+from chatgpt_proxy.requestbody import read_json
+from chatgpt_proxy.streaming import CheckAnswer, OnCreated, Outcome, StreamStyle, relay
 from chatgpt_proxy.upstream.client import Body, Outbound
 from chatgpt_proxy.upstream.router import Upstream
 from chatgpt_proxy.usage import Usage, estimate_tokens
@@ -40,6 +49,8 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _CHECKED_ANSWERS = frozenset({"chat.completions", "completions", "responses"})
+# The kind of stored object an endpoint family's ids (and previous_response_id) name.
+_OWNED_KINDS = {"responses": RESPONSE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +113,14 @@ class _Parsed:
     document: Mapping[str, Any]
     model: str | None
     stream: bool
-    upload: StreamedUpload | None = None  # to tell a stop at the size limit from a failure
+    upload: SpooledUpload | None = None
 
     def estimate(self) -> int:
-        if isinstance(self.body, bytes):
-            size = len(self.body)
+        # An upload's files are not tokens of the prompt: only its text fields are counted.
+        if self.upload is not None:
+            size = self.upload.fields_size
         else:
-            size = sum(len(value) for value in self.document.values() if isinstance(value, str))
+            size = len(self.body) if isinstance(self.body, bytes) else 0
         return estimate_tokens(self.document, size)
 
 
@@ -119,30 +131,31 @@ class Forward:
         self.endpoint = endpoint
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        with ExitStack() as held:  # a spooled upload is let go however the request ends
+            return await self._forward(request, held)
+
+    async def _forward(self, request: web.Request, held: ExitStack) -> web.StreamResponse:
         state = request.app[STATE]
         ctx = context(request)
         ctx.endpoint = self.endpoint.name
         key = state.keys.authenticate(request.headers.get("Authorization"))
         ctx.key_id = key.id
         path = self._upstream_path(request)
-        parsed = await self._parse(request, state)
+        parsed = await self._parse(request, state, held)
         model = parsed.model
         if model is not None:
             ctx.model = model
             if not key.policy.allows_model(model):
                 raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
-        holder = self._holder(state, request, parsed)
         upstream = state.router.route(model)
-        if holder is not None:
-            upstream = state.router.get(holder.upstream) or upstream
-        forward = self._forward(request, state, key, parsed, path, upstream, holder)
+        call = self._call(request, state, key, parsed, path, upstream)
         if not self._background(parsed):
-            return await forward
+            return await call
         # A background response goes on upstream whoever waits for it: one whose client left
         # is still read to its end, so that its id and usage are recorded.
-        return await asyncio.shield(state.drain.keep(forward))
+        return await asyncio.shield(state.drain.keep(call))
 
-    async def _forward(
+    async def _call(
         self,
         request: web.Request,
         state: AppState,
@@ -150,7 +163,6 @@ class Forward:
         parsed: _Parsed,
         path: str,
         upstream: Upstream,
-        holder: Holder | None,
     ) -> web.StreamResponse:
         """Admit, moderate, send upstream, relay and meter; the admission is settled however
         it ends."""
@@ -165,6 +177,10 @@ class Forward:
         sent, started = False, 0.0
         name = self.endpoint.name
         try:
+            # Once admitted: a key probing for ids is held to its rate like any other request.
+            holder = await self._holder(state, request, parsed, key)
+            if holder is not None:
+                upstream = _holding(state, holder)
             await state.moderator.check(self.endpoint.name, parsed.document, key)
             if state.drain.draining:
                 raise ServiceUnavailable("The server is shutting down; retry the request.")
@@ -176,15 +192,14 @@ class Forward:
                 request.headers,
                 body,
                 parsed.stream,
-                prefer_key=holder.alias if holder is not None else None,
+                holder_key=holder.upstream_alias if holder is not None else None,
+                model=model,
             )
             sent, started = True, time.monotonic()  # the upstream may be working on it now
             try:
                 reply = await state.client.send(upstream, outbound)
             except ProxyError:
                 sent = False  # every try failed: nothing was done upstream
-                if parsed.upload is not None and parsed.upload.exceeded:
-                    raise too_large(state.settings.server.max_body_bytes) from None
                 raise
             ctx.upstream = reply.alias
 
@@ -194,14 +209,10 @@ class Forward:
                     usage = estimated  # cut, abandoned or too large to read
                 cost = _meter(state, key, name, model, reply.alias, outcome.status, usage, started)
                 used.append((usage.total_tokens if usage else 0, cost))
-                if outcome.resource_id is not None:
-                    holder = Holder(upstream.name, reply.alias)
-                    state.affinity.remember(outcome.resource_id, holder)
 
             style = StreamStyle(
                 strip_usage=strip_usage,
                 typed_events=name.startswith("responses"),
-                capture_id=name == "responses",
                 keep_reading=self._background(parsed),
             )
             return await relay(
@@ -211,6 +222,7 @@ class Forward:
                 style=style,
                 on_done=done,
                 check_answer=self._answer_check(state, key),
+                on_created=self._recorder(state, key, parsed, upstream, reply.alias),
                 drain=state.drain,
             )
         except asyncio.CancelledError:
@@ -228,13 +240,52 @@ class Forward:
         """A Responses API call run in the background: not cancelled when its client leaves."""
         return self.endpoint.name == "responses" and parsed.document.get("background") is True
 
-    def _holder(self, state: AppState, request: web.Request, parsed: _Parsed) -> Holder | None:
-        """The key holding the stored response this request refers to, if this proxy knows it."""
-        resource_id = request.match_info.get("id")
-        if resource_id is None and self.endpoint.name.startswith("responses"):
-            previous = parsed.document.get("previous_response_id")
-            resource_id = previous if isinstance(previous, str) else None
-        return state.affinity.holder(resource_id) if resource_id is not None else None
+    async def _holder(
+        self, state: AppState, request: web.Request, parsed: _Parsed, key: ClientKey
+    ) -> StoredObject | None:
+        """The record of the stored object this request is about, which must be ``key``'s.
+
+        Another key's object is told exactly as an unknown one is, and neither is forwarded:
+        the upstream would serve any object of its account to any of its keys. The id is
+        echoed as the upstream does, scrubbed as the upstream's own errors are.
+        """
+        scrub = state.redactor.scrub
+        kind = _OWNED_KINDS.get(self.endpoint.name.partition(".")[0])
+        if kind is None:
+            return None
+        object_id = request.match_info.get("id")
+        if object_id is not None:
+            found = await state.objects.find(kind, object_id)
+            if found is None or found.owner_key_id != key.id:
+                raise ObjectNotFound(scrub(f"Response with id '{object_id}' not found."))
+            return found
+        previous = parsed.document.get("previous_response_id")
+        if not isinstance(previous, str):
+            return None  # absent, or the upstream's to refuse
+        # Only a value shaped like an id is looked up (a NUL is a database error) or echoed.
+        well_formed = _ID.fullmatch(previous) is not None
+        found = await state.objects.find(kind, previous) if well_formed else None
+        if found is None or found.owner_key_id != key.id:
+            shown = f" with id '{previous}'" if well_formed else ""
+            raise PreviousResponseNotFound(
+                scrub(f"Previous response{shown} not found."), param="previous_response_id"
+            )
+        return found
+
+    def _recorder(
+        self, state: AppState, key: ClientKey, parsed: _Parsed, upstream: Upstream, alias: str
+    ) -> OnCreated | None:
+        """Records the owner of the response this request creates, before the client has its id."""
+        if self.endpoint.name != "responses" or parsed.document.get("store") is False:
+            return None  # a response not stored cannot be fetched again: nothing to own
+
+        async def record(object_id: str) -> None:
+            now = datetime.now(UTC)
+            await state.objects.record(
+                StoredObject(RESPONSE, object_id, key.id, upstream.name, alias, now)
+            )
+
+        return record
 
     def _answer_check(self, state: AppState, key: ClientKey) -> CheckAnswer | None:
         if self.endpoint.name not in _CHECKED_ANSWERS or not state.settings.moderation.check_output:
@@ -259,16 +310,22 @@ class Forward:
                 raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
         return self.endpoint.upstream_path.format(**params)
 
-    async def _parse(self, request: web.Request, state: AppState) -> _Parsed:
-        limit = state.settings.server.max_body_bytes
+    async def _parse(self, request: web.Request, state: AppState, held: ExitStack) -> _Parsed:
+        server = state.settings.server
+        limit = server.max_body_bytes
         kind = self.endpoint.body
         if kind == "multipart" and not (
             self.endpoint.accepts_json and request.content_type == "application/json"
         ):
-            upload = await open_multipart(request, limit)
-            model = upload.fields.get("model")
-            stream = upload.fields.get("stream") == "true"
-            return _Parsed(upload.body, upload.fields, model, stream, upload)
+            limits = UploadLimits(
+                server.max_upload_bytes, limit, server.upload_memory_bytes, server.upload_spool_dir
+            )
+            upload = held.enter_context(await read_multipart(request, limits))
+            fields = upload.fields
+            model = fields.get("model")
+            if model is not None and not isinstance(model, str):
+                raise InvalidRequest("`model` must be a string.", param="model")
+            return _Parsed(upload.body, fields, model, form_flag(fields.get("stream")), upload)
         if kind == "none":
             model = request.match_info.get("model")
             return _Parsed(None, {}, model, request.query.get("stream") == "true")
@@ -299,6 +356,16 @@ class Forward:
         document = dict(parsed.document)
         document["stream_options"] = {**(options or {}), "include_usage": True}
         return orjson.dumps(document), True
+
+
+def _holding(state: AppState, holder: StoredObject) -> Upstream:
+    """The upstream holding ``holder``'s object: no other has it."""
+    upstream = state.router.get(holder.upstream)
+    if upstream is None:
+        raise ResourceUnavailable(
+            f"The upstream {holder.upstream} holding this object is no longer configured."
+        )
+    return upstream
 
 
 def _meter(

@@ -1,4 +1,5 @@
-"""Client keys and their usage: SQLite by default, PostgreSQL at scale, one schema, migrations."""
+"""Client keys, their usage and the owners of stored objects: SQLite by default, PostgreSQL at
+scale, one schema, migrations."""
 
 from chatgpt_proxy.keystore.engine import async_database_url
 from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow

@@ -108,6 +108,24 @@ usage_events = sa.Table(
 )
 
 
+# Who owns each object the proxy handed out an id for, and which upstream key holds it
+# upstream (DESIGN §3.8). Rows are written once and never changed.
+stored_objects = sa.Table(
+    "stored_objects",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),  # "response"; later "file", "batch"...
+    sa.Column("object_id", sa.String(256), primary_key=True),  # the upstream's id
+    sa.Column("owner_key_id", sa.String(32), sa.ForeignKey("client_keys.id"), nullable=False),
+    sa.Column("upstream", sa.String(100), nullable=False),  # the upstream's configured name
+    sa.Column("upstream_alias", sa.String(100), nullable=False),  # its key, e.g. "openai#2"
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    # For the list endpoints, which show a key its own objects only, newest first.
+    sa.Index(
+        "ix_stored_objects_owner_key_id_kind_created_at", "owner_key_id", "kind", "created_at"
+    ),
+)
+
+
 def aware_utc(value: datetime, param: str) -> datetime:
     """``value`` in UTC; a naive datetime is refused, being ambiguous (local time? UTC?).
 

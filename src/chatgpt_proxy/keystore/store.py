@@ -1,4 +1,5 @@
-"""The key store: client keys and their usage, durable in SQLite or PostgreSQL.
+"""The key store: client keys, their usage and the owners of stored objects, durable in SQLite or
+PostgreSQL.
 
 Every database failure is translated here, at the one boundary, into ``StoreUnavailable``.
 """
@@ -19,9 +20,10 @@ from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
-from chatgpt_proxy.keystore import migrator, usage
+from chatgpt_proxy.keystore import migrator, objects, usage
 from chatgpt_proxy.keystore.engine import create_engine
 from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
+from chatgpt_proxy.keystore.objects import StoredObject
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secret
 
@@ -190,6 +192,18 @@ class KeyStore:
             async with self._engine.connect() as conn:
                 tokens, cost = (await conn.execute(query)).one()
         return int(tokens), float(cost)
+
+    async def record_object(self, stored: StoredObject) -> None:
+        """Record who owns a stored upstream object (see ``objects.py``)."""
+        with _store_errors("record_object"):
+            async with self._engine.begin() as conn:
+                await conn.execute(objects.insert_statement(stored))
+
+    async def find_object(self, kind: str, object_id: str) -> StoredObject | None:
+        with _store_errors("find_object"):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(objects.find_query(kind, object_id))).first()
+        return None if row is None else objects.from_row(row._mapping)
 
     async def _fetch_keys(self, operation: str, query: sa.Select[Any]) -> builtins.list[ClientKey]:
         with _store_errors(operation):

@@ -199,7 +199,7 @@ def _parse_result(entry: Mapping[str, Any]) -> ItemResult:
 async def _read_capped(reply: Reply) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in reply.response.content.iter_chunked(64 * 1024):
+    while chunk := await reply.read_chunk():
         size += len(chunk)
         if size > _MAX_ANSWER_BYTES:
             raise ModerationFailed("the endpoint's answer is too large")

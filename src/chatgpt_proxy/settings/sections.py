@@ -32,6 +32,20 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="largest request body accepted, in bytes"
     )
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="largest multipart upload accepted (image edits, audio), in bytes",
+    )
+    upload_memory_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="bytes of an upload held in memory while it is policed; the rest is spooled"
+        " to a temporary file",
+    )
+    upload_spool_dir: str | None = Field(
+        None, description="directory of the spooled uploads (default: the system's temp dir)"
+    )
     grace_seconds: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )
@@ -77,10 +91,19 @@ class UpstreamSettings(_Section):
 class TimeoutSettings(_Section):
     connect: float = Field(10.0, gt=0, description="seconds to open a connection upstream")
     first_byte: float = Field(
-        300.0,
+        600.0,
         gt=0,
-        description="seconds to wait for the upstream's answer to begin (a non-streamed answer "
-        "comes whole, so this is its generation time)",
+        description="longest wait for a non-streamed answer to begin, seconds (it comes whole, "
+        "so this is its generation time); shorter when the client's own timeout is",
+    )
+    stream_first_byte: float = Field(
+        60.0, gt=0, description="longest wait for a streamed answer to begin, seconds"
+    )
+    client_margin: float = Field(
+        1.0,
+        ge=0,
+        description="seconds the proxy gives up before the client's own read timeout "
+        "(x-stainless-read-timeout, sent by the OpenAI SDKs), so the client gets a 504",
     )
     stream_idle: float = Field(
         120.0, gt=0, description="seconds a stream may stay silent once it has begun"
@@ -97,8 +120,17 @@ class RetrySettings(_Section):
     budget_ratio: float = Field(
         0.2, ge=0, description="retries allowed as a share of recent requests (retry storms)"
     )
-    budget_min_per_second: float = Field(
-        10.0, ge=0, description="retries always allowed per second, whatever the ratio"
+    budget_min: int = Field(
+        3, ge=0, description="retries always allowed within the window, whatever the ratio"
+    )
+    budget_window: float = Field(
+        10.0, gt=0, description="seconds of recent requests and retries the budget counts"
+    )
+    client_retry_after: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds a client is told to wait (retry-after) before retrying a 502 or 504",
     )
 
 
@@ -106,9 +138,23 @@ class PoolSettings(_Section):
     default_cooldown: float = Field(
         20.0, gt=0, description="seconds a key rests after a 429 that gave no reset time"
     )
-    eject_after: int = Field(3, ge=1, description="consecutive failures before a key is ejected")
-    eject_base: float = Field(1.0, gt=0, description="first ejection, seconds; doubles each time")
+    eject_after: int = Field(5, ge=1, description="consecutive failures before a key is ejected")
+    eject_base: float = Field(30.0, gt=0, description="first ejection, seconds; doubles each time")
     eject_max: float = Field(300.0, gt=0, description="longest ejection, seconds")
+    max_ejected_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="largest share of an upstream's keys ejected at once (at least one may be); "
+        "with every other key out, an ejected key is still used",
+    )
+    model_refusal_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=3600,
+        description="seconds a key whose account refused a model (403, or 404 model_not_found) "
+        "is not used for that model",
+    )
     probe_interval: float = Field(
         60.0, gt=0, description="seconds between probes of retired keys, to re-admit them"
     )

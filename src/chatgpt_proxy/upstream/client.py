@@ -2,10 +2,14 @@
 
 ``UpstreamClient.send`` returns a ``Reply`` whose status the proxy may pass to its client: a
 success, or the client's own mistake (400/404/422...). Everything tied to a key (429, 401,
-``insufficient_quota``) and every upstream failure (5xx, HTML, redirects, connection errors,
-timeouts) is handled here, by trying another key, and becomes a ``ProxyError`` only when no
-key is left, the attempts or the deadline run out (DESIGN §4). aiohttp's exceptions never
-leave this module.
+``insufficient_quota``, a 403 or a ``model_not_found`` from one account) and every upstream
+failure (5xx, HTML or non-JSON where JSON belongs, redirects, connection errors, timeouts) is
+handled here, by trying another key, and becomes a ``ProxyError`` only when no key is left, the
+attempts or the deadline run out (DESIGN §4). aiohttp's exceptions never leave this module.
+
+How long an attempt may wait for its answer to begin fits the request: a stream has its own,
+shorter limit, and a client that says how long it will wait (the SDKs'
+``x-stainless-read-timeout``) gets a 504 a margin before it would give up by itself.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -29,16 +33,26 @@ from chatgpt_proxy.errors import (
 )
 from chatgpt_proxy.headers import upstream_request_headers
 from chatgpt_proxy.settings import RetrySettings, TimeoutSettings
+from chatgpt_proxy.upstream.hints import client_timeout, reset_seconds
 from chatgpt_proxy.upstream.idle import IdleWatch, Watched
-from chatgpt_proxy.upstream.pool import UpstreamKey
+from chatgpt_proxy.upstream.pool import UpstreamKey, model_refused
 from chatgpt_proxy.upstream.retry import RetryBudget, backoff_delay
 from chatgpt_proxy.upstream.router import Upstream
 
 _MAX_ERROR_BODY = 64 * 1024
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_MAX_HEAD = 64 * 1024  # read of a JSON answer to see that it is JSON
+_JSON_START = re.compile(rb"[^ \t\r\n]")
+_ANSWERS_ANY_TYPE = "/audio/"  # speech, transcripts as text, srt or vtt; the rest is JSON or SSE
 
 Body = bytes | AsyncIterable[bytes] | None
+
+
+class ReplayableBody(AsyncIterable[bytes]):
+    """A body kept out of memory (a spooled upload) that can be sent again on another key:
+    each iteration starts over from its first byte. Other iterables are sent once, chunked;
+    this one with its ``size`` as Content-Length."""
+
+    size: int
 
 
 @dataclass(slots=True)
@@ -51,7 +65,9 @@ class Outbound:
     headers: CIMultiDictProxy[str]
     body: Body = None
     stream: bool = False
-    prefer_key: str | None = None  # the alias holding the resource this request refers to
+    # The alias of the key holding the stored object this request is about: that key or none.
+    holder_key: str | None = None
+    model: str | None = None  # the model the body names: a key whose account refuses it is barred
 
 
 @dataclass(slots=True)
@@ -63,6 +79,7 @@ class Reply:
     key: UpstreamKey
     attempts: int
     watched: Watched | None = None  # a stream's silence watch
+    _head: bytes = field(default=b"", repr=False)  # read to judge the answer, not yet handed on
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -91,15 +108,23 @@ class Reply:
 
     async def read_chunk(self) -> bytes:
         """What has arrived of the answer (waiting for something); ``b""`` at its end."""
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        watched = self.watched
+        if watched is None:
+            return await self.response.content.readany()
+        watched.wait()  # only time spent waiting here is the upstream's silence
         chunk = await self.response.content.readany()
-        if self.watched is not None:
-            self.watched.touch()
+        watched.touch()
         return chunk
 
     async def read(self, limit: int = 16 * 1024 * 1024) -> bytes:
         """The whole answer (up to ``limit`` bytes); a broken one is an ``UpstreamError``."""
+        head, self._head = self._head, b""
         try:
-            return await read_limited(self.response, limit)
+            rest = await read_limited(self.response, limit - len(head))
+            return head + rest if head and rest else head or rest
         except TimeoutError as exc:  # aiohttp's read timeout: silent for `first_byte`
             self.report_failure()
             raise UpstreamTimeout("The upstream answer stopped before it finished.") from exc
@@ -132,20 +157,43 @@ class UpstreamClient:
         self._retries = retries
         self._clock = clock
         self._rng = rng or random.Random()
-        self._budget = RetryBudget(retries.budget_ratio, retries.budget_min_per_second, clock=clock)
+        self._budget = RetryBudget(
+            retries.budget_ratio, retries.budget_min, window=retries.budget_window, clock=clock
+        )
         # aiohttp's read timeout bounds the wait for the headers, cheaper than a timeout
         # context around every request; a stream is then watched for silence instead.
         self._answer_timeout = aiohttp.ClientTimeout(
             sock_connect=timeouts.connect, sock_read=timeouts.first_byte
         )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            sock_connect=timeouts.connect,
+            sock_read=min(timeouts.first_byte, timeouts.stream_first_byte),
+        )
 
     async def send(self, upstream: Upstream, outbound: Outbound) -> Reply:
-        deadline = self._clock() + self._timeouts.request
-        replayable = outbound.body is None or isinstance(outbound.body, bytes)
+        try:
+            return await self._send(upstream, outbound)
+        except (UpstreamError, UpstreamTimeout) as err:
+            err.advise_retry(self._retries.client_retry_after)
+            raise
+
+    async def _send(self, upstream: Upstream, outbound: Outbound) -> Reply:
+        limits = self._stream_timeout if outbound.stream else self._answer_timeout
+        request_time = self._timeouts.request
+        client_wait = client_timeout(outbound.headers)
+        margin = self._timeouts.client_margin
+        if client_wait is not None and client_wait > margin:
+            # Give up a margin before the client would, so it hears why (504) instead of
+            # timing out blind. A client in more of a hurry than the margin is let go.
+            patience = client_wait - margin
+            request_time = min(request_time, patience)
+            if limits.sock_read is not None and patience < limits.sock_read:
+                limits = aiohttp.ClientTimeout(sock_connect=limits.sock_connect, sock_read=patience)
+        deadline = self._clock() + request_time
+        replayable = outbound.body is None or isinstance(outbound.body, bytes | ReplayableBody)
         url = upstream.settings.base_url + outbound.path
         if outbound.query:
             url += "?" + outbound.query
-        limits = self._answer_timeout
         self._budget.record_request()
         tried: set[str] = set()
         failures = 0
@@ -154,14 +202,14 @@ class UpstreamClient:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise last or UpstreamTimeout("The upstream did not answer before the deadline.")
-            key = self._acquire(upstream, tried, last, outbound.prefer_key)
+            key = self._acquire(upstream, tried, last, outbound)
             tried.add(key.alias)
             outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
-            if isinstance(outcome, aiohttp.ClientResponse):
-                reply = Reply(outcome, upstream, key, attempts=len(tried))
+            if isinstance(outcome, Reply):
+                outcome.attempts = len(tried)
                 if outbound.stream:
-                    reply.watched = self._watch_silence(outcome)
-                return reply
+                    outcome.watched = self._watch_silence(outcome.response)
+                return outcome
             last = outcome
             if not isinstance(outcome, UpstreamError | UpstreamTimeout):
                 # Tied to that key, not to the request: another key is tried at once.
@@ -197,17 +245,27 @@ class UpstreamClient:
         return self._idle.watch(response)
 
     def _acquire(
-        self, upstream: Upstream, tried: set[str], last: ProxyError | None, prefer: str | None
+        self, upstream: Upstream, tried: set[str], last: ProxyError | None, outbound: Outbound
     ) -> UpstreamKey:
+        pool, model = upstream.pool, outbound.model
+        if outbound.holder_key is not None:
+            # Only the holder's account has the object: its failure is the answer, and a
+            # second look at the key says whether that is "retired" (409) or "retry" (last).
+            key = pool.acquire_exact(outbound.holder_key)
+            if last is None:
+                return key
+            pool.release(key)
+            raise last
         try:
-            return upstream.pool.acquire(exclude=tried, prefer=prefer)
+            return pool.acquire(exclude=tried, model=model)
         except ProxyError:
             if last is None:
                 raise
         # Every key not yet tried is unusable: the pool's verdict over all keys says why
-        # (all cooling, all retired), unless a key we already tried is still active.
-        key = upstream.pool.acquire()
-        upstream.pool.release(key)
+        # (all cooling, all retired, all refusing the model), unless a key we already tried
+        # is still in play.
+        key = pool.acquire(model=model)
+        pool.release(key)
         raise last
 
     async def _attempt(
@@ -218,8 +276,8 @@ class UpstreamClient:
         url: str,
         limits: aiohttp.ClientTimeout,
         remaining: float,
-    ) -> aiohttp.ClientResponse | ProxyError:
-        """One try on one key: the response to relay, or why it failed.
+    ) -> Reply | ProxyError:
+        """One try on one key: the answer to relay, or why it failed.
 
         The key goes back to the pool here unless its response is handed on, however the try
         ends (a client that leaves cancels it half-way).
@@ -230,6 +288,8 @@ class UpstreamClient:
             organization=upstream.settings.organization,
             project=upstream.settings.project,
         )
+        if isinstance(outbound.body, ReplayableBody):
+            headers["Content-Length"] = str(outbound.body.size)
         if limits.sock_read is not None and remaining < limits.sock_read:
             limits = aiohttp.ClientTimeout(sock_connect=limits.sock_connect, sock_read=remaining)
         handed_on = False
@@ -256,14 +316,73 @@ class UpstreamClient:
             upstream.pool.release(key)
             raise
         try:
-            if _answers_the_client(upstream, key, response):
+            verdict = await self._judge(upstream, key, outbound, response)
+            if isinstance(verdict, bytes):
                 handed_on = True
-                return response
-            return await self._failure(upstream, key, response)
+                return Reply(response, upstream, key, attempts=0, _head=verdict)
+            return verdict
+        except TimeoutError:
+            upstream.pool.report_failure(key)
+            return UpstreamTimeout(f"The upstream {upstream.name} did not answer in time.")
+        except (aiohttp.ClientError, OSError) as exc:
+            upstream.pool.report_failure(key)
+            return UpstreamError(
+                f"The upstream {upstream.name} broke off its answer ({type(exc).__name__})."
+            )
         finally:
             if not handed_on:
                 upstream.pool.release(key)
                 response.release()
+
+    async def _judge(
+        self,
+        upstream: Upstream,
+        key: UpstreamKey,
+        outbound: Outbound,
+        response: aiohttp.ClientResponse,
+    ) -> bytes | ProxyError:
+        """Whether the answer is the client's to see: a success or the client's own mistake
+        (then what was read of it to judge, to hand on first), or why this try failed.
+
+        A 2xx must be what the endpoint answers (JSON, SSE; anything but HTML for audio): a
+        2xx page or text where JSON belongs is a broken upstream, not an answer.
+        """
+        pool = upstream.pool
+        status = response.status
+        if status < 300:
+            content_type = response.content_type
+            if content_type == "application/json":
+                head = await _json_head(response)
+                if head is not None:
+                    pool.report_success(key)
+                    return head
+            elif (
+                content_type == "text/event-stream"
+                or status == 204
+                or (outbound.path.startswith(_ANSWERS_ANY_TYPE) and not _is_html(response))
+            ):
+                pool.report_success(key)
+                return b""
+            pool.report_failure(key)
+            return UpstreamError(
+                f"The upstream {upstream.name} answered {status} with a body that is not JSON."
+            )
+        refusal = status == 403 or (
+            status == 404 and outbound.model is not None and outbound.body is not None
+        )
+        if refusal and not _is_html(response):
+            raw = await _error_head(response)
+            if status == 403 or _error_code(_parsed(raw)) == "model_not_found":
+                # The key's account may not use this model; another account may.
+                if outbound.model is not None:
+                    pool.report_refused_model(key, outbound.model, status)
+                return model_refused(outbound.model, {status})
+            pool.report_success(key)
+            return raw
+        if 400 <= status < 500 and status != 401 and status != 429 and not _is_html(response):
+            pool.report_success(key)  # the client's own mistake is no fault of the key's
+            return b""
+        return await self._failure(upstream, key, response)
 
     async def _failure(
         self, upstream: Upstream, key: UpstreamKey, response: aiohttp.ClientResponse
@@ -271,7 +390,7 @@ class UpstreamClient:
         """Why this key or this try failed, for an answer not the client's to see."""
         pool = upstream.pool
         status = response.status
-        detail = await _error_body(response)
+        detail = _parsed(await _error_head(response))
         if status == 401:
             pool.report_retired(key, "invalid")
             return UpstreamRateLimited("The upstream key was refused; retry.", retry_after=1)
@@ -290,24 +409,9 @@ class UpstreamClient:
         pool.report_failure(key)
         if 300 <= status < 400:
             return UpstreamError(f"The upstream {upstream.name} answered with a redirect.")
-        if status < 300 or _is_html(response):
+        if _is_html(response):
             return UpstreamError(f"The upstream {upstream.name} answered with an HTML page.")
         return UpstreamError(f"The upstream {upstream.name} failed with status {status}.")
-
-
-def _answers_the_client(
-    upstream: Upstream, key: UpstreamKey, response: aiohttp.ClientResponse
-) -> bool:
-    """Whether the answer is the client's to see: a success, or the client's own mistake.
-
-    Decided from the status line and headers alone, without waiting for the body.
-    """
-    status = response.status
-    theirs = status < 300 or (400 <= status < 500 and status != 401 and status != 429)
-    if theirs and not _is_html(response):
-        upstream.pool.report_success(key)  # a 4xx here is no fault of the key's
-        return True
-    return False
 
 
 def _is_html(response: aiohttp.ClientResponse) -> bool:
@@ -315,12 +419,18 @@ def _is_html(response: aiohttp.ClientResponse) -> bool:
 
 
 def _is_quota_error(detail: object) -> bool:
-    if not isinstance(detail, dict):
-        return False
-    error = detail.get("error")
-    if not isinstance(error, dict):
-        return False
-    return "insufficient_quota" in (error.get("code"), error.get("type"))
+    error = _error_of(detail)
+    return error is not None and "insufficient_quota" in (error.get("code"), error.get("type"))
+
+
+def _error_code(detail: object) -> object:
+    error = _error_of(detail)
+    return error.get("code") if error is not None else None
+
+
+def _error_of(detail: object) -> Mapping[str, object] | None:
+    error = detail.get("error") if isinstance(detail, dict) else None
+    return error if isinstance(error, dict) else None
 
 
 async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -336,44 +446,30 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _error_body(response: aiohttp.ClientResponse) -> object:
-    """The parsed JSON of an error answer, read only so far; None when it is not JSON."""
+async def _json_head(response: aiohttp.ClientResponse) -> bytes | None:
+    """The first bytes of an answer said to be JSON, if they begin like JSON; None if not."""
+    head = b""
+    while len(head) < _MAX_HEAD:
+        chunk = await response.content.readany()
+        if not chunk:
+            return None
+        head += chunk
+        start = _JSON_START.search(head)
+        if start is not None:
+            return head if head[start.start() : start.start() + 1] in (b"{", b"[") else None
+    return None
+
+
+async def _error_head(response: aiohttp.ClientResponse) -> bytes:
+    """An error answer, read only so far (and never for long)."""
     try:
-        raw = await asyncio.wait_for(read_limited(response, _MAX_ERROR_BODY), timeout=5.0)
+        return await asyncio.wait_for(read_limited(response, _MAX_ERROR_BODY), timeout=5.0)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return b""
+
+
+def _parsed(raw: bytes) -> object:
+    try:
         return orjson.loads(raw)
-    except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+    except orjson.JSONDecodeError:
         return None
-
-
-def reset_seconds(headers: CIMultiDictProxy[str]) -> float | None:
-    """When a rate-limited key may be used again: ``retry-after`` or ``x-ratelimit-reset-*``."""
-    if (value := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(value) / 1000.0
-        except ValueError:
-            pass
-    if (value := headers.get("retry-after")) is not None:
-        try:
-            return float(value)
-        except ValueError:
-            pass  # an HTTP date: rare upstream, and the reset headers below are more precise
-    resets = [
-        parse_duration(value)
-        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-        if (value := headers.get(name)) is not None
-    ]
-    known = [seconds for seconds in resets if seconds is not None]
-    return max(known) if known else None
-
-
-def parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        return None
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)

@@ -1,9 +1,11 @@
 """Ending upstream streams that go silent: one sweep for all of them, not a timer per chunk.
 
 aiohttp's read timeout re-arms a timer on every chunk it receives; over a stream of many small
-chunks that costs more than relaying them. Instead each stream notes when it last received
-something, and one periodic sweep closes those silent for longer than ``stream_idle``: the
-relay then sees its upstream connection end, and tells the client with an error event.
+chunks that costs more than relaying them. Instead each stream notes when it began waiting for
+the upstream, and one periodic sweep closes those that have waited longer than ``stream_idle``:
+the relay then sees its upstream connection end, and tells the client with an error event. Only
+time spent waiting on the upstream counts: while the relay is held up writing to a client slow
+to read, the upstream is not silent, and its key is not to blame.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from chatgpt_proxy.periodic import Periodic
 
 
 class Watched:
-    """One stream under watch; ``touch()`` on every chunk received."""
+    """One stream under watch: ``wait()`` before each read of the upstream, ``touch()`` after."""
 
-    __slots__ = ("_clock", "_streams", "last", "response", "went_silent")
+    __slots__ = ("_clock", "_streams", "last", "response", "waiting", "went_silent")
 
     def __init__(
         self,
@@ -28,14 +30,20 @@ class Watched:
         clock: Callable[[], float],
     ) -> None:
         self.response = response
-        self.last = clock()
+        self.last = clock()  # when the current wait on the upstream began
+        self.waiting = True  # the relay reads as soon as the headers are in
         self.went_silent = False
         self._streams = streams
         self._clock = clock
         streams[id(self)] = self
 
-    def touch(self) -> None:
+    def wait(self) -> None:
         self.last = self._clock()
+        self.waiting = True
+
+    def touch(self) -> None:
+        """Something arrived: until the next ``wait()`` the relay is busy handing it on."""
+        self.waiting = False
 
     def done(self) -> None:
         self._streams.pop(id(self), None)
@@ -71,7 +79,7 @@ class IdleWatch:
 
     async def _sweep(self) -> None:
         deadline = self._clock() - self._idle
-        for watched in [w for w in self._streams.values() if w.last < deadline]:
+        for watched in [w for w in self._streams.values() if w.waiting and w.last < deadline]:
             watched.went_silent = True
             watched.done()
             watched.response.close()

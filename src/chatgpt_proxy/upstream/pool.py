@@ -10,8 +10,14 @@ Each key is in one of four states::
 Expiry is lazy: a cooling or ejected key whose ``until`` has passed turns ACTIVE the next time the
 pool looks at it, so there are no timers and no event loop. A key back from ejection keeps its
 failure count, so a single further failure ejects it again for twice as long; a success forgives
-everything. The pool is pure logic with an injected clock and RNG; callers bracket each attempt
-with ``acquire()`` and ``release()`` and report what the upstream answered in between.
+everything. Ejection never takes the whole pool out (Envoy's outlier detection does the same):
+at most ``max_ejected_share`` of the keys are ejected at once (always at least one may be), and
+when no other key is usable the pool still hands out the ejected key due back soonest.
+
+Apart from its state, a key may be barred from one model for a while: its account refused that
+model (a 403, or a 404 ``model_not_found``) while another account may serve it. The pool is
+pure logic with an injected clock and RNG; callers bracket each attempt with ``acquire()`` and
+``release()`` and report what the upstream answered in between.
 """
 
 from __future__ import annotations
@@ -25,12 +31,23 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from chatgpt_proxy.errors import NoUpstreamKeys, ProxyError, UpstreamError, UpstreamRateLimited
+from chatgpt_proxy.errors import (
+    ModelNotFound,
+    NoUpstreamKeys,
+    PermissionDenied,
+    ProxyError,
+    ResourceUnavailable,
+    UpstreamError,
+    UpstreamQuotaExhausted,
+    UpstreamRateLimited,
+)
+from chatgpt_proxy.memo import Memo
 
 Strategy = Literal["random", "round_robin", "least_busy"]
 
 MIN_COOLDOWN = 0.1
 MAX_COOLDOWN = 3600.0
+_MAX_BARRED = 4096  # (model, key) pairs remembered; model names are the clients'
 
 logger = logging.getLogger("chatgpt_proxy.upstream")
 
@@ -53,6 +70,8 @@ class PoolPolicy:
     eject_after: int = 3
     eject_base: float = 1.0
     eject_max: float = 300.0
+    max_ejected_share: float = 0.5
+    barred_for: float = 600.0  # seconds a key refused a model stays barred from it
 
     def __post_init__(self) -> None:
         if not 0 < self.default_cooldown <= MAX_COOLDOWN:
@@ -61,6 +80,10 @@ class PoolPolicy:
             raise ValueError("eject_after must be at least 1")
         if not 0 < self.eject_base <= self.eject_max:
             raise ValueError("eject_base must be positive and at most eject_max")
+        if not 0 < self.max_ejected_share <= 1:
+            raise ValueError("max_ejected_share must be in (0, 1]")
+        if not 0 < self.barred_for <= MAX_COOLDOWN:
+            raise ValueError(f"barred_for must be in (0, {MAX_COOLDOWN:g}]")
 
 
 DEFAULT_POLICY = PoolPolicy()
@@ -101,6 +124,18 @@ class KeyStatus:
     requests: int
     failures: int
     reason: str | None
+
+
+def model_refused(model: str | None, statuses: set[int]) -> ProxyError:
+    """The answer when the upstream accounts refused a model (or, with no model, a request):
+    told in the proxy's own words, since the upstream's name the account."""
+    if model is None:
+        return PermissionDenied("The upstream refused this request.")
+    if statuses == {403}:
+        return PermissionDenied(f"No upstream key may use the model `{model}`.", param="model")
+    return ModelNotFound(
+        f"The model `{model}` does not exist or you do not have access to it.", param="model"
+    )
 
 
 def _usable(key: UpstreamKey, now: float) -> bool:
@@ -154,22 +189,69 @@ class KeyPool:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._cursor = 0
+        # (model, alias) -> (until, status): the keys whose account refused a model.
+        self._barred: Memo[tuple[str, str], tuple[float, int]] = Memo(_MAX_BARRED)
 
-    def acquire(self, exclude: Container[str] = (), prefer: str | None = None) -> UpstreamKey:
+    @classmethod
+    def alone(cls, name: str, key: UpstreamKey) -> KeyPool:
+        """A fresh pool of ``key`` alone, under its own alias: to try that key apart from its
+        pool, as probes do, with every line logged about it naming the right key."""
+        pool = cls(name, [])
+        copy = UpstreamKey(key.alias, key.secret)
+        pool._keys = (copy,)
+        pool._by_alias = {copy.alias: copy}
+        return pool
+
+    def acquire(
+        self, exclude: Container[str] = (), prefer: str | None = None, model: str | None = None
+    ) -> UpstreamKey:
         """Choose a usable key whose alias is not in ``exclude`` (the keys this request tried).
 
         ``prefer`` names the key that holds a stored resource (a Responses API response lives
         in the account that created it); it is taken when usable, else the strategy chooses.
+        Keys barred from ``model`` are passed over.
         """
         now = self._clock()
+        barred = self._barred_from(model, now) if model is not None and self._barred else ()
+        if barred:
+            exclude = {*barred, *(key.alias for key in self._keys if key.alias in exclude)}
         key = self._by_alias.get(prefer) if prefer is not None else None
         if key is None or key.alias in exclude or not _usable(key, now):
             if self.strategy == "random":
                 key = self._pick_random(now, exclude)
             else:
                 key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
+        if key is None and not self._in_play(now, barred):
+            key = self._back_soonest(now, exclude)
         if key is None:
-            raise self._unavailable(now, exclude)
+            raise self._unavailable(now, exclude, barred, model)
+        key.inflight += 1
+        key.requests += 1
+        return key
+
+    def acquire_exact(self, alias: str) -> UpstreamKey:
+        """The key ``alias`` itself, for a request about an object that only its account holds.
+
+        Never another key: a retired or unknown one is a ``ResourceUnavailable`` (409), a
+        cooling one an ``UpstreamRateLimited`` until its cooldown ends, an ejected one an
+        ``UpstreamError``; the client retries the last two, and only this key can answer.
+        """
+        now = self._clock()
+        key = self._by_alias.get(alias)
+        if key is None or key.state is KeyState.RETIRED:
+            raise ResourceUnavailable(
+                f"The upstream key {alias} holding this object is out of service; "
+                "it is reachable again only if an operator brings that key back."
+            )
+        if not _usable(key, now):
+            if key.state is KeyState.COOLING:
+                raise UpstreamRateLimited(
+                    f"The upstream key {alias} holding this object is rate limited; retry later.",
+                    retry_after=key.until - now,
+                )
+            raise UpstreamError(
+                f"The upstream key {alias} holding this object is failing; retry shortly."
+            )
         key.inflight += 1
         key.requests += 1
         return key
@@ -218,12 +300,22 @@ class KeyPool:
         # episode ejects, so ejections grow per episode rather than per request.
         if key.consecutive_failures < self.policy.eject_after or not _usable(key, now):
             return
+        if not self._may_eject(now):
+            return  # stays in play, failing: the share of keys out of the pool is full
         policy = self.policy
         length = min(policy.eject_base * 2.0 ** min(key.ejections, 32), policy.eject_max)
         key.ejections += 1
         key.state = KeyState.EJECTED
         key.until = now + length
         logger.warning("upstream key %s failing: ejected for %.1fs", key.alias, length)
+
+    def report_refused_model(self, key: UpstreamKey, model: str, status: int) -> None:
+        """The key's account refused ``model`` (``status`` 403 or 404): bar it from the model."""
+        now = self._clock()
+        pair = (model, key.alias)
+        if pair not in self._barred or self._barred[pair][0] <= now:
+            logger.warning("upstream key %s may not use model %r (%d)", key.alias, model, status)
+        self._barred.remember(pair, (now + self.policy.barred_for, status))
 
     def readmit(self, key: UpstreamKey) -> None:
         """Put a key back in rotation, e.g. when the periodic probe finds a retired key works."""
@@ -315,6 +407,35 @@ class KeyPool:
             self._cursor = (best_index + 1) % n
         return best
 
+    def _barred_from(self, model: str, now: float) -> set[str]:
+        barred = set()
+        for key in self._keys:
+            entry = self._barred.get((model, key.alias))
+            if entry is not None and now < entry[0]:
+                barred.add(key.alias)
+        return barred
+
+    def _may_eject(self, now: float) -> bool:
+        keys = self._keys
+        allowed = max(1, math.floor(self.policy.max_ejected_share * len(keys)))
+        ejected = sum(1 for k in keys if k.state is KeyState.EJECTED and now < k.until)
+        return ejected < allowed
+
+    def _in_play(self, now: float, barred: Container[str]) -> bool:
+        return any(key.alias not in barred and _usable(key, now) for key in self._keys)
+
+    def _back_soonest(self, now: float, exclude: Container[str]) -> UpstreamKey | None:
+        """With no usable key left, the ejected key due back first: the pool stays in play.
+
+        Only then: while another key is usable, a retry does not go to an ejected one.
+        """
+        ejected = [
+            key
+            for key in self._keys
+            if key.state is KeyState.EJECTED and key.alias not in exclude and now < key.until
+        ]
+        return min(ejected, key=lambda key: key.until) if ejected else None
+
     def _pick_random(self, now: float, exclude: Container[str]) -> UpstreamKey | None:
         keys = self._keys
         if not keys:
@@ -327,20 +448,28 @@ class KeyPool:
         usable = [k for k in keys if k.alias not in exclude and _usable(k, now)]
         return self._rng.choice(usable) if usable else None
 
-    def _unavailable(self, now: float, exclude: Container[str]) -> ProxyError:
+    def _unavailable(
+        self, now: float, exclude: Container[str], barred: Container[str], model: str | None
+    ) -> ProxyError:
         # Only called after a pick scanned every candidate, so expired states are refreshed.
+        # Candidates are the keys not barred from the model that this request has not tried.
         candidates = [key for key in self._keys if key.alias not in exclude]
-        if self._keys and not candidates:
+        refused = [key for key in self._keys if key.alias in barred]
+        if self._keys and not candidates and not refused:
             return UpstreamError(f"all upstream keys of {self.name} failed for this request")
-        waiting = [key for key in candidates if key.state is not KeyState.RETIRED]
-        if any(key.state is KeyState.COOLING for key in waiting):
-            earliest = min(key.until for key in waiting)
+        cooling = [key for key in candidates if key.state is KeyState.COOLING]
+        if cooling:
+            earliest = min(key.until for key in cooling)
             return UpstreamRateLimited(
                 f"every upstream key of {self.name} is rate limited; retry later",
                 retry_after=earliest - now,
             )
-        if waiting:
+        if refused and model is not None:
+            return model_refused(model, {self._barred[(model, key.alias)][1] for key in refused})
+        if any(key.state is KeyState.EJECTED for key in candidates):
             return UpstreamError(f"every upstream key of {self.name} is failing; retry shortly")
+        if candidates and all(key.retired_reason == "no_quota" for key in candidates):
+            return UpstreamQuotaExhausted(f"every upstream key of {self.name} is out of quota")
         return NoUpstreamKeys(
             f"every upstream key of {self.name} is out of service (invalid or out of quota)"
         )

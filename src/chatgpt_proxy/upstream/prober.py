@@ -45,7 +45,7 @@ async def probe(
     client: UpstreamClient, upstream: Upstream, key: UpstreamKey, *, quota: bool
 ) -> Health:
     """One key's health, tried on that key alone through a single-key pool of its own."""
-    single = Upstream(upstream.settings, KeyPool(upstream.name, [key.secret]))
+    single = Upstream(upstream.settings, KeyPool.alone(upstream.name, key))
     outbound = (
         Outbound("POST", "/embeddings", "", _JSON, _QUOTA_PROBE)
         if quota

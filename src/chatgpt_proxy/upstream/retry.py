@@ -2,8 +2,9 @@
 
 A retry budget keeps retries a bounded share of traffic: when an upstream is down, every
 request retrying ``max_attempts`` times would multiply the load on it exactly when it can
-least take it (the "retry storm"). Each request earns ``ratio`` of a retry; a floor of
-``min_per_second`` keeps light traffic retrying normally.
+least take it (the "retry storm"). Over a sliding window, retries may be ``ratio`` of the
+requests, or ``minimum`` whatever the traffic (Envoy's retry budget: 20 %, a floor of 3), so
+upstream attempts stay within ``(1 + ratio)`` times the requests, plus that floor.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import random
 import time
 from collections.abc import Callable
 
+_SLOTS = 10  # the window slides a tenth at a time
+
 
 class RetryBudget:
-    """A token bucket of retries.
+    """The retries a sliding window of requests has earned.
 
-    >>> budget = RetryBudget(ratio=0.2, min_per_second=10)
+    >>> budget = RetryBudget(ratio=0.2, minimum=3, window=10.0)
     >>> budget.record_request()
     >>> budget.try_spend()
     True
@@ -25,28 +28,43 @@ class RetryBudget:
     def __init__(
         self,
         ratio: float,
-        min_per_second: float,
+        minimum: int,
         *,
+        window: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ratio = ratio
-        self._min_per_second = min_per_second
+        self._minimum = minimum
         self._clock = clock
-        # At most ten seconds' worth of the floor, so a quiet spell does not bank a storm.
-        self._cap = max(1.0, 10.0 * min_per_second)
-        self._tokens = self._cap
-        self._updated = clock()
+        self._span = window / _SLOTS
+        # Per slot: which tick of the clock it counts, and its requests and retries.
+        self._ticks = [-_SLOTS] * _SLOTS
+        self._requests = [0] * _SLOTS
+        self._retries = [0] * _SLOTS
+
+    def _slot(self) -> tuple[int, int]:
+        tick = int(self._clock() / self._span)
+        slot = tick % _SLOTS
+        if self._ticks[slot] != tick:
+            self._ticks[slot] = tick
+            self._requests[slot] = 0
+            self._retries[slot] = 0
+        return slot, tick
 
     def record_request(self) -> None:
-        self._tokens = min(self._cap, self._tokens + self._ratio)
+        slot, _ = self._slot()
+        self._requests[slot] += 1
 
     def try_spend(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._cap, self._tokens + (now - self._updated) * self._min_per_second)
-        self._updated = now
-        if self._tokens < 1.0:
+        slot, tick = self._slot()
+        requests = retries = 0
+        for i, counted in enumerate(self._ticks):
+            if tick - counted < _SLOTS:
+                requests += self._requests[i]
+                retries += self._retries[i]
+        if retries >= max(self._minimum, self._ratio * requests):
             return False
-        self._tokens -= 1.0
+        self._retries[slot] += 1
         return True
 
 

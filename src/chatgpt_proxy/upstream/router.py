@@ -57,6 +57,8 @@ class Router:
             eject_after=pool.eject_after,
             eject_base=pool.eject_base,
             eject_max=pool.eject_max,
+            max_ejected_share=pool.max_ejected_share,
+            barred_for=pool.model_refusal_seconds,
         )
         built = []
         for upstream in upstreams:

@@ -1,0 +1,72 @@
+"""Owners of stored objects, on SQLite and on PostgreSQL: written once, read by any store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+
+from chatgpt_proxy.errors import StoreUnavailable
+from chatgpt_proxy.keystore import KeyPolicy, KeyStore
+from chatgpt_proxy.keystore.objects import RESPONSE, ObjectOwners, StoredObject
+
+
+def test_a_record_is_found_by_every_store_on_the_database(database_url: str) -> None:
+    async def scenario() -> None:
+        async with await KeyStore.open(database_url) as store:
+            await store.migrate()
+            key, _ = await store.create("owner", KeyPolicy())
+            owners = ObjectOwners(store)
+            assert await owners.find(RESPONSE, "resp_1") is None
+            stored = StoredObject(
+                RESPONSE, "resp_1", key.id, "openai", "openai#2", datetime.now(UTC)
+            )
+            await owners.record(stored)
+            async with await KeyStore.open(database_url) as other:  # another replica's
+                found = await ObjectOwners(other).find(RESPONSE, "resp_1")
+            assert found == stored
+            # The kind is part of the id: a file may have the id of a response.
+            assert await owners.find("file", "resp_1") is None
+
+    asyncio.run(scenario())
+
+
+def test_an_id_not_found_is_asked_again_and_a_record_found_is_remembered(
+    sqlite_database_url: str,
+) -> None:
+    async def scenario() -> None:
+        async with await KeyStore.open(sqlite_database_url) as store:
+            await store.migrate()
+            key, _ = await store.create("owner", KeyPolicy())
+            mine, theirs = ObjectOwners(store), ObjectOwners(store)
+            assert await theirs.find(RESPONSE, "resp_2") is None
+            now = datetime.now(UTC)
+            await mine.record(StoredObject(RESPONSE, "resp_2", key.id, "openai", "openai#1", now))
+            found = await theirs.find(RESPONSE, "resp_2")  # not "not found" from before
+            assert found is not None
+            _drop_table(sqlite_database_url)  # a record found once needs no database again
+            assert await theirs.find(RESPONSE, "resp_2") == found
+            with pytest.raises(StoreUnavailable):
+                await theirs.find(RESPONSE, "resp_3")
+
+    asyncio.run(scenario())
+
+
+def _drop_table(sqlite_url: str) -> None:
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("DROP TABLE stored_objects")
+
+
+def test_an_unreachable_database_is_store_unavailable() -> None:
+    async def scenario() -> None:
+        async with await KeyStore.open("postgresql://postgres@127.0.0.1:1/none") as store:
+            owners = ObjectOwners(store)
+            now = datetime.now(UTC)
+            with pytest.raises(StoreUnavailable):
+                await owners.record(StoredObject(RESPONSE, "resp_4", "key_x", "openai", "a", now))
+            with pytest.raises(StoreUnavailable):
+                await owners.find(RESPONSE, "resp_4")
+
+    asyncio.run(scenario())
