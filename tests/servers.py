@@ -9,15 +9,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx2
+import yaml
 from aiohttp import web
 
 T = TypeVar("T")
@@ -156,3 +162,62 @@ def wait_until_serving(
         assert process is None or process.poll() is None, "the proxy exited before serving"
         assert time.monotonic() < deadline, f"the proxy never came up at {url}"
         time.sleep(0.05)
+
+
+class Lines:
+    """The lines a process writes to a pipe, read on a thread so a test can wait with a timeout."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self._queue: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        for line in pipe:
+            self._queue.put(line.rstrip("\n"))
+
+    def next(self, timeout: float) -> str:
+        line = self._queue.get(timeout=timeout)
+        self.seen.append(line)
+        return line
+
+
+@dataclass
+class ServedProcess:
+    """A `chatgpt-proxy serve` process, its URL, the default key it printed, its stderr."""
+
+    process: subprocess.Popen[str]
+    url: str
+    key: str
+    stderr: Path
+
+
+@contextlib.contextmanager
+def serve_process(config: dict[str, Any], tmp_path: Path) -> Iterator[ServedProcess]:
+    """Run `chatgpt-proxy serve` with `config` (YAML) until it serves; kill it at the end."""
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    stderr = tmp_path / "stderr.log"
+    command = [sys.executable, "-m", "chatgpt_proxy", "serve", "--config", str(path)]
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert process.stdout is not None
+        lines = Lines(process.stdout)
+        assert "created one named 'default'" in lines.next(timeout=20)
+        key = lines.next(timeout=5).strip()
+        url = f"http://127.0.0.1:{port}"
+        wait_until_serving(url, process)
+        yield ServedProcess(process, url, key, stderr)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

@@ -8,6 +8,7 @@ Wiring only. Everything that lives as long as the server is created here, kept o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from chatgpt_proxy.auth import FailedAuthThrottle, KeyCache
 from chatgpt_proxy.catalog import ModelCatalog
+from chatgpt_proxy.drain import Drain
 from chatgpt_proxy.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -45,6 +47,7 @@ from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.redis_link import RedisLink
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.shared_state import SharedState
+from chatgpt_proxy.sse import error_event
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.idle import IdleWatch
 from chatgpt_proxy.upstream.prober import Prober
@@ -54,6 +57,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 errors_logger = logging.getLogger("chatgpt_proxy.app")
+
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before its answer
 
 
 @dataclass(slots=True)
@@ -78,6 +83,7 @@ class AppState:
     redis: Redis | None = None  # the one Redis client, when redis_url is set
     shared: SharedState | None = None  # key changes and upstream states, with Redis
     ready: bool = False
+    drain: Drain = field(default_factory=Drain)  # shutting down: streams in flight, new calls
 
 
 @dataclass(slots=True)
@@ -91,6 +97,7 @@ class RequestContext:
     model: str = "-"
     upstream: str = "-"
     headers: Mapping[str, str] | None = None  # the x-ratelimit-* headers of the client key
+    stream: web.StreamResponse | None = None  # a streamed answer whose headers were sent
 
     def stamp(self, response: web.StreamResponse) -> None:
         """Put the headers every answer carries on ``response``, before it is prepared."""
@@ -111,7 +118,9 @@ def context(request: web.Request) -> RequestContext:
 
 async def start_stream(request: web.Request, response: web.StreamResponse) -> None:
     """Send a streamed answer's headers, with those every answer carries."""
-    context(request).stamp(response)
+    ctx = context(request)
+    ctx.stamp(response)
+    ctx.stream = response
     await response.prepare(request)
 
 
@@ -250,34 +259,69 @@ def served(handler: Handler) -> Handler:
         request[CONTEXT] = ctx
         try:
             response = await handler(request)
-        except ProxyError as err:
-            response = error_response(err)
-        except (web.HTTPException, web.RequestPayloadError) as exc:
-            response = error_response(_http_error(request, exc))
-        except Exception:
-            # The logs' redacting filter scrubs the traceback of anything secret.
-            errors_logger.exception("unexpected error in %s %s", request.method, request.path)
-            response = error_response(
-                ProxyError("The server had an error processing your request.")
-            )
+            status = response.status
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler of a client that went away: logged as nginx does.
+            _observe(state, request, ctx, CLIENT_CLOSED)
+            raise
+        except Exception as exc:
+            response, status = await _failed(request, ctx, exc)
         if not response.prepared:
             ctx.stamp(response)
-        elapsed = time.monotonic() - ctx.started
-        state.metrics.observe(ctx.endpoint, response.status, elapsed)
-        if state.access_log is not None:
-            state.access_log.request(
-                ctx.request_id,
-                request.method,
-                request.path,
-                response.status,
-                ctx.key_id,
-                ctx.model,
-                ctx.upstream,
-                elapsed,
-            )
+        _observe(state, request, ctx, status)
         return response
 
     return serve
+
+
+def _observe(state: AppState, request: web.Request, ctx: RequestContext, status: int) -> None:
+    """The request's metrics and access log line."""
+    elapsed = time.monotonic() - ctx.started
+    state.metrics.observe(ctx.endpoint, status, elapsed)
+    if state.access_log is not None:
+        state.access_log.request(
+            ctx.request_id,
+            request.method,
+            request.path,
+            status,
+            ctx.key_id,
+            ctx.model,
+            ctx.upstream,
+            elapsed,
+        )
+
+
+async def _failed(
+    request: web.Request, ctx: RequestContext, exc: Exception
+) -> tuple[web.StreamResponse, int]:
+    """The answer to a request whose handler raised ``exc``, and the status to log."""
+    stream = ctx.stream
+    gone = request.transport is None or request.transport.is_closing()
+    if stream is not None and gone:  # the client left mid-answer: no one to tell
+        if not isinstance(exc, ConnectionError | ProxyError):
+            errors_logger.exception("unexpected error in %s %s", request.method, request.path)
+        return stream, CLIENT_CLOSED
+    if isinstance(exc, ProxyError):
+        err = exc
+    elif isinstance(exc, web.HTTPException | web.RequestPayloadError):
+        err = _http_error(request, exc)
+    else:
+        # The logs' redacting filter scrubs the traceback of anything secret.
+        errors_logger.exception("unexpected error in %s %s", request.method, request.path)
+        err = ProxyError("The server had an error processing your request.")
+    if stream is None:
+        return error_response(err), err.status
+    # Its headers are sent: a second answer cannot follow, so the stream ends with an error
+    # event (an SSE stream) or cut short (any other body), never as if complete.
+    errors_logger.warning("answer to %s %s failed after its headers", request.method, request.path)
+    if stream.content_type == "text/event-stream":
+        with contextlib.suppress(ConnectionError):
+            await stream.write(error_event(err, typed=ctx.endpoint.startswith("responses")))
+            await stream.write_eof()
+            return stream, stream.status
+    if request.transport is not None:
+        request.transport.close()
+    return stream, stream.status
 
 
 async def no_route(request: web.Request) -> web.StreamResponse:

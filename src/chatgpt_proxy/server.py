@@ -1,8 +1,9 @@
 """Running the app: the event loop, the listening socket, signals, graceful shutdown, workers.
 
-On SIGTERM (or SIGINT) the proxy stops accepting connections and gives the requests in
-flight ``grace_seconds`` to finish: a stream half-way through is not cut because a
-deployment rolled. ``workers > 1`` runs that many processes on one port (``SO_REUSEPORT``):
+On SIGTERM (or SIGINT) the proxy stops accepting connections, fails readiness, starts no new
+upstream call and gives the requests in flight ``grace_seconds`` to finish: a stream half-way
+through is not cut because a deployment rolled, and one still running after that ends with an
+error event. ``workers > 1`` runs that many processes on one port (``SO_REUSEPORT``):
 their limits are shared only through Redis.
 """
 
@@ -249,6 +250,11 @@ async def _serve(settings: Settings, host: str, port: int, *, reuse_port: bool) 
     _tune_gc()
     await stop.wait()
     logger.info("shutting down: letting requests in flight finish")
+    state = app[STATE]
+    state.ready = False  # /readyz fails at once
+    # No new upstream call from now on; streams still running after the grace period end
+    # with an error event (before aiohttp cancels what is left).
+    state.drain.begin(settings.server.grace_seconds)
     await runner.cleanup()
 
 

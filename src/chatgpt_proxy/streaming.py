@@ -1,15 +1,19 @@
 """Relaying an upstream answer to the client as it arrives, and noting the usage it reports.
 
-SSE is passed through chunk by chunk, byte for byte, unless the proxy itself asked for the
-usage chunk (``strip_usage``): then whole events are relayed with that extra chunk and the
-``"usage":null`` it adds to every other chunk removed, so the client sees exactly what it
-would have seen. A stream that breaks upstream ends with an SSE error event and never a fake
-``[DONE]``; a client that goes away cancels the handler, and the upstream connection is
-dropped at once (aiohttp's ``handler_cancellation``).
+SSE is relayed event by event (framed as the standard says, see ``sse``), byte for byte.
+When the proxy itself asked for the usage chunk (``strip_usage``), that extra chunk and the
+``"usage":null`` it adds to every other chunk are removed, so the client sees exactly what
+it would have seen. A stream that breaks upstream ends with an SSE error event and never a
+fake ``[DONE]``; a client that goes away cancels the handler, and the upstream connection is
+dropped at once (aiohttp's ``handler_cancellation``). An answer is relayed whole or ends in
+an error: one too large to hold is streamed, or refused when it must be held (an error
+answer to scrub, an answer to moderate), never cut to fit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -20,10 +24,19 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import start_stream
-from chatgpt_proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
+from chatgpt_proxy.app import CLIENT_CLOSED, start_stream
+from chatgpt_proxy.drain import Drain
+from chatgpt_proxy.errors import ProxyError, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.sse import (
+    EventFramer,
+    error_event,
+    event_start,
+    event_stop,
+    next_sequence_number,
+    split_events,
+)
 from chatgpt_proxy.upstream.client import Reply
 from chatgpt_proxy.usage import Usage, event_data, usage_in_document, usage_in_json
 
@@ -32,8 +45,11 @@ logger = logging.getLogger("chatgpt_proxy.streaming")
 # Answers up to this size are read whole and sent in one write: fewer syscalls, and their
 # usage is read from the complete document.
 _WHOLE_ANSWER_LIMIT = 1024 * 1024
-# How much of a larger JSON answer is kept to find its usage; beyond it usage is unknown.
+# How much of a larger JSON answer is kept to find its usage (beyond it usage is unknown,
+# and the estimate is charged), and the largest answer held whole to be moderated.
 _USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+# The longest SSE event held to be read; a longer one is relayed unread as it arrives.
+_EVENT_LIMIT = 8 * 1024 * 1024
 _USAGE_NULL = b',"usage":null'
 _USAGE_MARK = b'"usage"'
 _USAGE_NULL_MARK = b'"usage":null'
@@ -45,7 +61,11 @@ _HOLD_LIMIT = 64 * 1024  # how much of a stream may wait for its response.create
 
 @dataclass(slots=True)
 class Outcome:
-    """What the relay saw: the usage reported, and whether the answer arrived whole."""
+    """What the relay saw: the usage reported, and whether the answer arrived whole.
+
+    ``status`` is what the client was told: the upstream's, the proxy's error, or 499 when
+    the client went away first.
+    """
 
     status: int
     usage: Usage | None = None
@@ -60,21 +80,37 @@ OnCreated = Callable[[str], Awaitable[None]]
 CheckAnswer = Callable[[bytes], Awaitable[None]]
 
 
-class EventSplitter:
-    """Cuts an SSE byte stream after its last whole event, keeping the unfinished tail."""
+@dataclass(frozen=True, slots=True)
+class StreamStyle:
+    """How a stream is relayed.
 
-    def __init__(self) -> None:
-        self._pending = b""
+    ``strip_usage``: the proxy asked for the usage chunk, so it is hidden again.
+    ``typed_events``: the Responses API's ``event:``-typed stream, whose errors are typed too.
+    ``keep_reading``: a background response, which goes on upstream whoever reads it: one
+    whose client left is read to its end (for its usage), not cancelled.
+    """
 
-    def feed(self, chunk: bytes) -> bytes:
-        """The whole events completed by ``chunk`` (``b""`` if none), terminators included."""
-        data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._pending = data
-            return b""
-        self._pending = data[end + 2 :]
-        return data[: end + 2]
+    strip_usage: bool = False
+    typed_events: bool = False
+    keep_reading: bool = False
+
+
+class _Detachable:
+    """The client end of a stream read to its end anyway: once it has left, writes are dropped."""
+
+    __slots__ = ("gone", "response")
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.gone = False
+
+    async def write(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            await self.response.write(data)
+        except ConnectionResetError:
+            self.gone = True
 
 
 async def relay(
@@ -82,21 +118,30 @@ async def relay(
     reply: Reply,
     redactor: Redactor,
     *,
-    strip_usage: bool = False,
+    style: StreamStyle = StreamStyle(),
     on_done: OnDone | None = None,
     check_answer: CheckAnswer | None = None,
     on_created: OnCreated | None = None,
+    drain: Drain | None = None,
 ) -> web.StreamResponse:
     """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends.
 
     ``on_created`` is given the id of the response object the answer creates (Responses API).
+    ``drain`` (the server's) tracks a stream so that a shutdown can end it with an error event.
     """
     upstream = reply.response
     outcome = Outcome(upstream.status)
     try:
         if upstream.content_type == "text/event-stream":
-            return await _relay_events(request, reply, outcome, strip_usage, on_created)
+            with drain.track(upstream) if drain is not None else contextlib.nullcontext():
+                return await _relay_events(request, reply, outcome, style, on_created, drain)
         return await _relay_body(request, reply, redactor, outcome, check_answer, on_created)
+    except ProxyError as err:
+        outcome.status = err.status  # refused before its headers: the client gets this error
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        outcome.status = CLIENT_CLOSED  # the client went away first
+        raise
     finally:
         reply.close(broken=not outcome.complete)
         if on_done is not None:
@@ -107,53 +152,81 @@ async def _relay_events(
     request: web.Request,
     reply: Reply,
     outcome: Outcome,
-    strip_usage: bool,
+    style: StreamStyle,
     on_created: OnCreated | None,
+    drain: Drain | None,
 ) -> web.StreamResponse:
     headers = client_response_headers(reply.response.headers)
     headers.update(SSE_HEADERS)
     response = web.StreamResponse(status=reply.response.status, headers=headers)
     await start_stream(request, response)
-    splitter = EventSplitter()
+    client = _Detachable(response) if style.keep_reading else None
+    write = response.write if client is None else client.write
+    framer = EventFramer(_EVENT_LIMIT)
+    sent = b""  # the last whole events sent: an error event follows their sequence number
+    failure: ProxyError | None = None
     held = _Held(on_created) if on_created is not None else None
     while True:
         try:
             chunk = await reply.read_chunk()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            unsent = held.release() if held is not None else b""
-            await response.write(unsent + _broken(reply, type(exc).__name__).sse_event())
+            failure = _broken(reply, type(exc).__name__, drain)
+            chunk = held.release() if held is not None else b""  # what it had, then the error
+            if chunk and (events := framer.feed(chunk)[1]):
+                sent = events
+                await write(_inspected(events, outcome, style))
             break
         if held is not None:
             try:
                 sendable = await held.feed(chunk)
             except ProxyError as err:
-                await response.write(err.sse_event())  # the id was never sent: no one can use it
+                failure = err  # the id was never sent: no one can use it
                 break
             if not held.released:
                 continue
             held = None
             if not chunk:  # the end, before any response.created event
-                await response.write(sendable)
+                passed, events = framer.feed(sendable)
+                if passed or events:
+                    await write(passed + _inspected(events, outcome, style))
             chunk = chunk and sendable
         if not chunk:
-            if reply.went_silent:  # closed by the idle watch, which may look like an end
-                await response.write(_broken(reply, "silence").sse_event())
+            if reply.went_silent or (drain is not None and drain.ending):
+                failure = _broken(reply, "silence", drain)  # closed here, which looks like an end
             else:
                 outcome.complete = True
             break
-        if strip_usage:
-            # Whole events only, so the usage chunk can be cut out and nothing split half-way.
-            if whole := splitter.feed(chunk):
-                await response.write(_without_usage(whole, outcome))
-            continue
-        await response.write(chunk)
-        whole = splitter.feed(chunk)
-        if _has_usage(whole):
-            for event in whole.split(b"\n\n"):
-                if _has_usage(event):
-                    outcome.usage = usage_in_document(_event_document(event)) or outcome.usage
-    await response.write_eof()
+        passed, events = framer.feed(chunk)
+        if passed:  # an over-long event, relayed as it comes and never read
+            await write(passed)
+        if events:
+            sent = events
+            await write(_inspected(events, outcome, style))
+    if failure is None:
+        if tail := framer.flush():  # an unfinished last event: the client's to discard
+            await write(_inspected(tail, outcome, style))
+    else:
+        # An unfinished event is dropped: the error event must not land inside it.
+        opening = b"\n\n" if framer.inside_event else b""
+        number = next_sequence_number(sent) if style.typed_events else None
+        event = error_event(failure, typed=style.typed_events, sequence_number=number)
+        await write(opening + event)
+    if client is not None and client.gone:
+        outcome.status = CLIENT_CLOSED
+    else:
+        await response.write_eof()
     return response
+
+
+def _inspected(events: bytes, outcome: Outcome, style: StreamStyle) -> bytes:
+    """``events`` as the client gets them, their usage noted in ``outcome``."""
+    if style.strip_usage:
+        return _without_usage(events, outcome)
+    if _has_usage(events):
+        for event in split_events(events):
+            if _has_usage(event):
+                outcome.usage = usage_in_document(_event_document(event)) or outcome.usage
+    return events
 
 
 class _Held:
@@ -182,8 +255,11 @@ class _Held:
         return held
 
 
-def _broken(reply: Reply, cause: str) -> ProxyError:
+def _broken(reply: Reply, cause: str, drain: Drain | None) -> ProxyError:
     """Why a stream ended early, logged by key alias and told as an error event."""
+    if drain is not None and drain.ending:
+        logger.warning("stream via %s ended: the grace period of the shutdown is over", reply.alias)
+        return ServiceUnavailable("The server is shutting down; retry the request.")
     logger.warning("upstream stream via %s broke off: %s", reply.alias, cause)
     reply.report_failure()
     if reply.went_silent:
@@ -208,11 +284,9 @@ def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     last: Usage | None = None  # looking from the end, the first found is the latest
     mark = events.rfind(_USAGE_MARK)
     while mark >= 0:
-        start = events.rfind(b"\n\n", 0, mark) + 2  # 1 when the event opens the chunk
-        start = 0 if start == 1 else start
+        start = event_start(events, mark)
         if _NULL_VALUE.match(events, mark + len(_USAGE_MARK)) is None:
-            stop = events.find(b"\n\n", mark)
-            stop = len(events) if stop < 0 else stop + 2
+            stop = event_stop(events, mark)
             document = _event_document(events[start:stop])
             last = last or usage_in_document(document)
             if isinstance(document, dict) and document.get("choices") == []:
@@ -261,26 +335,35 @@ async def _relay_body(
     headers = client_response_headers(upstream.headers)
     is_json = upstream.content_type == "application/json"
     length = upstream.content_length
-    # Read whole to check it, or to record the id it gives before the client has it.
-    checked = (check_answer or on_created) is not None and upstream.status < 300 and is_json
+    # A success to moderate is held whole, whatever its type: one that cannot be read as
+    # an answer is refused, never let through unjudged. One that creates a stored object is
+    # held whole too, to record the id it gives before the client has it.
+    checked = check_answer is not None and upstream.status < 300
+    recorded = on_created is not None and upstream.status < 300 and is_json
+    checked = checked or recorded
     whole = length is not None and length <= _WHOLE_ANSWER_LIMIT
     if upstream.status >= 400 or whole or checked:
-        body = await reply.read(_USAGE_SCAN_LIMIT if checked else _WHOLE_ANSWER_LIMIT)
+        limit = _USAGE_SCAN_LIMIT if checked else _WHOLE_ANSWER_LIMIT
+        body = await reply.read(limit + 1)
+        if len(body) > limit:  # held to be scrubbed or judged: too large to hold whole
+            logger.warning("answer via %s refused: over %d bytes", reply.alias, limit)
+            raise UpstreamError("The upstream answer is too large for the proxy to relay.")
         if upstream.status >= 400:
             body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
-        elif is_json:
-            created = None
-            if on_created is not None and upstream.status < 300:
-                # One parse for both: the id of the response created, and its usage.
-                document = _json_document(body)
-                outcome.usage = usage_in_document(document)
-                created = _string(document.get("id")) if document else None
-            else:
-                outcome.usage = usage_in_json(body)
-            if checked and check_answer is not None:
+        elif checked:
+            # One parse for all: the answer to judge, the id of a response created, its usage.
+            document = _json_document(body)
+            outcome.usage = usage_in_document(document)
+            if check_answer is not None:
+                if document is None:
+                    logger.warning("answer via %s refused: not JSON to moderate", reply.alias)
+                    raise UpstreamError("The upstream answer could not be read to moderate it.")
                 await check_answer(body)
+            created = _string(document.get("id")) if document else None
             if on_created is not None and created is not None:
                 await on_created(created)
+        elif is_json:
+            outcome.usage = usage_in_json(body)
         outcome.complete = True
         return web.Response(body=body, status=upstream.status, headers=headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)

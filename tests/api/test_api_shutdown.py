@@ -2,107 +2,39 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx2
 import orjson
 import pytest
-import yaml
 
 from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
-from servers import free_port, wait_until_serving
+from servers import ServedProcess, serve_process
 
 GRACE_SECONDS = 5
 
 
-class _Lines:
-    """The lines a process writes to a pipe, read on a thread so a test can wait with a timeout."""
-
-    def __init__(self, pipe: IO[str]) -> None:
-        self._queue: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
-
-    def _read(self, pipe: IO[str]) -> None:
-        for line in pipe:
-            self._queue.put(line.rstrip("\n"))
-
-    def next(self, timeout: float) -> str:
-        line = self._queue.get(timeout=timeout)
-        self.seen.append(line)
-        return line
-
-
-class _Served:
-    def __init__(self, process: subprocess.Popen[str], url: str, key: str, stderr: Path):
-        self.process = process
-        self.url = url
-        self.key = key
-        self.stderr = stderr
-
-
 @pytest.fixture
-def served(fake: FakeOpenAI, tmp_path: Path) -> Iterator[_Served]:
-    port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "upstreams": [
-                    {"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])}
-                ],
-                "database_url": f"sqlite:///{tmp_path / 'proxy.db'}",
-                "server": {"grace_seconds": GRACE_SECONDS},
-                "moderation": {"enabled": False},
-            }
-        )
-    )
-    stderr = tmp_path / "stderr.log"
-    with stderr.open("w") as errors:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chatgpt_proxy",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        assert process.stdout is not None
-        lines = _Lines(process.stdout)
-        assert "created one named 'default'" in lines.next(timeout=20)
-        key = lines.next(timeout=5).strip()
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(url, process)
-        yield _Served(process, url, key, stderr)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        logs = stderr.read_text()
-        for secret in FAKE_KEYS:
-            assert secret not in logs
+def served(fake: FakeOpenAI, tmp_path: Path) -> Iterator[ServedProcess]:
+    config = {
+        "upstreams": [{"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])}],
+        "database_url": f"sqlite:///{tmp_path / 'proxy.db'}",
+        "server": {"grace_seconds": GRACE_SECONDS},
+        "moderation": {"enabled": False},
+    }
+    with serve_process(config, tmp_path) as process:
+        try:
+            yield process
+        finally:
+            logs = process.stderr.read_text()
+            for secret in FAKE_KEYS:
+                assert secret not in logs
 
 
-def test_serve_prints_a_working_default_key(served: _Served) -> None:
+def test_serve_prints_a_working_default_key(served: ServedProcess) -> None:
     assert served.key.startswith("pk-")
     answer = httpx2.post(
         served.url + "/v1/chat/completions",
@@ -116,7 +48,7 @@ def test_serve_prints_a_working_default_key(served: _Served) -> None:
     assert served.process.wait(timeout=GRACE_SECONDS + 5) == 0
 
 
-def test_sigterm_lets_a_stream_in_flight_finish(served: _Served) -> None:
+def test_sigterm_lets_a_stream_in_flight_finish(served: ServedProcess) -> None:
     body = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "[[fault:slow:0.3]] [[fault:long:6]]"}],

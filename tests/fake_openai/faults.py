@@ -28,11 +28,12 @@ KeyFault = Literal[
 ]
 KEY_FAULTS: frozenset[str] = frozenset(get_args(KeyFault))
 
-# Faults that replace the whole answer; the others (slow, cut, long) modify a normal answer.
+# Faults that replace the whole answer; the others (slow, cut, long...) modify a normal answer.
 TERMINAL_MARKERS = frozenset(
     {"500", "429", "400", "hang", "html", "redirect", "503", "plain", "garbage", "422"}
 )
-MODIFIER_MARKERS = frozenset({"slow", "cut", "long"})
+MODIFIER_MARKERS = frozenset({"slow", "cut", "long", "framing", "reset"})
+FRAMINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}  # `framing:NAME`: SSE line ends
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
 
 REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"
@@ -59,6 +60,8 @@ class PromptFaults:
     cut: int | None = None
     stall: int | None = None
     long: int | None = None
+    framing: bytes = b"\n"  # the line end of streamed events
+    reset: int | None = None  # streams: reset the connection (RST) after that many chunks
     markers: list[str] = field(default_factory=list)
 
 
@@ -77,6 +80,12 @@ def parse_markers(text: str) -> PromptFaults:
                 faults.stall = int(arg)
             elif name == "long":
                 faults.long = int(arg)
+            elif name == "framing":
+                if arg not in FRAMINGS:
+                    raise ValueError(arg)
+                faults.framing = FRAMINGS[arg]
+            elif name == "reset":
+                faults.reset = int(arg)
             else:
                 raise MarkerError(f"unknown fault marker [[fault:{name}]]")
         except ValueError as exc:

@@ -360,7 +360,13 @@ class FakeOpenAI:
 
     async def _stream(self, request: web.Request, content_type: str = "") -> ChunkWriter:
         prompt_faults = self._faults(request)
-        kwargs: dict[str, Any] = {"delay": prompt_faults.slow, "cut_after": prompt_faults.cut}
+        kwargs: dict[str, Any] = {
+            "delay": prompt_faults.slow,
+            "cut_after": prompt_faults.cut,
+            "stall_after": prompt_faults.stall,
+            "reset_after": prompt_faults.reset,
+            "line_end": prompt_faults.framing,
+        }
         if content_type:
             kwargs["content_type"] = content_type
         return await open_stream(request, **kwargs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import orjson
 from aiohttp import web
@@ -22,9 +24,30 @@ def cut_connection(request: web.Request, response: web.StreamResponse) -> None:
         request.transport.close()
 
 
+def reset_connection(request: web.Request) -> None:
+    """Abort the connection with a TCP reset (RST), not a clean close (FIN)."""
+    request[CUT_FLAG] = True
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:  # a zero linger time makes close() send RST
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def go_silent(request: web.Request) -> None:
+    """Send nothing more, keeping the connection open until the client closes it."""
+    while request.transport is not None and not request.transport.is_closing():
+        await asyncio.sleep(0.05)
+    raise ConnectionResetError("client went away")
+
+
 class ChunkWriter:
-    """Writes the chunks of one streamed answer, honouring `slow` (a delay before each chunk) and
-    `cut` (after that many chunks, close the connection instead of writing more)."""
+    """Writes the chunks of one streamed answer, honouring `slow` (a delay before each chunk),
+    `cut` (after that many chunks, close the connection instead of writing more), `stall`
+    (after that many chunks, go silent), `reset` (after that many, reset the connection) and
+    `framing` (the line end of events: LF, CRLF or CR)."""
 
     def __init__(
         self,
@@ -33,11 +56,17 @@ class ChunkWriter:
         *,
         delay: float | None = None,
         cut_after: int | None = None,
+        stall_after: int | None = None,
+        reset_after: int | None = None,
+        line_end: bytes = b"\n",
     ) -> None:
         self.request = request
         self.response = response
         self.delay = delay
         self.cut_after = cut_after
+        self.stall_after = stall_after
+        self.reset_after = reset_after
+        self.line_end = line_end
         self.sent = 0
 
     @property
@@ -51,6 +80,11 @@ class ChunkWriter:
         if self.cut_after is not None and self.sent >= self.cut_after:
             cut_connection(self.request, self.response)
             return
+        if self.reset_after is not None and self.sent >= self.reset_after:
+            reset_connection(self.request)
+            return
+        if self.stall_after is not None and self.sent >= self.stall_after:
+            await go_silent(self.request)
         if self.delay:
             await asyncio.sleep(self.delay)
         await self.response.write(chunk)
@@ -58,11 +92,12 @@ class ChunkWriter:
 
     async def event(self, data: object, *, event: str | None = None) -> None:
         """One SSE event: `event: NAME` (optional) and `data: <json>`."""
-        head = f"event: {event}\n".encode() if event else b""
-        await self.write(head + b"data: " + orjson.dumps(data) + b"\n\n")
+        end = self.line_end
+        head = b"event: " + event.encode() + end if event else b""
+        await self.write(head + b"data: " + orjson.dumps(data) + end + end)
 
     async def done(self) -> None:
-        await self.write(b"data: [DONE]\n\n")
+        await self.write(b"data: [DONE]" + self.line_end + self.line_end)
 
 
 async def open_stream(
@@ -71,6 +106,9 @@ async def open_stream(
     content_type: str = SSE_CONTENT_TYPE,
     delay: float | None = None,
     cut_after: int | None = None,
+    stall_after: int | None = None,
+    reset_after: int | None = None,
+    line_end: bytes = b"\n",
 ) -> ChunkWriter:
     """Send the headers of a chunked answer and return a writer for its body."""
     response = web.StreamResponse(status=200)
@@ -80,4 +118,12 @@ async def open_stream(
     if content_type.startswith("text/event-stream"):
         response.headers["cache-control"] = "no-cache"
     await response.prepare(request)
-    return ChunkWriter(request, response, delay=delay, cut_after=cut_after)
+    return ChunkWriter(
+        request,
+        response,
+        delay=delay,
+        cut_after=cut_after,
+        stall_after=stall_after,
+        reset_after=reset_after,
+        line_end=line_end,
+    )

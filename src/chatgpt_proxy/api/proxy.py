@@ -10,6 +10,7 @@ upstream key serves that.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Mapping
@@ -22,23 +23,25 @@ from urllib.parse import quote, unquote
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, AppState, context
+from chatgpt_proxy.app import CLIENT_CLOSED, STATE, AppState, context
 from chatgpt_proxy.errors import (
     InvalidRequest,
     ModelNotAllowed,
     ObjectNotFound,
     PreviousResponseNotFound,
+    ProxyError,
     ResourceUnavailable,
+    ServiceUnavailable,
     UnknownRoute,
 )
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.keystore.objects import RESPONSE, StoredObject
 from chatgpt_proxy.multipart import SpooledUpload, UploadLimits, form_flag, read_multipart
 from chatgpt_proxy.requestbody import read_json
-from chatgpt_proxy.streaming import CheckAnswer, OnCreated, Outcome, relay
+from chatgpt_proxy.streaming import CheckAnswer, OnCreated, Outcome, StreamStyle, relay
 from chatgpt_proxy.upstream.client import Body, Outbound
 from chatgpt_proxy.upstream.router import Upstream
-from chatgpt_proxy.usage import estimate_tokens
+from chatgpt_proxy.usage import Usage, estimate_tokens
 
 BodyKind = Literal["json", "multipart", "none"]
 
@@ -151,15 +154,42 @@ class Forward:
             if not key.policy.allows_model(model):
                 raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
         upstream = state.router.route(model)
-        admission = await state.limiter.admit(key, parsed.estimate(), model)
+        call = self._call(request, state, key, parsed, path, upstream)
+        if not self._background(parsed):
+            return await call
+        # A background response goes on upstream whoever waits for it: one whose client left
+        # is still read to its end, so that its id and usage are recorded.
+        return await asyncio.shield(state.drain.keep(call))
+
+    async def _call(
+        self,
+        request: web.Request,
+        state: AppState,
+        key: ClientKey,
+        parsed: _Parsed,
+        path: str,
+        upstream: Upstream,
+    ) -> web.StreamResponse:
+        """Admit, moderate, send upstream, relay and meter; the admission is settled however
+        it ends."""
+        ctx = context(request)
+        model = parsed.model
+        estimate = parsed.estimate()
+        admission = await state.limiter.admit(key, estimate, model)
         ctx.headers = admission.headers
-        used: list[tuple[int, float]] = []  # tokens and cost, once the relay is done
+        # What an answer whose usage is unknown is charged (DESIGN §4): never zero.
+        estimated = Usage(estimate, 0, estimate)
+        used: list[tuple[int, float]] = []  # tokens and cost, once metered
+        sent, started = False, 0.0
+        name = self.endpoint.name
         try:
             # Once admitted: a key probing for ids is held to its rate like any other request.
             holder = await self._holder(state, request, parsed, key)
             if holder is not None:
                 upstream = _holding(state, holder)
             await state.moderator.check(self.endpoint.name, parsed.document, key)
+            if state.drain.draining:
+                raise ServiceUnavailable("The server is shutting down; retry the request.")
             body, strip_usage = self._usage_stream(parsed)
             outbound = Outbound(
                 request.method,
@@ -171,26 +201,50 @@ class Forward:
                 holder_key=holder.upstream_alias if holder is not None else None,
                 model=model,
             )
-            reply = await state.client.send(upstream, outbound)
+            sent, started = True, time.monotonic()  # the upstream may be working on it now
+            try:
+                reply = await state.client.send(upstream, outbound)
+            except ProxyError:
+                sent = False  # every try failed: nothing was done upstream
+                raise
             ctx.upstream = reply.alias
-            started = time.monotonic()
 
             def done(outcome: Outcome) -> None:
-                cost = _meter(state, key, self.endpoint.name, model, reply.alias, outcome, started)
-                used.append((outcome.usage.total_tokens if outcome.usage else 0, cost))
+                usage = outcome.usage
+                if usage is None and reply.response.status < 400:
+                    usage = estimated  # cut, abandoned or too large to read
+                cost = _meter(state, key, name, model, reply.alias, outcome.status, usage, started)
+                used.append((usage.total_tokens if usage else 0, cost))
 
+            style = StreamStyle(
+                strip_usage=strip_usage,
+                typed_events=name.startswith("responses"),
+                keep_reading=self._background(parsed),
+            )
             return await relay(
                 request,
                 reply,
                 state.redactor,
-                strip_usage=strip_usage,
+                style=style,
                 on_done=done,
                 check_answer=self._answer_check(state, key),
                 on_created=self._recorder(state, key, parsed, upstream, reply.alias),
+                drain=state.drain,
             )
+        except asyncio.CancelledError:
+            if sent and not used:  # the client left before the answer came
+                cost = _meter(
+                    state, key, name, model, ctx.upstream, CLIENT_CLOSED, estimated, started
+                )
+                used.append((estimate, cost))
+            raise
         finally:
             await admission.settle(*(used[0] if used else (0, 0.0)))
             await admission.release()
+
+    def _background(self, parsed: _Parsed) -> bool:
+        """A Responses API call run in the background: not cancelled when its client leaves."""
+        return self.endpoint.name == "responses" and parsed.document.get("background") is True
 
     async def _holder(
         self, state: AppState, request: web.Request, parsed: _Parsed, key: ClientKey
@@ -293,7 +347,11 @@ class Forward:
         return _Parsed(raw, document, model, document.get("stream") is True)
 
     def _usage_stream(self, parsed: _Parsed) -> tuple[Body, bool]:
-        """Ask a chat or completion stream for its usage when the client did not."""
+        """Ask a chat or completion stream for its usage when the client did not.
+
+        The proxy's ``include_usage`` is merged into whatever ``stream_options`` the client
+        sent (absent, ``null``, ``{}``, ``false``), and the usage chunk is hidden again.
+        """
         if not parsed.stream or self.endpoint.name not in _USAGE_STREAMS:
             return parsed.body, False
         options = parsed.document.get("stream_options")
@@ -301,7 +359,7 @@ class Forward:
             return parsed.body, False
         if options is not None and not isinstance(options, dict):
             return parsed.body, False  # malformed: the upstream tells the client so
-        if options is None and isinstance(parsed.body, bytes):
+        if "stream_options" not in parsed.document and isinstance(parsed.body, bytes):
             # Prepend the one member instead of re-encoding the whole history: cheaper, and
             # every byte the client sent still goes up as it was.
             start = parsed.body.index(b"{") + 1
@@ -347,16 +405,14 @@ def _meter(
     endpoint: str,
     model: str | None,
     alias: str,
-    outcome: Outcome,
+    status: int,
+    usage: Usage | None,
     started: float,
 ) -> float:
     """Record the request's usage; its cost in USD (0 when the model has no price)."""
-    usage = outcome.usage
     cost = state.meter.pricing.cost(model, usage)
     latency_ms = int((time.monotonic() - started) * 1000)
-    state.meter.record(
-        key.id, model or "-", alias, endpoint, outcome.status, usage, cost, latency_ms
-    )
+    state.meter.record(key.id, model or "-", alias, endpoint, status, usage, cost, latency_ms)
     return cost or 0.0
 
 
