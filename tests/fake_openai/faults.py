@@ -15,7 +15,8 @@ KeyFault = Literal["rate_limit", "invalid", "no_quota", "server_error", "hang", 
 KEY_FAULTS: frozenset[str] = frozenset(get_args(KeyFault))
 
 # Faults that replace the whole answer; the others (slow, cut, long) modify a normal answer.
-TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect"})
+# echo_key: a 401 whose message holds the whole key it was sent (a gateway that echoes it).
+TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect", "echo_key"})
 MODIFIER_MARKERS = frozenset({"slow", "cut", "long"})
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
 
@@ -119,6 +120,16 @@ def invalid_key(key: str | None) -> web.Response:
     )
 
 
+def key_echoed(key: str | None) -> web.Response:
+    return error_response(
+        401,
+        f"Incorrect API key provided: {key}. You can find your API key at"
+        " https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        code="invalid_api_key",
+    )
+
+
 def rate_limited(model: str, retry_after: float) -> web.Response:
     seconds = f"{retry_after:g}"
     return error_response(
@@ -211,4 +222,6 @@ async def answer_terminal(
             return html_page(key)
         case "redirect":
             return redirect()
+        case "echo_key":
+            return key_echoed(key)
     raise AssertionError(f"not a terminal fault: {name}")
