@@ -113,7 +113,11 @@ def explore(
     one()
 
 
-def start_proxy(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_proxy(
+    tmp: Path, upstream: str, **sections: dict[str, object]
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """``chatgpt-proxy serve`` in front of the fake upstream, with its SQLite store in ``tmp``
+    (``sections`` add to the config's sections); the process, its URL and a client key."""
     cgp = Path(sys.executable).with_name("chatgpt-proxy")
     (port,) = lib.free_ports(1)
     config = tmp / "proxy.yaml"
@@ -129,6 +133,8 @@ def start_proxy(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str,
     )
     data["upstreams"][0]["keys"] = list(FAKE_KEYS[:2])  # keys the fake accepts
     data["auth"] = {"admin_key": ADMIN_KEY}
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
     config.write_text(json.dumps(data, indent=2))  # JSON is YAML
     created = subprocess.run(
         [str(cgp), "keys", "create", "--name", "fuzz", "--config", str(config)],
@@ -137,11 +143,21 @@ def start_proxy(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str,
         text=True,
     )
     key = created.stdout.strip().splitlines()[-1]
-    log = open(tmp / "proxy.log", "wb")  # noqa: SIM115 - the process writes it until the end
-    process = subprocess.Popen(
-        [str(cgp), "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
+    with open(tmp / "proxy.log", "wb") as log:
+        process = subprocess.Popen(
+            [str(cgp), "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
     return process, f"http://127.0.0.1:{port}", key
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the proxy has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def main(argv: list[str]) -> int:
@@ -193,12 +209,7 @@ def main(argv: list[str]) -> int:
         return 1 if tally.failures() else 0
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
         loop.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

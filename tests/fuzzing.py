@@ -212,7 +212,9 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_junk_text, inner, max_size=4),
     max_leaves=12,
 )
-_small_counts = st.one_of(st.integers(-3, 4), st.sampled_from(["2", None, 1.5, "x"]))
+# Counts the fake upstream reads with int(): odd, but never so odd that the fake itself fails
+# (its 500s would turn into the proxy's 502s and hide deeper paths from the fuzzer).
+_small_counts = st.one_of(st.integers(-3, 4), st.sampled_from(["2", None, 1.5]))
 _messages = st.one_of(
     st.lists(
         st.fixed_dictionaries(
@@ -482,7 +484,7 @@ def multipart_bodies(draw: st.DrawFn, route: Route) -> tuple[bytes, bytes, froze
         ),
     ]
     if draw(st.booleans()):
-        fields.append(("n", None, draw(st.sampled_from([b"1", b"2", b"-1", b"x", b""]))))
+        fields.append(("n", None, draw(st.sampled_from([b"1", b"2", b"-1", b""]))))
     order = draw(st.permutations(fields))
     if order.index(next(f for f in order if f[1] is not None)) < len(order) - 1:
         tags.add("fields-after-file")
