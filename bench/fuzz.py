@@ -10,8 +10,9 @@ directory), then sends hypothesis-generated requests of each input class (``body
 
 Prints counts by outcome (status and error code, or the protocol failure) for each class, the
 first few failing requests of each failing outcome, and whether the proxy still served
-``/healthz`` at the end. Exit status 1 when any answer broke the property (a 500, a redirect, a
-non-envelope error, no answer), 2 when the proxy stopped serving. Loopback only.
+``/healthz`` at the end; failures outside ``fuzzing.KNOWN_DEFECTS`` are counted apart. Exit
+status 1 when any answer broke the property (a 500, a redirect, a non-envelope error, no
+answer), 2 when the proxy stopped serving. Loopback only.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import lib  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from fake_openai import FAKE_KEYS, FakeOpenAI  # noqa: E402
-from fuzzing import KINDS, Credentials, Outcome, Probe, probes, send  # noqa: E402
+from fuzzing import KINDS, Credentials, Outcome, Probe, known_defect, probes, send  # noqa: E402
 from servers import BackgroundLoop, is_serving  # noqa: E402
 
 ADMIN_KEY = "admin-key-for-the-fuzzer-0123456789"
@@ -53,6 +54,8 @@ class Tally:
         self.tags: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
+        # Failures that no entry of fuzzing.KNOWN_DEFECTS covers: new defects.
+        self.unknown: collections.Counter[str] = collections.Counter()
 
     def add(self, probe: Probe, outcome: Outcome) -> None:
         self.counts[probe.kind][outcome.label] += 1
@@ -61,6 +64,8 @@ class Tally:
         self.tags[outcome.label].update(probe.tags)
         if len(self.examples[outcome.label]) < self.show:
             self.examples[outcome.label].append((probe, outcome))
+        if known_defect(probe) is None:
+            self.unknown[outcome.label] += 1
 
     def failures(self) -> int:
         return sum(len(v) for v in self.examples.values())
@@ -75,7 +80,9 @@ class Tally:
         bad = {label for label in self.examples}
         lines.append(
             f"\nall classes: {sum(total.values())} requests, "
-            f"{sum(total[label] for label in bad)} broke the property"
+            f"{sum(total[label] for label in bad)} broke the property, "
+            f"{sum(self.unknown.values())} of them outside fuzzing.KNOWN_DEFECTS"
+            + (f" ({dict(self.unknown)})" if self.unknown else "")
         )
         for label, found in sorted(self.examples.items()):
             lines.append(f"\n== {label}: {total[label]} answers")

@@ -6,15 +6,15 @@ never a 500, never a redirect, never a connection closed without an answer, no u
 in it; and the proxy still serves ``/healthz`` afterwards. A few hundred derandomized
 examples run here; ``bench/fuzz.py`` runs tens of thousands and prints counts.
 
-Input classes that today's code is known to answer wrongly are listed in ``KNOWN_DEFECTS``:
-the property skips them (so it still guards everything else) and each has its own strict
-xfail test. When a fix lands, that test passes, fails as XPASS(strict), and its entry is
-deleted here, which puts the class back into the property.
+Input classes that today's code is known to answer wrongly are listed in
+``fuzzing.KNOWN_DEFECTS``: the property skips them (so it still guards everything else) and
+each has its own strict xfail test here. When a fix lands, that test passes, fails as
+XPASS(strict), and its entry is deleted there, which puts the class back into the property.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,91 +22,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 from fake_openai import FAKE_KEYS, FakeOpenAI
-from fuzzing import KINDS, Credentials, Probe, probes, send
+from fuzzing import KINDS, KNOWN_DEFECTS, Credentials, Probe, known_defect, probes, send
 from harness import ADMIN_KEY, Proxy, Recorder, proxy_settings, start_proxy
 from servers import BackgroundLoop, is_serving
 
 EXAMPLES_PER_KIND = 100
-CHAT = b"/v1/chat/completions"
-HELLO = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
-
-
-def _header(probe: Probe, name: bytes) -> bytes | None:
-    for key, value in probe.headers:
-        if key.lower() == name.lower():
-            return value
-    return None
-
-
-def _expect_not_utf8(probe: Probe) -> bool:
-    value = _header(probe, b"Expect")
-    return value is not None and not value.isascii()
-
-
-def _expect_unknown(probe: Probe) -> bool:
-    value = _header(probe, b"Expect")
-    return (
-        value is not None
-        and value.isascii()
-        and value.strip().lower()
-        not in (
-            b"",
-            b"100-continue",
-        )
-    )
-
-
-# name: (reason naming the defect, which probes it covers, a minimal request showing it)
-KNOWN_DEFECTS: dict[str, tuple[str, Callable[[Probe], bool], Probe]] = {
-    "content-encoding": (
-        "issue 9 defect 8: a body whose Content-Encoding (gzip, deflate) it does not match"
-        " is a 500",
-        lambda p: (_header(p, b"Content-Encoding") or b"").strip() in (b"gzip", b"deflate"),
-        Probe(
-            "header",
-            b"POST",
-            CHAT,
-            ((b"Content-Type", b"application/json"), (b"Content-Encoding", b"gzip")),
-            HELLO,
-        ),
-    ),
-    "content-type-parameter": (
-        "issue 9 defect 8: a content type with an odd parameter (application/json;a*) is a 500",
-        lambda p: _header(p, b"Content-Type") == b"application/json;a*",
-        Probe("header", b"POST", CHAT, ((b"Content-Type", b"application/json;a*"),), HELLO),
-    ),
-    "expect-not-utf8": (
-        "issue 9 defect 8: an Expect header with non-UTF-8 bytes is a 500",
-        _expect_not_utf8,
-        Probe(
-            "header",
-            b"POST",
-            CHAT,
-            ((b"Content-Type", b"application/json"), (b"Expect", b"\xff\xfe")),
-            HELLO,
-        ),
-    ),
-    "expect-unknown": (
-        "issue 9 defect 8: an unknown Expect is aiohttp's plain-text 417 Unknown Expect",
-        _expect_unknown,
-        Probe(
-            "header",
-            b"POST",
-            CHAT,
-            ((b"Content-Type", b"application/json"), (b"Expect", b"junk")),
-            HELLO,
-        ),
-    ),
-    "connect": (
-        "issue 9 defect 8: CONNECT is aiohttp's plain-text 404: Not Found",
-        lambda p: p.method == b"CONNECT",
-        Probe("method", b"CONNECT", b"127.0.0.1:443", (), b""),
-    ),
-}
-
-
-def _known_defect(probe: Probe) -> bool:
-    return any(covers(probe) for _, covers, _ in KNOWN_DEFECTS.values())
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +68,7 @@ def test_every_answer_is_openai_shaped(fuzzed: Proxy, kind: str) -> None:
     )
     @given(probe=probes(credentials, kind))
     def answer_is_openai_shaped(probe: Probe) -> None:
-        assume(not _known_defect(probe))
+        assume(known_defect(probe) is None)
         _check(fuzzed, probe)
 
     answer_is_openai_shaped()
