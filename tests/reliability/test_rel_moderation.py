@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from sec_helpers import check_error
 
 from fake_openai import FakeOpenAI
 from harness import Proxy
+from security.sec_helpers import check_error
 
 CHAT = "/v1/chat/completions"
 

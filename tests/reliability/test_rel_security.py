@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from sec_helpers import check_error
 
 from fake_openai import ORGANIZATION, PROJECT, FakeOpenAI, mask_key
 from harness import ADMIN_KEY, CANARY_KEY, Proxy
+from security.sec_helpers import check_error
 from servers import free_port
 
 CHAT = "/v1/chat/completions"
