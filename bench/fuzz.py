@@ -35,7 +35,16 @@ import lib  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from fake_openai import FAKE_KEYS, FakeOpenAI  # noqa: E402
-from fuzzing import KINDS, Credentials, Outcome, Probe, known_defect, probes, send  # noqa: E402
+from fuzzing import (  # noqa: E402
+    KINDS,
+    Credentials,
+    Outcome,
+    Probe,
+    known_defect,
+    probes,
+    send,
+    unthrottled,
+)
 from servers import BackgroundLoop, is_serving  # noqa: E402
 
 ADMIN_KEY = "admin-key-for-the-fuzzer-0123456789"
@@ -187,7 +196,7 @@ def main(argv: list[str]) -> int:
     try:
         fake = FakeOpenAI()
         fake.url = loop.start_app(fake.app)
-        process, url, key = start_proxy(tmp, fake.base_url)
+        process, url, key = start_proxy(tmp, fake.base_url, **unthrottled())
         if lib.wait(url + "/healthz", 30.0):
             print((tmp / "proxy.log").read_text(errors="replace")[-2000:], file=sys.stderr)
             return 2

@@ -32,6 +32,7 @@ from chatgpt_proxy.api.admin import admin_routes
 from chatgpt_proxy.api.health import health_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import ENDPOINTS
+from chatgpt_proxy.settings.sections import AuthSettings
 
 KINDS = ("body", "header", "path", "method", "multipart")
 _PLACEHOLDER = re.compile(r"\{[^}]+\}")
@@ -125,6 +126,18 @@ class Outcome:
     status: int = 0
     detail: str = ""
     body: bytes = field(default=b"", repr=False)
+
+
+def unthrottled() -> dict[str, dict[str, Any]]:
+    """Settings sections for a proxy under fuzzing: no throttling of failed authentication.
+
+    The fuzzer sends thousands of bad credentials from one address; throttled (row 18, tested
+    there), everything after the first few would be a 429 and nothing deeper fuzzed. The
+    setting arrives with the edge branch of issue 9: once merged, drop the condition.
+    """
+    if "failed_auth_limit" not in AuthSettings.model_fields:
+        return {}
+    return {"auth": {"failed_auth_limit": 0}}
 
 
 # ---------------------------------------------------------------- the judge

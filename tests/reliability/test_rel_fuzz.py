@@ -22,7 +22,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 from fake_openai import FAKE_KEYS, FakeOpenAI
-from fuzzing import KINDS, KNOWN_DEFECTS, Credentials, Probe, known_defect, probes, send
+from fuzzing import (
+    KINDS,
+    KNOWN_DEFECTS,
+    Credentials,
+    Probe,
+    known_defect,
+    probes,
+    send,
+    unthrottled,
+)
 from harness import ADMIN_KEY, Proxy, Recorder, proxy_settings, start_proxy
 from servers import BackgroundLoop, is_serving
 
@@ -38,7 +47,7 @@ def fuzzed(
 ) -> Iterator[Proxy]:
     """One proxy for the module (hypothesis calls the property many times in one test)."""
     fake_openai.reset()
-    settings_ = proxy_settings(fake_openai, Path(tmp_path_factory.mktemp("fuzz")))
+    settings_ = proxy_settings(fake_openai, Path(tmp_path_factory.mktemp("fuzz")), **unthrottled())
     proxy = start_proxy(background_loop, settings_, recorder)
     yield proxy
     proxy.close()
