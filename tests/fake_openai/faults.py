@@ -15,12 +15,14 @@ KeyFault = Literal["rate_limit", "invalid", "no_quota", "server_error", "hang", 
 KEY_FAULTS: frozenset[str] = frozenset(get_args(KeyFault))
 
 # Faults that replace the whole answer; the others (slow, cut, long) modify a normal answer.
-# echo_key: a 401 whose message holds the whole key it was sent (a gateway that echoes it).
-TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect", "echo_key"})
+TERMINAL_MARKERS = frozenset({"500", "429", "400", "hang", "html", "redirect"})
 MODIFIER_MARKERS = frozenset({"slow", "cut", "long"})
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
 
 REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"
+# [[fault:echo_key]]: a 401 whose message holds the whole key it was sent (a gateway that
+# echoes it). Terminal, like those above.
+ECHO_KEY_MARKER = "echo_key"
 
 
 class MarkerError(ValueError):
@@ -51,7 +53,7 @@ def parse_markers(text: str) -> PromptFaults:
     for name, arg in MARKER.findall(text):
         faults.markers.append(f"{name}:{arg}" if arg else name)
         try:
-            if name in TERMINAL_MARKERS:
+            if name in TERMINAL_MARKERS or name == ECHO_KEY_MARKER:
                 faults.terminal = faults.terminal or name
             elif name == "slow":
                 faults.slow = float(arg)
@@ -206,6 +208,8 @@ async def answer_terminal(
 ) -> web.StreamResponse:
     """The response for a terminal fault (key script name or prompt marker name)."""
     match name:
+        case "echo_key":
+            return key_echoed(key)
         case "500" | "server_error":
             return server_error()
         case "429":
@@ -222,6 +226,4 @@ async def answer_terminal(
             return html_page(key)
         case "redirect":
             return redirect()
-        case "echo_key":
-            return key_echoed(key)
     raise AssertionError(f"not a terminal fault: {name}")
