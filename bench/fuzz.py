@@ -182,6 +182,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS), help="input classes, comma-separated")
     parser.add_argument("--show", type=int, default=3, help="failing requests shown per outcome")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed")
+    parser.add_argument(
+        "--moderation", action="store_true", help="moderate inputs and outputs (the fake's)"
+    )
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(kinds) - set(KINDS)
@@ -196,7 +199,10 @@ def main(argv: list[str]) -> int:
     try:
         fake = FakeOpenAI()
         fake.url = loop.start_app(fake.app)
-        process, url, key = start_proxy(tmp, fake.base_url, **unthrottled())
+        sections = unthrottled()
+        if args.moderation:
+            sections["moderation"] = {"enabled": True, "check_output": True}
+        process, url, key = start_proxy(tmp, fake.base_url, **sections)
         if lib.wait(url + "/healthz", 30.0):
             print((tmp / "proxy.log").read_text(errors="replace")[-2000:], file=sys.stderr)
             return 2

@@ -47,7 +47,10 @@ def fuzzed(
 ) -> Iterator[Proxy]:
     """One proxy for the module (hypothesis calls the property many times in one test)."""
     fake_openai.reset()
-    settings_ = proxy_settings(fake_openai, Path(tmp_path_factory.mktemp("fuzz")), **unthrottled())
+    # Moderated, inputs and outputs: odd bodies go through the policing code too.
+    moderation = {"enabled": True, "check_output": True}
+    tmp_path = Path(tmp_path_factory.mktemp("fuzz"))
+    settings_ = proxy_settings(fake_openai, tmp_path, moderation=moderation, **unthrottled())
     proxy = start_proxy(background_loop, settings_, recorder)
     yield proxy
     proxy.close()
