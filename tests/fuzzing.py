@@ -91,9 +91,11 @@ class Probe:
     body: bytes
     chunked: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)  # what is odd in it, for reports
+    version: bytes = b"HTTP/1.1"
 
     def raw(self, host: str) -> bytes:
-        lines = [self.method + b" " + self.target + b" HTTP/1.1", b"Host: " + host.encode()]
+        lines = [self.method + b" " + self.target + b" " + self.version]
+        lines.append(b"Host: " + host.encode())
         lines += [name + b": " + value for name, value in self.headers]
         lines.append(b"Connection: close")
         if self.chunked:
@@ -110,7 +112,7 @@ class Probe:
         return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
     def describe(self, limit: int = 300) -> str:
-        head = [self.method + b" " + self.target]
+        head = [self.method + b" " + self.target + b" " + self.version]
         head += [name + b": " + value[:80] for name, value in self.headers]
         text = repr(b"\n".join(head))[2:-1]
         body = repr(self.body[:limit])[2:-1]
@@ -533,6 +535,7 @@ def multipart_bodies(draw: st.DrawFn, route: Route) -> tuple[bytes, bytes, froze
 
 # ---------------------------------------------------------------- whole requests
 
+VERSIONS = (b"HTTP/1.0", b"HTTP/0.9", b"HTTP/2.0", b"HTTP/1.2", b"HTTP/1.1x", b"http/1.1")
 METHODS = (
     b"GET",
     b"POST",
@@ -570,6 +573,7 @@ def probes(draw: st.DrawFn, credentials: Credentials, kind: str) -> Probe:
     body = b""
     content_type = b"application/json"
     chunked = False
+    version = b"HTTP/1.1"
     if route.body == "json":
         body = draw(json_bodies(route))
     elif route.body == "multipart":
@@ -592,11 +596,14 @@ def probes(draw: st.DrawFn, credentials: Credentials, kind: str) -> Probe:
         tags.add(f"method:{method.decode()}")
         if method == b"CONNECT" and draw(st.booleans()):
             target = b"127.0.0.1:443"
+        if draw(st.integers(0, 5)) == 0:
+            version = draw(st.sampled_from(VERSIONS))
+            tags.add(f"version:{version.decode()}")
     if not any(name == b"Content-Type" for name, _ in headers) and body:
         headers.append((b"Content-Type", content_type))
     if draw(st.integers(0, 15)) > 0:  # sometimes no credentials at all
         headers.append((b"Authorization", auth))
-    return Probe(kind, method, target, tuple(headers), body, chunked, frozenset(tags))
+    return Probe(kind, method, target, tuple(headers), body, chunked, frozenset(tags), version)
 
 
 # ---------------------------------------------------------------- known defects
@@ -670,6 +677,12 @@ KNOWN_DEFECTS: dict[str, tuple[str, Callable[[Probe], bool], Probe]] = {
         "issue 9 defect 8: CONNECT is aiohttp's plain-text 404: Not Found",
         lambda p: p.method == b"CONNECT",
         Probe("method", b"CONNECT", b"127.0.0.1:443", (), b""),
+    ),
+    "http-2-request-line": (
+        "issue 9 defect 8: a request line claiming HTTP/2.0 is answered over HTTP/1 framing with"
+        " an 'HTTP/2.0' status line, which no HTTP/1.1 client can read",
+        lambda p: p.version == b"HTTP/2.0",
+        Probe("method", b"GET", b"/v1/models", (), b"", version=b"HTTP/2.0"),
     ),
 }
 
