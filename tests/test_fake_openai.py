@@ -582,3 +582,29 @@ def test_background_loop_serves_and_stops_apps(background_loop: BackgroundLoop) 
     background_loop.stop_app(url)
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(url)
+
+
+def test_echo_key_marker_is_a_401_holding_the_whole_key(
+    client: openai.OpenAI, fake: FakeOpenAI
+) -> None:
+    with pytest.raises(openai.AuthenticationError) as caught:
+        chat(client, "[[fault:echo_key]]")
+    assert KEY in caught.value.message
+    assert caught.value.code == "invalid_api_key"
+
+
+def test_open_requests_counts_streams_until_they_end(
+    client: openai.OpenAI, fake: FakeOpenAI
+) -> None:
+    assert fake.open_requests == 0
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "[[fault:slow:0.2]]"}],
+        stream=True,
+    )
+    next(iter(stream))
+    assert fake.open_requests == 1
+    for _ in stream:
+        pass
+    assert fake.wait_for_open_requests(0)
+    assert fake.open_requests == 0

@@ -37,6 +37,9 @@ FRAMINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}  # `framing:NAME`: SSE li
 MARKER = re.compile(r"\[\[fault:([a-z0-9_]+)(?::([^\]]*))?\]\]")
 
 REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"
+# [[fault:echo_key]]: a 401 whose message holds the whole key it was sent (a gateway that
+# echoes it). Terminal, like those above.
+ECHO_KEY_MARKER = "echo_key"
 
 
 class MarkerError(ValueError):
@@ -70,7 +73,7 @@ def parse_markers(text: str) -> PromptFaults:
     for name, arg in MARKER.findall(text):
         faults.markers.append(f"{name}:{arg}" if arg else name)
         try:
-            if name in TERMINAL_MARKERS:
+            if name in TERMINAL_MARKERS or name == ECHO_KEY_MARKER:
                 faults.terminal = faults.terminal or name
             elif name == "slow":
                 faults.slow = float(arg)
@@ -139,6 +142,16 @@ def invalid_key(key: str | None) -> web.Response:
     return error_response(
         401,
         f"Incorrect API key provided: {mask_key(key)}. You can find your API key at"
+        " https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        code="invalid_api_key",
+    )
+
+
+def key_echoed(key: str | None) -> web.Response:
+    return error_response(
+        401,
+        f"Incorrect API key provided: {key}. You can find your API key at"
         " https://platform.openai.com/account/api-keys.",
         "invalid_request_error",
         code="invalid_api_key",
@@ -258,6 +271,8 @@ async def answer_terminal(
 ) -> web.StreamResponse:
     """The response for a terminal fault (key script name or prompt marker name)."""
     match name:
+        case "echo_key":
+            return key_echoed(key)
         case "500" | "server_error":
             return server_error()
         case "429":

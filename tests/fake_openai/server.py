@@ -52,6 +52,7 @@ class _State:
     speech_inputs: list[str] = field(default_factory=list)
     scripts: dict[str, faults.KeyScript] = field(default_factory=dict)
     responses: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+    open_requests: int = 0  # requests whose handler has not returned yet (streams included)
 
 
 def _normalize(path: str) -> str:
@@ -144,6 +145,17 @@ class FakeOpenAI:
         with self._lock:
             return list(self._state.speech_inputs)
 
+    @property
+    def open_requests(self) -> int:
+        """Requests being answered right now: a stream counts until its last byte or its cut."""
+        with self._lock:
+            return self._state.open_requests
+
+    def wait_for_open_requests(self, at_most: int = 0, timeout: float = 5.0) -> bool:
+        """Wait until no more than `at_most` requests are still being answered."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._state.open_requests <= at_most, timeout)
+
     def requests_to(self, path: str) -> list[Received]:
         path = _normalize(path)
         return [r for r in self.requests if r.path == path]
@@ -220,6 +232,9 @@ class FakeOpenAI:
 
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         request[STARTED] = time.monotonic()
+        state = self._state  # a reset() while this request runs must not skew the new count
+        with self._changed:
+            state.open_requests += 1
         try:
             return await self._admit(request, handler)
         except asyncio.CancelledError:
@@ -230,6 +245,10 @@ class FakeOpenAI:
             if not request.get(CUT_FLAG):
                 self._record_disconnect(request.path)
             return web.Response(status=499)  # never reaches anyone: the connection is gone
+        finally:
+            with self._changed:
+                state.open_requests -= 1
+                self._changed.notify_all()
 
     async def _admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Record the request, check its key, apply scripted faults, then call the endpoint."""
