@@ -10,7 +10,7 @@ directory), then sends hypothesis-generated requests of each input class (``body
 
 Prints counts by outcome (status and error code, or the protocol failure) for each class, the
 first few failing requests of each failing outcome, and whether the proxy still served
-``/healthz`` at the end; failures outside ``fuzzing.KNOWN_DEFECTS`` are counted apart. Exit
+``/healthz`` at the end. Exit
 status 1 when any answer broke the property (a 500, a redirect, a non-envelope error, no
 answer), 2 when the proxy stopped serving. Loopback only.
 """
@@ -40,7 +40,6 @@ from fuzzing import (  # noqa: E402
     Credentials,
     Outcome,
     Probe,
-    known_defect,
     probes,
     send,
     unthrottled,
@@ -63,8 +62,6 @@ class Tally:
         self.tags: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
-        # Failures that no entry of fuzzing.KNOWN_DEFECTS covers: new defects.
-        self.unknown: collections.Counter[str] = collections.Counter()
 
     def add(self, probe: Probe, outcome: Outcome) -> None:
         self.counts[probe.kind][outcome.label] += 1
@@ -73,8 +70,6 @@ class Tally:
         self.tags[outcome.label].update(probe.tags)
         if len(self.examples[outcome.label]) < self.show:
             self.examples[outcome.label].append((probe, outcome))
-        if known_defect(probe) is None:
-            self.unknown[outcome.label] += 1
 
     def failures(self) -> int:
         return sum(len(v) for v in self.examples.values())
@@ -89,9 +84,7 @@ class Tally:
         bad = {label for label in self.examples}
         lines.append(
             f"\nall classes: {sum(total.values())} requests, "
-            f"{sum(total[label] for label in bad)} broke the property, "
-            f"{sum(self.unknown.values())} of them outside fuzzing.KNOWN_DEFECTS"
-            + (f" ({dict(self.unknown)})" if self.unknown else "")
+            f"{sum(total[label] for label in bad)} broke the property"
         )
         for label, found in sorted(self.examples.items()):
             lines.append(f"\n== {label}: {total[label]} answers")

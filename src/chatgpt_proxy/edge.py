@@ -126,6 +126,11 @@ class Edge:
     async def serve(self, request: web.BaseRequest) -> web.StreamResponse:
         refusal = _refusal(request)
         if refusal is not None:
+            if isinstance(refusal, VersionNotSupported) and request.transport is not None:
+                # aiohttp writes the status line in the request's own version, and no HTTP/1
+                # client reads `HTTP/2.0 505`: answer in HTTP/1.1, as nginx does, and close.
+                request.transport.write(self.raw_response(refusal))
+                request.transport.close()
             return self.response(refusal, close=True)
         gate = self._gate
         if gate is None or request.path in _UNGATED:

@@ -6,10 +6,8 @@ never a 500, never a redirect, never a connection closed without an answer, no u
 in it; and the proxy still serves ``/healthz`` afterwards. A few hundred derandomized
 examples run here; ``bench/fuzz.py`` runs tens of thousands and prints counts.
 
-Input classes that today's code is known to answer wrongly are listed in
-``fuzzing.KNOWN_DEFECTS``: the property skips them (so it still guards everything else) and
-each has its own strict xfail test here. When a fix lands, that test passes, fails as
-XPASS(strict), and its entry is deleted there, which puts the class back into the property.
+Requests of the input classes the fuzzer once found answered wrongly are kept as fixed
+examples (``fuzzing.REGRESSIONS``), one test each.
 """
 
 from __future__ import annotations
@@ -19,15 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 
 from fake_openai import FAKE_KEYS, FakeOpenAI
 from fuzzing import (
     KINDS,
-    KNOWN_DEFECTS,
+    REGRESSIONS,
     Credentials,
     Probe,
-    known_defect,
     probes,
     send,
     unthrottled,
@@ -80,25 +77,16 @@ def test_every_answer_is_openai_shaped(fuzzed: Proxy, kind: str) -> None:
     )
     @given(probe=probes(credentials, kind))
     def answer_is_openai_shaped(probe: Probe) -> None:
-        assume(known_defect(probe) is None)
         _check(fuzzed, probe)
 
     answer_is_openai_shaped()
     assert is_serving(fuzzed.url), f"the proxy stopped serving after the {kind} examples"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=True))
-        for name, (reason, _, _) in KNOWN_DEFECTS.items()
-    ],
-)
-def test_known_defects_still_break_the_property(fuzzed: Proxy, name: str) -> None:
-    """The input classes the property skips today, one request each (see KNOWN_DEFECTS)."""
-    _, covers, probe = KNOWN_DEFECTS[name]
-    assert covers(probe)
-    # With a valid key: most of them break only once the request is past authentication.
+@pytest.mark.parametrize("name", REGRESSIONS)
+def test_inputs_once_answered_wrongly(fuzzed: Proxy, name: str) -> None:
+    """One request of each class the fuzzer found answered wrongly (see REGRESSIONS)."""
     authorization = (b"Authorization", b"Bearer " + fuzzed.key.encode())
+    probe = REGRESSIONS[name]
     _check(fuzzed, replace(probe, headers=(*probe.headers, authorization)))
     assert is_serving(fuzzed.url)
