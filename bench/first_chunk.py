@@ -271,13 +271,7 @@ def main(argv: list[str]) -> int:
                 redis=None,
             )
         )
-        created = subprocess.run(
-            [str(cgp), "keys", "create", "--name", "first-chunk", "--config", str(config)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        key = created.stdout.strip().splitlines()[-1]
+        key = lib.create_key(cgp, config, "first-chunk")
         with open(tmp / "proxy.log", "wb") as log:
             serve = [str(cgp), "serve", "--config", str(config)]
             processes.append(

@@ -145,13 +145,7 @@ def start_proxy(
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     config.write_text(json.dumps(data, indent=2))  # JSON is YAML
-    created = subprocess.run(
-        [str(cgp), "keys", "create", "--name", "fuzz", "--config", str(config)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    key = created.stdout.strip().splitlines()[-1]
+    key = lib.create_key(cgp, config, "fuzz")
     with open(tmp / "proxy.log", "wb") as log:
         process = subprocess.Popen(
             [str(cgp), "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -280,6 +281,17 @@ def proxy_conf(
     if redis:
         config["redis_url"] = redis
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
+
+
+def create_key(cgp: Path, config: Path, name: str) -> str:
+    """A new client key, made by ``chatgpt-proxy keys create`` (the key is its last line)."""
+    created = subprocess.run(
+        [str(cgp), "keys", "create", "--name", name, "--config", str(config)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return created.stdout.strip().splitlines()[-1]
 
 
 def free_ports(count: int) -> list[int]:

@@ -7,6 +7,7 @@ at its end that no upstream key ever leaked (DESIGN §3.1).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
@@ -24,7 +25,7 @@ from chatgpt_proxy.keystore import ClientKey, KeyPolicy
 from chatgpt_proxy.server import ProxyRunner
 from chatgpt_proxy.settings import Settings
 from fake_openai import FAKE_KEYS, FakeOpenAI
-from servers import BackgroundLoop
+from servers import BackgroundLoop, ServedProcess, serve_process
 
 ADMIN_KEY = "admin-secret-for-tests-0123456789"
 # An upstream key the fake accepts that tests configure when they want a key of their own.
@@ -202,3 +203,22 @@ def start_proxy(loop: BackgroundLoop, settings: Settings, recorder: Recorder) ->
     proxy = Proxy(url, app, loop, recorder)
     proxy.key = proxy.create_key()
     return proxy
+
+
+@contextlib.contextmanager
+def served_proxy(fake: FakeOpenAI, tmp_path: Path, grace_seconds: float) -> Iterator[ServedProcess]:
+    """``chatgpt-proxy serve`` as a process of its own in front of the fake upstream, for what
+    only a real process shows (signals, shutdown); its log must not hold an upstream key."""
+    config = {
+        "upstreams": [{"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])}],
+        "database_url": f"sqlite:///{tmp_path / 'proxy.db'}",
+        "server": {"grace_seconds": grace_seconds},
+        "moderation": {"enabled": False},
+    }
+    with serve_process(config, tmp_path) as process:
+        try:
+            yield process
+        finally:
+            logs = process.stderr.read_text()
+            for secret in FAKE_KEYS:
+                assert secret not in logs

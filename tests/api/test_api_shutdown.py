@@ -11,27 +11,17 @@ import httpx2
 import orjson
 import pytest
 
-from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
-from servers import ServedProcess, serve_process
+from fake_openai import DEFAULT_REPLY, FakeOpenAI
+from harness import served_proxy
+from servers import ServedProcess
 
 GRACE_SECONDS = 5
 
 
 @pytest.fixture
 def served(fake: FakeOpenAI, tmp_path: Path) -> Iterator[ServedProcess]:
-    config = {
-        "upstreams": [{"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])}],
-        "database_url": f"sqlite:///{tmp_path / 'proxy.db'}",
-        "server": {"grace_seconds": GRACE_SECONDS},
-        "moderation": {"enabled": False},
-    }
-    with serve_process(config, tmp_path) as process:
-        try:
-            yield process
-        finally:
-            logs = process.stderr.read_text()
-            for secret in FAKE_KEYS:
-                assert secret not in logs
+    with served_proxy(fake, tmp_path, GRACE_SECONDS) as process:
+        yield process
 
 
 def test_serve_prints_a_working_default_key(served: ServedProcess) -> None:

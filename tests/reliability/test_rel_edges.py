@@ -22,7 +22,14 @@ from chatgpt_proxy.edge import InFlightGate
 from chatgpt_proxy.errors import RateLimited
 from fake_openai import FakeOpenAI
 from harness import Proxy
-from security.sec_helpers import RawResponse, assert_openai_error, check_error, raw_request
+from security.sec_helpers import (
+    RawResponse,
+    assert_openai_error,
+    check_error,
+    parse_answer,
+    raw_request,
+    read_until_closed,
+)
 from services import redis_url
 
 CHAT = "/v1/chat/completions"
@@ -420,30 +427,6 @@ def _connect(proxy: Proxy) -> socket.socket:
     return sock
 
 
-def _read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes; a read past the deadline fails the test."""
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse(raw: bytes) -> RawResponse:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines[1:])
-    }
-    return RawResponse(int(lines[0].split()[1]), headers, body)
-
-
 SLOW = {"header_timeout": 0.3, "body_idle_timeout": 0.3}
 
 
@@ -462,10 +445,10 @@ def test_slow_headers_get_a_408_and_the_connection_closed(
     proxy = make_proxy(server=SLOW)
     with _connect(proxy) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: a")
-        response = _parse(_read_until_closed(sock))
+        response = parse_answer(read_until_closed(sock))
     _envelope(response, 408)
     with _connect(proxy) as sock:  # connected, sent nothing: closed without a word
-        assert _read_until_closed(sock) == b""
+        assert read_until_closed(sock) == b""
     assert fake.requests == []
     assert _metric(proxy, "chatgpt_proxy_client_timeouts_total") == 2
 
@@ -480,7 +463,7 @@ def test_idle_body_gets_a_408(make_proxy: Callable[..., Proxy], fake: FakeOpenAI
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
-        response = _parse(_read_until_closed(sock))
+        response = parse_answer(read_until_closed(sock))
     assert response.status == 408, response
     assert_openai_error(response.status, response.body, expected_status=408, code="request_timeout")
     assert fake.requests == []
@@ -502,7 +485,7 @@ def test_connections_per_address_are_capped(
     held = [_connect(proxy), _connect(proxy)]
     try:
         with _connect(proxy) as extra:
-            response = _parse(_read_until_closed(extra))
+            response = parse_answer(read_until_closed(extra))
         _envelope(response, 429)
         assert response.headers["retry-after"] == "1"
     finally:
@@ -614,7 +597,7 @@ def test_idle_multipart_body_gets_a_408(make_proxy: Callable[..., Proxy], fake: 
             f"Content-Length: {len(head) + 10_000}\r\n\r\n".encode()
             + head
         )
-        response = _parse(_read_until_closed(sock))
+        response = parse_answer(read_until_closed(sock))
     assert_openai_error(response.status, response.body, expected_status=408, code="request_timeout")
 
 

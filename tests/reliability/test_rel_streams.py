@@ -18,9 +18,9 @@ from aiohttp import web
 from chatgpt_proxy import app as proxy_app
 from chatgpt_proxy.app import create_app, start_stream
 from chatgpt_proxy.server import ProxyRunner
-from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
-from harness import Proxy, Recorder, RecordingStream, proxy_settings
-from servers import BackgroundLoop, ServedProcess, serve_process
+from fake_openai import DEFAULT_REPLY, FakeOpenAI
+from harness import Proxy, Recorder, RecordingStream, proxy_settings, served_proxy
+from servers import BackgroundLoop, ServedProcess
 
 WORDS = DEFAULT_REPLY.split()
 GRACE_SECONDS = 2.0
@@ -350,13 +350,7 @@ def test_defect_10_an_error_after_the_headers_ends_the_stream_with_an_error_even
 
 @pytest.fixture
 def served(fake: FakeOpenAI, tmp_path: Path) -> Iterator[ServedProcess]:
-    config = {
-        "upstreams": [{"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])}],
-        "database_url": f"sqlite:///{tmp_path / 'proxy.db'}",
-        "server": {"grace_seconds": GRACE_SECONDS},
-        "moderation": {"enabled": False},
-    }
-    with serve_process(config, tmp_path) as process:
+    with served_proxy(fake, tmp_path, GRACE_SECONDS) as process:
         yield process
 
 

@@ -35,18 +35,28 @@ def raw_request(url: str, data: bytes, recorder: Recorder | None = None) -> RawR
     assert parts.hostname is not None and parts.port is not None
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    raw = b"".join(chunks)
+        raw = read_until_closed(sock)
     if recorder is not None:
         recorder.add_bytes(raw)
+    return parse_answer(raw)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; a read past the socket's timeout fails."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_answer(raw: bytes) -> RawResponse:
+    """A whole HTTP/1 answer read off a socket (a chunked body is joined)."""
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     assert lines and lines[0].startswith("HTTP/"), f"not an HTTP answer: {raw[:200]!r}"
