@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 
 from chatgpt_proxy.errors import ConfigError
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.moderation.inputs import Item
 
 if TYPE_CHECKING:
@@ -99,30 +99,16 @@ class MemoryVerdictCache:
     ) -> None:
         self.size = size
         self.ttl = ttl
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, ItemResult]] = OrderedDict()
+        self._entries: Memo[str, ItemResult] = Memo(size, ttl=ttl, clock=clock)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: str) -> ItemResult | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, result = entry
-        if self._clock() >= expires:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return result
+        return self._entries.get(key)
 
     def set(self, key: str, result: ItemResult) -> None:
-        if self.size <= 0:
-            return
-        self._entries[key] = (self._clock() + self.ttl, result)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._entries.remember(key, result)
 
     async def get_many(self, keys: Sequence[str]) -> list[ItemResult | None]:
         return [self.get(key) for key in keys]
