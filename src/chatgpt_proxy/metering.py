@@ -21,7 +21,7 @@ from chatgpt_proxy.keystore import KeyStore, UsageEvent
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.periodic import Periodic, TaskErrors
 from chatgpt_proxy.pricing import Pricing
-from chatgpt_proxy.usage import Usage
+from chatgpt_proxy.token_usage import Usage
 
 logger = logging.getLogger("chatgpt_proxy.metering")
 

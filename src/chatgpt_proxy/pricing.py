@@ -17,7 +17,7 @@ from fnmatch import fnmatchcase
 
 from chatgpt_proxy.memo import ABSENT, Memo
 from chatgpt_proxy.settings import PriceSettings
-from chatgpt_proxy.usage import Usage
+from chatgpt_proxy.token_usage import Usage
 
 _PER_TOKEN = 1e-6  # prices are per million tokens
 _MAX_CACHED_MODELS = 4096  # model names come from clients: bound what is remembered

@@ -440,7 +440,7 @@ def test_a_row_the_database_refuses_for_its_value_is_refused_alone(
 ) -> None:
     # Past the cleaning (as a future column or driver might be): the database's own verdict on
     # a value must still set that row aside, not fail the batch as if the database were down.
-    monkeypatch.setattr("chatgpt_proxy.keystore.usage.storable", lambda text, limit: text)
+    monkeypatch.setattr("chatgpt_proxy.keystore.usage_queries.storable", lambda text, limit: text)
 
     async def scenario() -> None:
         async with migrated(database_url) as store:

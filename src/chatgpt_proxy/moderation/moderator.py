@@ -32,7 +32,7 @@ from chatgpt_proxy.moderation.cache import (
 from chatgpt_proxy.moderation.engines import Engine, ModerationContext, Verdict, load_engine
 from chatgpt_proxy.moderation.inputs import Item, moderation_items, output_items
 from chatgpt_proxy.moderation.openai_engine import OpenAIModerationEngine
-from chatgpt_proxy.moderation.rules import RulesEngine
+from chatgpt_proxy.moderation.rules_engine import RulesEngine
 from chatgpt_proxy.settings import ModerationSettings, Settings
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.router import Router
