@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatgpt_proxy.moderation")
 
+_OP_TIMEOUT = 1.0  # seconds a Redis call may take before the memory cache answers alone
+_RETRY_INTERVAL = 30.0  # seconds Redis is left alone after it failed
+
 
 def redis_prefix(configured: str) -> str:
     """The prefix of verdict keys under the configured one (``limits.redis_prefix``)."""
@@ -135,8 +138,6 @@ class RedisVerdictCache:
         memory: MemoryVerdictCache,
         prefix: str,
         owns_client: bool = False,
-        op_timeout: float = 1.0,
-        retry_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from redis.exceptions import RedisError
@@ -145,8 +146,6 @@ class RedisVerdictCache:
         self._memory = memory
         self._prefix = prefix
         self._owns_client = owns_client
-        self._op_timeout = op_timeout
-        self._retry_interval = retry_interval
         self._clock = clock
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._down_until: float | None = None  # while Redis fails, only memory is used
@@ -157,7 +156,7 @@ class RedisVerdictCache:
         if not missing or not self._available():
             return found
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout(_OP_TIMEOUT):
                 values = await self._redis.mget([self._prefix + key for key in missing])
         except self._errors as exc:
             self._failed(exc)
@@ -178,7 +177,7 @@ class RedisVerdictCache:
             return
         ttl = max(1, round(self._memory.ttl))
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout(_OP_TIMEOUT):
                 pipe = self._redis.pipeline(transaction=False)
                 for key, result in results.items():
                     pipe.set(self._prefix + key, result.encode(), ex=ttl)
@@ -202,7 +201,7 @@ class RedisVerdictCache:
                 "moderation cache: Redis failed (%s); using the memory cache alone for now",
                 type(exc).__name__,
             )
-        self._down_until = self._clock() + self._retry_interval
+        self._down_until = self._clock() + _RETRY_INTERVAL
 
     def _recovered(self) -> None:
         if self._down_until is not None:
