@@ -4,7 +4,9 @@ Every client key (as its hash) is mirrored in memory and refreshed from the key 
 ``cache_refresh_seconds``; changes made through this process (revocation by the admin API)
 apply at once, and with Redis those made by another replica too (``reload``, called by
 ``shared_state``), so the poll is only the fallback. An unknown key is therefore rejected
-without touching the database, so a brute-forcer costs one hash and one dict lookup per guess.
+without touching the database, so a brute-forcer costs one hash and one dict lookup per guess;
+past ``auth.failed_auth_limit`` failures from one client address, ``FailedAuthThrottle`` answers
+that address 429 for a while, whatever key it sends.
 """
 
 from __future__ import annotations

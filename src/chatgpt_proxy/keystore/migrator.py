@@ -1,10 +1,11 @@
 """Schema migrations: Alembic, configured in code, run over the store's async engine.
 
 ``KeyStore.migrate()`` is the way in; this module is the Alembic plumbing behind it. To write the
-next revision (then edit it by hand, as 0001 was)::
+next revision, numbered after the newest in ``migrations/versions`` (then edit it by hand, as
+the others were)::
 
     python -c "from alembic import command; from chatgpt_proxy.keystore.migrator import \\
-        alembic_config; command.revision(alembic_config(), 'add a column', rev_id='0002')"
+        alembic_config; command.revision(alembic_config(), 'add a column', rev_id='0003')"
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The moderation step of the pipeline: engines in order, the first block wins, blocks recorded.
 
-The handler calls it before routing a request, and may call it on a non-streamed answer::
+The handler calls it before a request goes upstream, and on a non-streamed answer when
+``moderation.check_output`` is on::
 
     moderator = build_moderator(settings, client, router, redis=redis)
     await moderator.check("chat.completions", document, key)   # raises ContentPolicyViolation
+    await moderator.check_output("chat.completions", body, key) # the answer, before the client
     moderator.recent_blocks(50)                                 # for GET /admin/moderation
 """
 
