@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
 from chatgpt_proxy.keystore import migrator, objects, usage_queries
 from chatgpt_proxy.keystore.engine import create_engine, exclusive
-from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
 from chatgpt_proxy.keystore.objects import StoredObject
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
 from chatgpt_proxy.keystore.text import is_storable
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secret
+from chatgpt_proxy.keystore.values import ClientKey, KeyPolicy, UsageEvent, UsageRow
 
 MAX_NAME_LENGTH = 200
 MAX_ID_LENGTH = 32  # the client_keys.id column
