@@ -8,8 +8,9 @@ recently makes room; with ``ttl``, an entry is also forgotten ``ttl`` seconds af
 remembered (moderation verdicts).
 
 It is a plain dict kept in use order (a hit moves its key to the end), so a hit costs two dict
-operations and a method call, about 60 ns more than a bare ``dict.get``: cheaper than
-``collections.OrderedDict`` or ``cachetools`` (whose ``TTLCache.get`` is ten times that).
+operations and a method call, about 60 ns more than a bare ``dict.get`` (CPython 3.11): less
+than an ``OrderedDict`` with ``move_to_end`` or ``cachetools.LRUCache.get``, and with a ttl a
+sixth of ``cachetools.TTLCache.get``.
 """
 
 from __future__ import annotations
