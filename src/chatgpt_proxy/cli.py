@@ -18,7 +18,7 @@ import orjson
 from chatgpt_proxy.errors import ConfigError, ProxyError
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy, KeyStore
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
-from chatgpt_proxy.limits.rules import default_policy
+from chatgpt_proxy.limits.policy import default_policy
 from chatgpt_proxy.logs import configure_logging
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.settings import Settings, load_settings

@@ -5,9 +5,9 @@ endpoint, status): a few additions, no allocation for a group already seen, no I
 background task writes one row per group every ``interval`` seconds, so the database sees
 rows per second whatever the request rate; ``close`` writes what is left, so a clean shutdown
 loses nothing. If the database is down (or the write fails in any other way), tallies are kept
-(up to ``max_groups``) and written when it returns; a row the database refuses for what it holds
-is set aside (logged and counted) and the others are written. ``failing`` tells ``/readyz`` when
-flushes keep failing. ``pricing`` is what a request's ``cost`` is computed with.
+(up to ``_MAX_GROUPS`` groups) and written when it returns; a row the database refuses for what
+it holds is set aside (logged and counted) and the others are written. ``failing`` tells
+``/readyz`` when flushes keep failing. ``pricing`` is what a request's ``cost`` is computed with.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from chatgpt_proxy.keystore import KeyStore, UsageEvent
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.periodic import Periodic, TaskErrors
 from chatgpt_proxy.pricing import Pricing
-from chatgpt_proxy.usage import Usage
+from chatgpt_proxy.token_usage import Usage
 
 logger = logging.getLogger("chatgpt_proxy.metering")
+# Groups tallied at most while the database is away; past it new groups are dropped (counted).
+_MAX_GROUPS = 100_000
 
 Group = tuple[str, str, str, str, int]  # key id, model, upstream alias, endpoint, status
 
@@ -65,13 +67,11 @@ class Meter:
         store: KeyStore,
         *,
         interval: float = 1.0,
-        max_groups: int = 100_000,
         pricing: Pricing | None = None,
         errors: TaskErrors | None = None,
     ) -> None:
         self._store = store
         self.pricing = pricing if pricing is not None else Pricing({})
-        self._max_groups = max_groups
         self._tallies: dict[Group, _Tally] = {}
         self._flushing = asyncio.Lock()
         self._periodic = Periodic("writing usage", interval, self.flush, errors=errors)
@@ -98,7 +98,7 @@ class Meter:
         group = (key_id, model, upstream, endpoint, status)
         tally = self._tallies.get(group)
         if tally is None:
-            if len(self._tallies) >= self._max_groups:
+            if len(self._tallies) >= _MAX_GROUPS:
                 self.dropped += 1  # bounded: a flood of new groups while the database is down
                 return
             tally = self._tallies[group] = _Tally()

@@ -37,8 +37,8 @@ from chatgpt_proxy.sse import (
     next_sequence_number,
     split_events,
 )
+from chatgpt_proxy.token_usage import Usage, event_data, usage_in_document, usage_in_json
 from chatgpt_proxy.upstream.client import Reply
-from chatgpt_proxy.usage import Usage, event_data, usage_in_document, usage_in_json
 
 logger = logging.getLogger("chatgpt_proxy.streaming")
 

@@ -21,7 +21,7 @@ from chatgpt_proxy.errors import (
 )
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
-from chatgpt_proxy.limits.rules import default_policy
+from chatgpt_proxy.limits.policy import default_policy
 from chatgpt_proxy.requestbody import read_json
 
 

@@ -39,9 +39,9 @@ from chatgpt_proxy.keystore.objects import RESPONSE, StoredObject
 from chatgpt_proxy.multipart import SpooledUpload, UploadLimits, form_flag, read_multipart
 from chatgpt_proxy.requestbody import read_json
 from chatgpt_proxy.streaming import CheckAnswer, OnCreated, Outcome, StreamStyle, relay
+from chatgpt_proxy.token_usage import Usage, estimate_tokens
 from chatgpt_proxy.upstream.client import Body, Outbound
 from chatgpt_proxy.upstream.router import Upstream
-from chatgpt_proxy.usage import Usage, estimate_tokens
 
 BodyKind = Literal["json", "multipart", "none"]
 

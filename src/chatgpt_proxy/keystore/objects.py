@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from chatgpt_proxy.keystore.store import KeyStore
 
 RESPONSE = "response"
+_MAX_REMEMBERED = 10_000  # records found; ids come from clients
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +51,9 @@ class ObjectOwners:
     'openai#2'
     """
 
-    def __init__(self, store: KeyStore, *, remembered: int = 10_000) -> None:
+    def __init__(self, store: KeyStore) -> None:
         self._store = store
-        self._found: Memo[tuple[str, str], StoredObject] = Memo(remembered)
+        self._found: Memo[tuple[str, str], StoredObject] = Memo(_MAX_REMEMBERED)
 
     async def record(self, stored: StoredObject) -> None:
         """Write the record (``StoreUnavailable`` if it cannot be written)."""

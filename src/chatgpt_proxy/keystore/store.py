@@ -20,13 +20,13 @@ from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
-from chatgpt_proxy.keystore import migrator, objects, usage
+from chatgpt_proxy.keystore import migrator, objects, usage_queries
 from chatgpt_proxy.keystore.engine import create_engine, exclusive
-from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
 from chatgpt_proxy.keystore.objects import StoredObject
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
 from chatgpt_proxy.keystore.text import is_storable
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secret
+from chatgpt_proxy.keystore.values import ClientKey, KeyPolicy, UsageEvent, UsageRow
 
 MAX_NAME_LENGTH = 200
 MAX_ID_LENGTH = 32  # the client_keys.id column
@@ -174,7 +174,7 @@ class KeyStore:
         """
         if not events:
             return []
-        rows = usage.event_rows(events)
+        rows = usage_queries.event_rows(events)
         with _store_errors("record_usage"):
             try:
                 async with self._engine.begin() as conn:
@@ -204,15 +204,15 @@ class KeyStore:
             return []
         with _store_errors("usage_summary"):
             async with self._engine.connect() as conn:
-                query = usage.summary_query(conn.dialect.name, key_id, since)
+                query = usage_queries.summary_query(conn.dialect.name, key_id, since)
                 rows = (await conn.execute(query)).all()
-        return usage.summary_rows(rows)
+        return usage_queries.summary_rows(rows)
 
     async def usage_totals(self, key_id: str, since: datetime | None = None) -> tuple[int, float]:
         """A key's total tokens and cost (USD) since ``since``, or ever: what budgets compare to."""
         if not _possible_id(key_id):
             return 0, 0.0
-        query = usage.totals_query(key_id, since)
+        query = usage_queries.totals_query(key_id, since)
         with _store_errors("usage_totals"):
             async with self._engine.connect() as conn:
                 tokens, cost = (await conn.execute(query)).one()

@@ -7,7 +7,7 @@ after ``settle`` (a limiter may apply both at once, then). ``headers`` are the
 ``x-ratelimit-*`` headers the client sees. ``admit`` raises the refusal (``RateLimited``,
 ``QuotaExceeded``) itself.
 
-The limiters, all following the rules in ``limits.rules``:
+The limiters, all following the rules in ``limits.policy``:
 
 * ``memory.MemoryLimiter``: one process, no other service; the default;
 * ``redis.RedisLimiter``: shared by every process and replica through Redis;

@@ -1,9 +1,11 @@
 """The moderation step of the pipeline: engines in order, the first block wins, blocks recorded.
 
-The handler calls it before routing a request, and may call it on a non-streamed answer::
+The handler calls it before a request goes upstream, and on a non-streamed answer when
+``moderation.check_output`` is on::
 
     moderator = build_moderator(settings, client, router, redis=redis)
     await moderator.check("chat.completions", document, key)   # raises ContentPolicyViolation
+    await moderator.check_output("chat.completions", body, key) # the answer, before the client
     moderator.recent_blocks(50)                                 # for GET /admin/moderation
 """
 
@@ -32,7 +34,7 @@ from chatgpt_proxy.moderation.cache import (
 from chatgpt_proxy.moderation.engines import Engine, ModerationContext, Verdict, load_engine
 from chatgpt_proxy.moderation.inputs import Item, moderation_items, output_items
 from chatgpt_proxy.moderation.openai_engine import OpenAIModerationEngine
-from chatgpt_proxy.moderation.rules import RulesEngine
+from chatgpt_proxy.moderation.rules_engine import RulesEngine
 from chatgpt_proxy.settings import ModerationSettings, Settings
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.router import Router
