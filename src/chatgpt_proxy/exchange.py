@@ -122,7 +122,7 @@ class Exchange:
     on_created: OnCreated | None = None  # ownership, when the answer creates an object
     strip_usage: bool = False  # send: the proxy asked the stream for its usage chunk
     sent_at: float = 0.0  # send: when the upstream may have started on it; 0 if never
-    reply: Reply | None = None  # send
+    reply: Reply = field(init=False)  # send
     outcome: Outcome | None = None  # relay: status and usage, however the relay ended
     used_tokens: int = 0  # meter, for the limits to settle
     cost: float = 0.0  # meter: in USD

@@ -242,10 +242,10 @@ class Metering:
             self._charge(exchange)
 
     def _charge(self, exchange: Exchange) -> None:
-        outcome, reply = exchange.outcome, exchange.reply
-        if outcome is not None and reply is not None:
+        outcome = exchange.outcome
+        if outcome is not None:  # relayed: the reply is there
             status, usage = outcome.status, outcome.usage
-            if usage is None and reply.response.status < 400:
+            if usage is None and exchange.reply.response.status < 400:
                 usage = exchange.estimated_usage()
         elif exchange.sent_at:  # the client left before the answer came
             status, usage = CLIENT_CLOSED, exchange.estimated_usage()

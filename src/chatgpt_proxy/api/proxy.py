@@ -356,7 +356,6 @@ class Relay:
 
     async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
         reply = exchange.reply
-        assert reply is not None
         exchange.outcome = outcome = Outcome(reply.response.status)
         style = StreamStyle(
             strip_usage=exchange.strip_usage,

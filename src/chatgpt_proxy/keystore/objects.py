@@ -160,14 +160,13 @@ class _Recorder:
 
     async def __call__(self, object_id: str) -> None:
         exchange = self._exchange
-        alias = exchange.reply.alias if exchange.reply is not None else "-"
         await self._owners.record(
             StoredObject(
                 RESPONSE,
                 object_id,
                 exchange.key.id,
                 exchange.upstream.name,
-                alias,
+                exchange.reply.alias,  # the relay, which calls this, is relaying that reply
                 datetime.now(UTC),
             )
         )
