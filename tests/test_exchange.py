@@ -96,4 +96,3 @@ def test_a_stage_of_ones_own_runs_beside_the_built_in_ones(
     else:
         with pytest.raises(ModelNotAllowed):
             asyncio.run(pipeline(exchange))
-
