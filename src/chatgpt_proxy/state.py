@@ -49,7 +49,7 @@ from chatgpt_proxy.upstream.router import Router
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-errors_logger = logging.getLogger("chatgpt_proxy.app")
+errors_logger = logging.getLogger("chatgpt_proxy.app")  # the name these lines have always had
 
 
 @dataclass(slots=True)
