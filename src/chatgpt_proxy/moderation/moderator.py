@@ -1,12 +1,11 @@
 """The moderation step of the pipeline: engines in order, the first block wins, blocks recorded.
 
-The handler calls it before routing a request, and may call it on a non-streamed answer::
+Its pipeline stage (``Moderate``) calls it before a request goes upstream, and may have the
+relay call it on a non-streamed answer::
 
     moderator = build_moderator(settings, client, router, redis=redis)
     await moderator.check("chat.completions", document, key)   # raises ContentPolicyViolation
     moderator.recent_blocks(50)                                 # for GET /admin/moderation
-
-In the request pipeline it is the ``Moderate`` stage.
 """
 
 from __future__ import annotations
