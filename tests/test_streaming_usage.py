@@ -8,7 +8,8 @@ import random
 import orjson
 import pytest
 
-from chatgpt_proxy.streaming import Outcome, _without_usage
+from chatgpt_proxy.exchange import Outcome
+from chatgpt_proxy.streaming import _without_usage
 from chatgpt_proxy.token_usage import Usage, event_data, usage_in_document
 
 
