@@ -20,13 +20,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from chatgpt_proxy.app import CLIENT_CLOSED, start_stream
 from chatgpt_proxy.drain import Drain
-from chatgpt_proxy.errors import ProxyError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from chatgpt_proxy.errors import (
+    ProxyError,
+    ServiceUnavailable,
+    TransportError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.sse import (
@@ -169,7 +174,7 @@ async def _relay_events(
     while True:
         try:
             chunk = await reply.read_chunk()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TransportError as exc:
             failure = _broken(reply, type(exc).__name__, drain)
             chunk = held.release() if held is not None else b""  # what it had, then the error
             if chunk and (events := framer.feed(chunk)[1]):
@@ -373,7 +378,7 @@ async def _relay_body(
     while True:
         try:
             chunk = await reply.read_chunk()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TransportError as exc:
             reply.report_failure()
             logger.warning("upstream answer via %s broke off: %s", reply.alias, type(exc).__name__)
             # Too late for an error body: closing without the last chunk tells the client
