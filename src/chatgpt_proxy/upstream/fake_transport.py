@@ -59,14 +59,14 @@ Script = Callable[[TransportRequest], Step]
 
 
 class FakeTransport(Transport):
-    """Answers each request with the next step of its script (or what ``script`` returns).
+    """Answers each request with the next of its ``steps``, then with what ``script`` returns.
 
     ``requests`` and ``responses`` record what was sent and answered, in order.
     """
 
     def __init__(self, *steps: Step, script: Script | None = None) -> None:
         self._steps = list(steps)
-        self._script = script
+        self.script = script
         self.requests: list[TransportRequest] = []
         self.responses: list[FakeResponse] = []
         self.closed = False
@@ -78,8 +78,8 @@ class FakeTransport(Transport):
         self.requests.append(request)
         if self._steps:
             step = self._steps.pop(0)
-        elif self._script is not None:
-            step = self._script(request)
+        elif self.script is not None:
+            step = self.script(request)
         else:
             raise AssertionError(f"no answer scripted for {request.method} {request.url}")
         if isinstance(step, TransportError):
