@@ -27,6 +27,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -34,14 +35,14 @@ from multidict import CIMultiDictProxy
 from chatgpt_proxy.errors import BrokenBody, ConnectFailed, TransportTimeout
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+class Timeouts(NamedTuple):  # a tuple: one is built for most attempts, cheaper than a dataclass
     """How long one request may wait on its upstream, in seconds; ``None`` is no limit.
 
     ``connect``: to open a connection. ``first_byte``: from sending the request to the
-    answer's headers. ``idle``: the longest silence between two pieces of the body, and
-    never shorter than ``first_byte``; ``None`` when the caller watches the silence itself
-    (``upstream.idle``), so that no timer is re-armed on every chunk.
+    answer's headers. ``idle``: the longest silence between two pieces of the body (when
+    shorter than ``first_byte``, it bounds the wait for the headers too); ``None`` when the
+    caller watches the silence itself (``upstream.idle``), so that no timer is re-armed on
+    every chunk.
 
     >>> Timeouts(connect=10.0, first_byte=600.0, idle=600.0)  # an answer that comes whole
     >>> Timeouts(connect=10.0, first_byte=60.0)               # a stream, watched for silence
@@ -51,17 +52,17 @@ class Timeouts:
     first_byte: float | None = None
     idle: float | None = None
 
-    def __post_init__(self) -> None:
-        if self.idle is not None and (self.first_byte is None or self.idle < self.first_byte):
-            raise ValueError("idle, when set, is at least first_byte")
-
     def within(self, seconds: float) -> Timeouts:
         """These limits, with no wait on the answer longer than ``seconds``."""
-        first_byte = seconds if self.first_byte is None else min(self.first_byte, seconds)
-        idle = None if self.idle is None else min(self.idle, seconds)
-        if first_byte == self.first_byte and idle == self.idle:
-            return self
-        return Timeouts(self.connect, first_byte, idle)
+        first_byte, idle = self.first_byte, self.idle
+        if (first_byte is None or seconds < first_byte) or (idle is not None and seconds < idle):
+            first_byte = seconds if first_byte is None else min(first_byte, seconds)
+            idle = None if idle is None else min(idle, seconds)
+            return Timeouts(self.connect, first_byte, idle)
+        return self
+
+
+NO_LIMITS = Timeouts()
 
 
 @dataclass(slots=True)
@@ -72,7 +73,7 @@ class TransportRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes | AsyncIterable[bytes] | None = None
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = NO_LIMITS
 
 
 class TransportResponse(ABC):
@@ -149,22 +150,8 @@ class AiohttpTransport(Transport):
         # it per chunk); an answer whose silence the caller watches has none, and its headers
         # are waited for under a timeout of their own.
         limits = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle)
-        try:
-            if timeouts.first_byte is None or timeouts.first_byte == timeouts.idle:
-                response = await self._request(request, limits)
-            else:
-                async with asyncio.timeout(timeouts.first_byte):
-                    response = await self._request(request, limits)
-        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
-            raise TransportTimeout(_cause(exc)) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ConnectFailed(_cause(exc)) from exc
-        return _AiohttpResponse(response)
-
-    async def _request(
-        self, request: TransportRequest, limits: aiohttp.ClientTimeout
-    ) -> aiohttp.ClientResponse:
-        return await self._session.request(
+        first_byte, idle = timeouts.first_byte, timeouts.idle
+        answer = self._session.request(
             request.method,
             request.url,
             headers=request.headers,
@@ -172,6 +159,17 @@ class AiohttpTransport(Transport):
             allow_redirects=False,
             timeout=limits,
         )
+        try:
+            if first_byte is None or (idle is not None and idle <= first_byte):
+                response = await answer
+            else:
+                async with asyncio.timeout(first_byte):
+                    response = await answer
+        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
+            raise TransportTimeout(_cause(exc)) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectFailed(_cause(exc)) from exc
+        return _AiohttpResponse(response)
 
     async def close(self) -> None:
         await self._session.close()
