@@ -84,7 +84,8 @@ async def _measure(requests: int, way: Way, concurrency: int = 10) -> float:
 async def _main(port: int, rounds: int, requests: int) -> None:
     base = f"http://127.0.0.1:{port}"
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=100), cookie_jar=aiohttp.DummyCookieJar()
+        connector=aiohttp.TCPConnector(limit=100, enable_cleanup_closed=True),
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     transport = AiohttpTransport(max_connections=100)
     watch = IdleWatch(idle=120.0)
