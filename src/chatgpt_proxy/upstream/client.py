@@ -80,7 +80,11 @@ class Outbound:
 
 @dataclass(slots=True)
 class Reply:
-    """An upstream answer the proxy relays. ``close()`` returns the key to the pool."""
+    """An upstream answer the proxy relays. ``close()`` returns the key to the pool.
+
+    ``response`` is the transport's: its status, headers and content type; the body is read
+    through ``read_chunk()`` / ``read()`` here, which hand on first what was read to judge it.
+    """
 
     response: TransportResponse
     upstream: Upstream

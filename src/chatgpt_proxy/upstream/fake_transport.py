@@ -104,8 +104,8 @@ class FakeResponse(TransportResponse):
     def __init__(self, answer: Answer, *, idle: float | None = None) -> None:
         self.status = answer.status
         self.headers = CIMultiDictProxy(CIMultiDict(answer.headers))
-        self.content_type = self.headers.get("Content-Type", "application/octet-stream")
-        self.content_type = self.content_type.split(";")[0].strip().lower()
+        media_type = self.headers.get("Content-Type", "application/octet-stream")
+        self.content_type = media_type.split(";")[0].strip().lower()
         length = self.headers.get("Content-Length")
         self.content_length = int(length) if length is not None else None
         self._pieces: list[Piece] = list(answer.body)
