@@ -210,3 +210,30 @@ def test_close_from_another_task_ends_a_pending_read() -> None:
 
     ended = _serve(scenario)
     assert ended == b"" or isinstance(ended, BrokenBody)
+
+
+def test_nothing_above_the_transport_talks_to_aiohttps_client() -> None:
+    """The one boundary: above it, no module imports aiohttp's client side or catches its
+    errors (the server side, ``aiohttp.web``, is another matter)."""
+    import ast
+    from pathlib import Path
+
+    import chatgpt_proxy
+
+    root = Path(chatgpt_proxy.__file__).parent
+    above = [
+        "upstream/client.py",
+        "upstream/idle.py",
+        "upstream/prober.py",
+        "streaming.py",
+        "catalog.py",
+        "drain.py",
+        "moderation/openai_engine.py",
+    ]
+    for name in above:
+        tree = ast.parse((root / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all(alias.name != "aiohttp" for alias in node.names), name
+            if isinstance(node, ast.ImportFrom) and node.module == "aiohttp":
+                assert all(alias.name == "web" for alias in node.names), name
