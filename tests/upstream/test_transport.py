@@ -237,3 +237,16 @@ def test_nothing_above_the_transport_talks_to_aiohttps_client() -> None:
                 assert all(alias.name != "aiohttp" for alias in node.names), name
             if isinstance(node, ast.ImportFrom) and node.module == "aiohttp":
                 assert all(alias.name == "web" for alias in node.names), name
+
+
+@pytest.mark.parametrize(
+    ("limits", "seconds", "expected"),
+    [
+        (Timeouts(5.0, 600.0, 600.0), 30.0, Timeouts(5.0, 30.0, 30.0)),
+        (Timeouts(5.0, 60.0), 30.0, Timeouts(5.0, 30.0, None)),  # a watched stream stays so
+        (Timeouts(5.0, 60.0), 90.0, Timeouts(5.0, 60.0, None)),
+        (Timeouts(5.0), 90.0, Timeouts(5.0, 90.0, None)),
+    ],
+)
+def test_limits_cut_to_a_deadline(limits: Timeouts, seconds: float, expected: Timeouts) -> None:
+    assert limits.within(seconds) == expected
