@@ -2,10 +2,10 @@
 
 Every admission is one script call and its answer is awaited; every settlement is one call
 nobody waits for. Sent one by one, each costs a round trip; here the calls that arrive while a
-pipeline is on its way go together in the next one (a redis-py pipeline, ``transaction=False``),
-so a busy process makes few round trips and an idle one adds a single loop iteration of
-latency. Two pipelines may be on their way at once, each on a connection of the client's pool,
-so the process has work to send while the other one waits::
+pipeline is on its way go together in the next one, so a busy process makes few round trips
+and an idle one adds a single loop iteration of latency. Two pipelines may be on their way at
+once, each on a connection of the client's pool, so the process has work to send while the
+other one waits::
 
     pipe = AutoPipeline(link)
     admit = link.client.register_script(source)      # a redis-py Script: its SHA and its source
@@ -13,8 +13,9 @@ so the process has work to send while the other one waits::
     pipe.send(settle, keys, args, merge=True)        # fire and forget (bounded queue)
     await pipe.drain()                               # everything queued has been sent
 
-Scripts go by ``EVALSHA``; a call Redis answers ``NOSCRIPT`` (it restarted, or was flushed) is
-made again through its ``Script``, which loads the script and retries.
+A pipeline is ``packed_round_trip``, which stands in for redis-py's own (``pipelined``) for
+less CPU. Scripts go by ``EVALSHA``; the calls Redis answers ``NOSCRIPT`` (it restarted, or
+was flushed) go again through ``pipelined``, which loads their scripts first.
 A call whose caller went away (the request was cancelled) may still have run in Redis:
 ``on_orphan`` receives its result, so an admission nobody will settle is released at once.
 A pipeline that fails fails its callers with ``RedisUnavailable`` and drops its unanswered
