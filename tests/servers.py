@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +34,7 @@ class BackgroundLoop:
 
     def __init__(self, name: str = "test-background-loop") -> None:
         self._loop = asyncio.new_event_loop()
-        self._runners: dict[str, web.AppRunner] = {}
+        self._runners: dict[str, web.BaseRunner] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run_forever, name=name, daemon=True)
@@ -66,7 +66,7 @@ class BackgroundLoop:
         *,
         handler_cancellation: bool = True,
         shutdown_timeout: float = 1.0,
-        runner_class: type[web.AppRunner] = web.AppRunner,
+        runner_class: Callable[..., web.BaseRunner] = web.AppRunner,
     ) -> str:
         """Serve `app` on 127.0.0.1 with a free port; returns its base URL "http://127.0.0.1:PORT".
 
@@ -74,7 +74,7 @@ class BackgroundLoop:
         is how servers here notice disconnects.
         """
 
-        async def start() -> tuple[web.AppRunner, str]:
+        async def start() -> tuple[web.BaseRunner, str]:
             runner = runner_class(
                 app,
                 handler_cancellation=handler_cancellation,

@@ -10,7 +10,7 @@ import pytest
 from limits_rig import Rig
 from redis.asyncio import Redis
 
-from chatgpt_proxy.limits.autopipe import AutoPipeline, Script
+from chatgpt_proxy.limits.autopipe import AutoPipeline
 from chatgpt_proxy.limits.fallback import FallbackLimiter
 from chatgpt_proxy.limits.memory import MemoryLimiter
 from chatgpt_proxy.limits.redis import RedisLimiter
@@ -131,13 +131,13 @@ def test_sends_of_a_merging_script_on_one_key_go_as_one_call(redis_rig: Rig) -> 
     rig = redis_rig
     assert rig.link is not None
     tally = rig.link.prefix + "tally"
-    merging = Script("redis.call('RPUSH', KEYS[1], #ARGV) return 1", merges=True)
-    alone = Script("redis.call('RPUSH', KEYS[1], 'x' .. #ARGV) return 1")
+    merging = rig.link.client.register_script("redis.call('RPUSH', KEYS[1], #ARGV) return 1")
+    alone = rig.link.client.register_script("redis.call('RPUSH', KEYS[1], 'x' .. #ARGV) return 1")
     pipe = AutoPipeline(rig.link)
 
     async def burst() -> object:
         for n in range(5):
-            pipe.send(merging, (tally,), (f"record {n}",))
+            pipe.send(merging, (tally,), (f"record {n}",), merge=True)
         pipe.send(alone, (tally,), ("a",))
         pipe.send(alone, (tally,), ("b",))
         answer = await pipe.call(merging, (tally,), ("awaited",))
