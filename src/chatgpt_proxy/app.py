@@ -45,6 +45,8 @@ from chatgpt_proxy.periodic import TaskErrors
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.redis_link import RedisLink
+from chatgpt_proxy.selfservice.endpoint import InteractionEndpoint
+from chatgpt_proxy.selfservice.service import SelfService
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.sse import error_event
@@ -84,6 +86,8 @@ class AppState:
     shared: SharedState | None = None  # key changes and upstream states, with Redis
     ready: bool = False
     drain: Drain = field(default_factory=Drain)  # shutting down: streams in flight, new calls
+    self_service: SelfService | None = None  # self-service keys (Discord users, blocks)
+    interactions: InteractionEndpoint | None = None  # when discord is configured
 
 
 @dataclass(slots=True)
@@ -238,6 +242,10 @@ async def _open_state(
     )
     state.redis = link.client if link is not None else None
     state.shared = shared
+    state.self_service = SelfService(settings, store, keys, shared, metrics)
+    if settings.discord.enabled:
+        state.interactions = InteractionEndpoint(settings.discord, store, state.self_service)
+        stack.push_async_callback(state.interactions.close)
     return state
 
 

@@ -4,14 +4,18 @@ from aiohttp import web
 
 from chatgpt_proxy.api.admin import admin_routes
 from chatgpt_proxy.api.health import health_routes
+from chatgpt_proxy.api.interactions import interaction_routes
+from chatgpt_proxy.api.me import me_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import proxy_routes
-from chatgpt_proxy.app import no_route, served
+from chatgpt_proxy.app import STATE, no_route, served
 
 
 def add_routes(app: web.Application) -> None:
     # /v1/models before /v1/models/{model}, which would not match it anyway
-    for route in [*model_routes(), *proxy_routes(), *admin_routes(), *health_routes()]:
+    discord = app[STATE].settings.discord
+    routes = [*model_routes(), *proxy_routes(), *admin_routes(), *health_routes()]
+    for route in [*routes, *me_routes(), *interaction_routes(discord)]:
         web.route(route.method, route.path, served(route.handler), **route.kwargs).register(
             app.router
         )

@@ -136,6 +136,7 @@ class ClientKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     policy: KeyPolicy
+    owner: str | None = None  # "discord:<user id>" for a self-service key
 
     def state(self, now: datetime) -> str:
         if self.revoked_at is not None:
@@ -158,6 +159,7 @@ class ClientKey:
             "expires_at": _isoformat(self.expires_at),
             "revoked_at": _isoformat(self.revoked_at),
             "state": self.state(now or _utcnow()),
+            "owner": self.owner,
             **self.policy.to_dict(),
         }
 
