@@ -35,6 +35,11 @@ def owner_of(user_id: str) -> str:
     return f"discord:{user_id}"
 
 
+def is_discord_id(value: str) -> bool:
+    """Whether ``value`` is a Discord id (a snowflake: up to 20 decimal digits)."""
+    return 0 < len(value) <= 20 and value.isascii() and value.isdigit()
+
+
 class SelfService:
     """The self-service commands, over the key store."""
 
