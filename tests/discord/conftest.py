@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
 from discord_helpers import APPLICATION_ID, BOT_TOKEN, GUILD_ID, ROLE_ID, FakeDiscord, Signer
+
 from harness import Proxy
 from servers import BackgroundLoop
 

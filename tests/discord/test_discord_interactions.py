@@ -10,8 +10,6 @@ from typing import Any
 import openai
 import orjson
 import pytest
-
-from chatgpt_proxy.keystore import ClientKey, hash_secret
 from discord_helpers import (
     ROTATE,
     FakeDiscord,
@@ -19,6 +17,8 @@ from discord_helpers import (
     command,
     ping,
 )
+
+from chatgpt_proxy.keystore import ClientKey, hash_secret
 from harness import ADMIN_KEY, Proxy
 
 USER = "900000000000000001"
