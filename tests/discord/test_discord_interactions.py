@@ -254,3 +254,24 @@ def test_a_signed_interaction_of_another_application_is_refused(
 def test_the_endpoint_is_off_unless_configured(proxy: Proxy, signer: Signer) -> None:
     body = ping(signer)
     assert proxy.http().post(PATH, content=body, headers=signer.headers(body)).status_code == 404
+
+
+def test_rotations_per_user_are_capped(
+    make_discord_proxy: Callable[..., Proxy], signer: Signer
+) -> None:
+    proxy = make_discord_proxy(self_service={"max_keys_per_user_per_day": 2})
+    first = secret_in(ask_key(proxy, signer))
+    second = secret_in(ask_key(proxy, signer, options=ROTATE))
+    third = ask_key(proxy, signer, options=ROTATE)
+    assert first and second and secret_in(third) is None
+    assert "tomorrow" in third["data"]["content"]
+    chat(proxy, second)  # the refused rotation left the current key alone
+    metrics = proxy.http().get("/metrics").text
+    assert "chatgpt_proxy_self_service_refusals_user_capped_total 1.0" in metrics
+
+
+def test_a_dot_segment_token_is_refused(discord_proxy: Proxy, signer: Signer) -> None:
+    body = command(signer, "key", USER)
+    body = body.replace(orjson.loads(body)["token"].encode(), b"..")
+    assert send(discord_proxy, signer, body).status_code == 400
+    assert owned(discord_proxy) == []

@@ -36,6 +36,7 @@ class Outcome(StrEnum):
     EXISTS = "exists"  # the owner already holds an active key; nothing changed
     BLOCKED = "blocked"  # the operator blocked this owner
     CAPPED = "capped"  # the server issued its hourly share of self-service keys
+    USER_CAPPED = "user_capped"  # this owner was issued their daily share of keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +81,11 @@ def revoke_owned(owner: str, now: datetime) -> sa.Update:
     )
 
 
-def issued_since_query(since: datetime) -> sa.Select[Any]:
-    """How many self-service keys were issued since ``since``, across the server."""
+def issued_since_query(since: datetime, owner: str | None = None) -> sa.Select[Any]:
+    """How many self-service keys were issued since ``since``: to ``owner``, or to anyone."""
+    who = client_keys.c.owner.is_not(None) if owner is None else client_keys.c.owner == owner
     return sa.select(sa.func.count()).where(
-        client_keys.c.owner.is_not(None), client_keys.c.created_at >= aware_utc(since, "since")
+        who, client_keys.c.created_at >= aware_utc(since, "since")
     )
 
 

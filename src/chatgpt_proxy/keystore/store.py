@@ -246,9 +246,11 @@ class KeyStore:
         *,
         rotate: bool = False,
         hourly_cap: int | None = None,
+        daily_cap: int | None = None,
     ) -> Issue:
         """A key for ``owner`` unless one is active (``rotate`` revokes it first), the owner is
-        blocked, or ``hourly_cap`` self-service keys were issued in the last hour.
+        blocked, ``owner`` was issued ``daily_cap`` keys in the last 24 hours, or
+        ``hourly_cap`` self-service keys were issued in the last hour, to anyone.
 
         Read and write are one exclusive transaction: concurrent requests of one owner, on any
         replica, issue one key between them.
@@ -263,6 +265,10 @@ class KeyStore:
                 active = (await conn.execute(owners.active_query(owner, now))).first()
                 if active is not None and not rotate:
                     return Issue(Outcome.EXISTS, _client_key(active._mapping))
+                if daily_cap is not None:
+                    since = now - timedelta(days=1)
+                    if await conn.scalar(owners.issued_since_query(since, owner)) >= daily_cap:
+                        return Issue(Outcome.USER_CAPPED)
                 if hourly_cap is not None:
                     since = now - timedelta(hours=1)
                     if await conn.scalar(owners.issued_since_query(since)) >= hourly_cap:

@@ -21,8 +21,9 @@ from chatgpt_proxy.errors import InvalidRequest
 EPHEMERAL = 1 << 6  # message flag: only the user who ran the command sees the reply
 
 Snowflake = Annotated[str, Field(pattern=r"^[0-9]{1,20}$")]
-# Interaction tokens go into a follow-up URL's path: only characters that cannot leave it.
-Token = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,500}$")]
+# Interaction tokens go into a follow-up URL's path: only characters that cannot leave it, and
+# never a dot segment.
+Token = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,499}$")]
 
 
 class InteractionType(IntEnum):

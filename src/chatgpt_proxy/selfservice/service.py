@@ -28,7 +28,7 @@ from chatgpt_proxy.shared_state import SharedState
 
 logger = logging.getLogger("chatgpt_proxy.selfservice")
 
-REFUSALS = ("blocked", "capped", "not_in_guild", "missing_role")
+REFUSALS = ("blocked", "capped", "user_capped", "not_in_guild", "missing_role")
 
 
 def owner_of(user_id: str) -> str:
@@ -129,6 +129,7 @@ class SelfService:
             expires,
             rotate=rotate,
             hourly_cap=policy_settings.max_new_keys_per_hour,
+            daily_cap=policy_settings.max_keys_per_user_per_day,
         )
         if issue.outcome is Outcome.BLOCKED:
             self.refusals["blocked"] += 1
@@ -141,6 +142,10 @@ class SelfService:
                 policy_settings.max_new_keys_per_hour,
             )
             return "Too many keys were handed out in the last hour; please try again later."
+        if issue.outcome is Outcome.USER_CAPPED:
+            self.refusals["user_capped"] += 1
+            logger.info("self-service refused (user_capped) for discord user %s", user_id)
+            return "You were given enough keys for today; please try again tomorrow."
         if issue.outcome is Outcome.EXISTS:
             assert issue.key is not None
             return (

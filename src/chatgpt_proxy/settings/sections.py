@@ -447,6 +447,12 @@ class SelfServiceSettings(_Section):
         description="self-service keys issued per hour across the server, at most (null: no "
         "cap); refusals are logged and counted in /metrics",
     )
+    max_keys_per_user_per_day: int | None = Field(
+        3,
+        ge=1,
+        description="keys one user may be issued in 24 hours, rotations included (null: no "
+        "cap); each new key starts a fresh daily budget",
+    )
     public_url: str | None = Field(
         None,
         description="this proxy's public URL, told to new key holders as their SDK's base URL "
