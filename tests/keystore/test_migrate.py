@@ -42,6 +42,7 @@ def test_migrated_schema_matches_the_metadata(database_url: str) -> None:
         "stored_objects",
         "blocked_owners",
         "seen_interactions",
+        "holder_sessions",
         VERSION_TABLE,
     }
     assert diff == []

@@ -7,6 +7,8 @@ key's id in the path is answered 404, exactly as an id that does not exist::
     GET /me/usage[?since=DAY]    usage per UTC day and model (default: this month)
     GET /me/keys/{id}            /me, if {id} is the caller's own key id
     GET /me/keys/{id}/usage      /me/usage, likewise
+
+and the same as a small page behind a session (``me_page``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, date, datetime
 import orjson
 from aiohttp import web
 
+from chatgpt_proxy.api.me_page import me_page_routes
 from chatgpt_proxy.app import STATE, AppState, context
 from chatgpt_proxy.errors import InvalidRequest, UnknownRoute
 from chatgpt_proxy.keystore import ClientKey
@@ -64,6 +67,7 @@ def _since(value: str | None) -> date:
 
 def me_routes() -> list[web.RouteDef]:
     return [
+        *me_page_routes(),
         web.get("/me", me),
         web.get("/me/usage", me_usage),
         web.get("/me/keys/{id}", me),

@@ -19,6 +19,7 @@ from chatgpt_proxy.keystore.schema import (
     aware_utc,
     blocked_owners,
     client_keys,
+    holder_sessions,
     seen_interactions,
 )
 
@@ -109,3 +110,24 @@ def prune_seen(now: datetime, window: timedelta) -> sa.Delete:
 
 def seen_statement(interaction_id: str, now: datetime) -> sa.Insert:
     return seen_interactions.insert().values(id=interaction_id, seen_at=aware_utc(now, "now"))
+
+
+def session_statement(id_hash: str, key_id: str, expires_at: datetime) -> sa.Insert:
+    return holder_sessions.insert().values(
+        id_hash=id_hash, key_id=key_id, expires_at=aware_utc(expires_at, "expires_at")
+    )
+
+
+def session_query(id_hash: str, now: datetime) -> sa.Select[Any]:
+    return sa.select(holder_sessions.c.key_id).where(
+        holder_sessions.c.id_hash == id_hash,
+        holder_sessions.c.expires_at > aware_utc(now, "now"),
+    )
+
+
+def prune_sessions(now: datetime) -> sa.Delete:
+    return holder_sessions.delete().where(holder_sessions.c.expires_at <= aware_utc(now, "now"))
+
+
+def end_session(id_hash: str) -> sa.Delete:
+    return holder_sessions.delete().where(holder_sessions.c.id_hash == id_hash)

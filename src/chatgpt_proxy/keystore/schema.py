@@ -146,6 +146,16 @@ seen_interactions = sa.Table(
 )
 
 
+# Sessions of the key holders' page: the random id is in the holder's cookie, only its hash here.
+holder_sessions = sa.Table(
+    "holder_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),  # sha256 hex of the session id
+    sa.Column("key_id", sa.String(32), sa.ForeignKey("client_keys.id"), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
+)
+
+
 def aware_utc(value: datetime, param: str) -> datetime:
     """``value`` in UTC; a naive datetime is refused, being ambiguous (local time? UTC?).
 

@@ -325,6 +325,25 @@ class KeyStore:
                 return False
         return True
 
+    async def start_session(self, id_hash: str, key_id: str, expires_at: datetime) -> None:
+        """Record a key holder's page session (by the hash of its id); expired ones go."""
+        with _store_errors("start_session"):
+            async with self._engine.begin() as conn:
+                await conn.execute(owners.prune_sessions(datetime.now(UTC)))
+                await conn.execute(owners.session_statement(id_hash, key_id, expires_at))
+
+    async def session_key(self, id_hash: str) -> ClientKey | None:
+        """The key of an unexpired session, or None."""
+        with _store_errors("session_key"):
+            async with self._engine.connect() as conn:
+                key_id = await conn.scalar(owners.session_query(id_hash, datetime.now(UTC)))
+                return None if key_id is None else await _fetch_key(conn, key_id)
+
+    async def end_session(self, id_hash: str) -> None:
+        with _store_errors("end_session"):
+            async with self._engine.begin() as conn:
+                await conn.execute(owners.end_session(id_hash))
+
     async def _revoke_owned(
         self, conn: AsyncConnection, owner: str, now: datetime
     ) -> tuple[ClientKey, ...]:

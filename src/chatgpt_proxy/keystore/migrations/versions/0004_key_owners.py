@@ -1,5 +1,5 @@
-"""Self-service keys: each key's owner (a Discord user), blocked owners, and the interaction ids
-already answered (replay protection shared by every replica).
+"""Self-service keys: each key's owner (a Discord user), blocked owners, the interaction ids
+already answered (replay protection shared by every replica), and key holders' page sessions.
 
 Revision ID: 0004
 Revises: 0002
@@ -37,9 +37,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_seen_interactions"),
     )
     op.create_index("ix_seen_interactions_seen_at", "seen_interactions", ["seen_at"])
+    op.create_table(
+        "holder_sessions",
+        sa.Column("id_hash", sa.String(64), nullable=False),
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id_hash", name="pk_holder_sessions"),
+        sa.ForeignKeyConstraint(
+            ["key_id"], ["client_keys.id"], name="fk_holder_sessions_key_id_client_keys"
+        ),
+    )
+    op.create_index("ix_holder_sessions_expires_at", "holder_sessions", ["expires_at"])
 
 
 def downgrade() -> None:
+    op.drop_table("holder_sessions")
     op.drop_table("seen_interactions")
     op.drop_table("blocked_owners")
     with op.batch_alter_table("client_keys") as batch:
