@@ -160,15 +160,13 @@ class SelfService:
         return self._issued_message(issue.secret, rotated=bool(issue.revoked))
 
     def _issued_message(self, secret: str, *, rotated: bool) -> str:
-        lines = [
-            "Your old key no longer works. " if rotated else "",
-            f"Your key (shown only now: keep it secret): `{secret}`",
-        ]
+        lines = ["Your old key no longer works."] if rotated else []
+        lines.append(f"Your key (shown only now: keep it secret): `{secret}`")
         url = self._settings.self_service.public_url
         if url is not None:
             lines.append(f"Use it with any OpenAI SDK: base_url `{url.rstrip('/')}/v1`")
         lines.append("`/usage` shows how much you have used and what is left.")
-        return "\n".join(line for line in lines if line)
+        return "\n".join(lines)
 
     async def usage(self, user_id: str) -> str:
         now = datetime.now(UTC)
