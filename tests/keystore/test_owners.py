@@ -136,3 +136,16 @@ def test_an_unstorable_owner_is_refused_before_any_sql(database_url: str, owner:
         assert await store.owned_keys(owner) == []
 
     run(database_url, scenario)
+
+
+def test_a_replay_to_another_replica_is_refused_too(database_url: str) -> None:
+    async def scenario(store: KeyStore) -> None:
+        window = timedelta(minutes=10)
+        async with await KeyStore.open(database_url) as other:  # another replica's store
+            seen = await asyncio.gather(
+                store.first_sighting("1400000000000000009", window),
+                other.first_sighting("1400000000000000009", window),
+            )
+        assert sorted(seen) == [False, True]
+
+    run(database_url, scenario)
