@@ -31,6 +31,8 @@ from chatgpt_proxy.periodic import TaskErrors
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.redis_link import RedisLink
+from chatgpt_proxy.selfservice.endpoint import InteractionEndpoint
+from chatgpt_proxy.selfservice.service import SelfService
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.state import STATE, AppState
@@ -147,4 +149,8 @@ async def _open_state(
     )
     state.redis = link.client if link is not None else None
     state.shared = shared
+    state.self_service = SelfService(settings, store, keys, shared, metrics)
+    if settings.discord.enabled:
+        state.interactions = InteractionEndpoint(settings.discord, store, state.self_service)
+        stack.push_async_callback(state.interactions.close)
     return state

@@ -20,6 +20,7 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     │   │   └── PreviousResponseNotFound    404 previous_response_not_found
     │   └── ContentPolicyViolation          400 content_policy_violation
     ├── AuthenticationFailed                401 invalid_api_key
+    │   └── InvalidSignature                401 invalid_signature (a Discord interaction's)
     ├── PermissionDenied                    403 permission_denied
     │   └── ModelNotAllowed                 403 model_not_allowed
     ├── ResourceUnavailable                 409 resource_key_unavailable (+ x-should-retry: false)
@@ -201,6 +202,12 @@ class AuthenticationFailed(ProxyError):
     type = "invalid_request_error"
     code = "invalid_api_key"
     should_retry = False
+
+
+class InvalidSignature(AuthenticationFailed):
+    """A signed request (a Discord interaction) whose signature, age or id does not hold."""
+
+    code = "invalid_signature"
 
 
 class PermissionDenied(ProxyError):

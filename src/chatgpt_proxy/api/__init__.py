@@ -4,6 +4,8 @@ from aiohttp import web
 
 from chatgpt_proxy.api.admin import admin_routes
 from chatgpt_proxy.api.health import health_routes
+from chatgpt_proxy.api.interactions import interaction_routes
+from chatgpt_proxy.api.me import me_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import proxy_routes
 from chatgpt_proxy.exchange import no_route
@@ -14,7 +16,8 @@ def add_routes(app: web.Application) -> None:
     """Every route of ``app``, whose ``STATE`` is set: the proxy's pipelines are built here."""
     routes = [*model_routes(), *proxy_routes(app[STATE]), *admin_routes(), *health_routes()]
     # /v1/models before /v1/models/{model}, which would not match it anyway
-    for route in routes:
+    discord = app[STATE].settings.discord
+    for route in [*routes, *me_routes(), *interaction_routes(discord)]:
         web.route(route.method, route.path, served(route.handler), **route.kwargs).register(
             app.router
         )
