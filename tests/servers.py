@@ -187,6 +187,15 @@ async def wait_for_async(
         await asyncio.sleep(POLL_SECONDS)
 
 
+def refuses_connections(url: str) -> bool:
+    """Whether nothing listens at ``url`` any more (a server stopping closes its socket)."""
+    try:
+        httpx2.get(url + "/healthz", timeout=2)
+    except httpx2.ConnectError:
+        return True
+    return False
+
+
 def wait_until_serving(
     url: str, process: subprocess.Popen[str] | None = None, timeout: float = 20.0
 ) -> None:

@@ -13,18 +13,9 @@ import pytest
 
 from fake_openai import DEFAULT_REPLY, FakeOpenAI
 from harness import served_proxy
-from servers import ServedProcess, wait_for
+from servers import ServedProcess, refuses_connections, wait_for
 
 GRACE_SECONDS = 5
-
-
-def _refuses(url: str) -> bool:
-    """Whether nothing listens at ``url`` any more (the server stops listening at once)."""
-    try:
-        httpx2.get(url + "/healthz", timeout=2)
-    except httpx2.ConnectError:
-        return True
-    return False
 
 
 @pytest.fixture
@@ -67,7 +58,8 @@ def test_sigterm_lets_a_stream_in_flight_finish(served: ServedProcess) -> None:
         received = [next(chunks)]
         served.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        wait_for(lambda: _refuses(served.url), message="still accepting connections")
+        # The server stops listening at once.
+        wait_for(lambda: refuses_connections(served.url), message="still accepting connections")
 
         with pytest.raises(httpx2.ConnectError):
             httpx2.get(served.url + "/healthz", timeout=2)
