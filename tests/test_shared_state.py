@@ -40,8 +40,22 @@ class Replica:
         return next(s.state for s in self.pool.snapshot() if s.alias == alias)
 
 
+async def _listeners(prefix: str) -> int:
+    """How many replicas listen on the upstream channel under ``prefix``."""
+    client = Redis.from_url(redis_url())
+    try:
+        channel = prefix + "upstreams"
+        counts = dict(await client.pubsub_numsub(channel))
+        return int(counts.get(channel.encode(), 0))
+    finally:
+        await client.aclose()
+
+
 @asynccontextmanager
 async def replicas(database_url: str, prefix: str, count: int = 2) -> AsyncIterator[list[Replica]]:
+    """``count`` replicas sharing one store, each listening before this yields (a message
+    published earlier would reach none of them: Redis keeps no channel history)."""
+    listening = await _listeners(prefix)
     async with AsyncExitStack() as stack:
         store = await KeyStore.open(database_url)
         stack.push_async_callback(store.close)
@@ -56,7 +70,13 @@ async def replicas(database_url: str, prefix: str, count: int = 2) -> AsyncItera
             await replica.shared.start()
             stack.push_async_callback(replica.shared.stop)
             made.append(replica)
+        expected = listening + count
+        await wait_for_async(lambda: _ready(prefix, expected), message="replicas not listening")
         yield made
+
+
+async def _ready(prefix: str, expected: int) -> bool:
+    return await _listeners(prefix) >= expected
 
 
 Scenario = Callable[[list[Replica], str], Awaitable[None]]
