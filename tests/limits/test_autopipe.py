@@ -10,12 +10,12 @@ import pytest
 from limits_rig import Rig
 from redis.asyncio import Redis
 
-from chatgpt_proxy.limits.autopipe import AutoPipeline, Script
+from chatgpt_proxy.limits.autopipe import AutoPipeline
 from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable
 from servers import free_port, wait_for_async
 
-ECHO = Script("return ARGV[1]")
-INCR = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+ECHO = "return ARGV[1]"
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
 
 def test_calls_arriving_together_are_each_answered_with_their_own_result(redis_rig: Rig) -> None:
@@ -24,7 +24,12 @@ def test_calls_arriving_together_are_each_answered_with_their_own_result(redis_r
 
     async def burst() -> list[Any]:
         try:
-            return await asyncio.gather(*(pipe.call(ECHO, (), (str(n),)) for n in range(600)))
+            return await asyncio.gather(
+                *(
+                    pipe.call(redis_rig.link.client.register_script(ECHO), (), (str(n),))
+                    for n in range(600)
+                )
+            )
         finally:
             await pipe.close()
 
@@ -37,9 +42,9 @@ def test_a_script_redis_forgot_is_loaded_again(redis_rig: Rig) -> None:
     pipe = AutoPipeline(redis_rig.link)
 
     async def twice() -> list[Any]:
-        first = await pipe.call(INCR, (counter,), (2,))
+        first = await pipe.call(redis_rig.link.client.register_script(INCR), (counter,), (2,))
         await redis_rig.link.client.script_flush()  # as after a Redis restart
-        second = await pipe.call(INCR, (counter,), (3,))
+        second = await pipe.call(redis_rig.link.client.register_script(INCR), (counter,), (3,))
         await pipe.close()
         return [first, second]
 
@@ -53,7 +58,7 @@ def test_sends_are_all_made_once_drained(redis_rig: Rig) -> None:
 
     async def fire_and_forget() -> None:
         for _ in range(100):
-            pipe.send(INCR, (counter,), (1,))
+            pipe.send(redis_rig.link.client.register_script(INCR), (counter,), (1,))
         await pipe.drain()
         await pipe.close()
 
@@ -68,7 +73,14 @@ def test_the_result_of_a_call_whose_caller_left_goes_to_on_orphan(redis_rig: Rig
     orphans: list[Any] = []
 
     async def leave() -> None:
-        task = asyncio.create_task(pipe.call(INCR, (counter,), (7,), on_orphan=orphans.append))
+        task = asyncio.create_task(
+            pipe.call(
+                redis_rig.link.client.register_script(INCR),
+                (counter,),
+                (7,),
+                on_orphan=orphans.append,
+            )
+        )
         await asyncio.sleep(0)  # queued: on its way with the next pipeline
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -86,7 +98,7 @@ def test_an_unreachable_redis_fails_the_callers_and_marks_the_link_down() -> Non
         pipe = AutoPipeline(link)
         try:
             with pytest.raises(RedisUnavailable):
-                await pipe.call(ECHO, (), ("x",))
+                await pipe.call(link.client.register_script(ECHO), (), ("x",))
             return link.up
         finally:
             await pipe.close()
