@@ -23,11 +23,6 @@ from selfservice.discord_helpers import APPLICATION_ID, GUILD_ID, ROLE_ID, ROTAT
 USER = "900000000000000001"
 
 
-@pytest.fixture
-def signer() -> Signer:
-    return Signer()
-
-
 def changed(body: bytes, **fields: Any) -> bytes:
     """``body`` with top-level ``fields`` set (``None``: removed)."""
     interaction = orjson.loads(body)
@@ -39,7 +34,7 @@ def changed(body: bytes, **fields: Any) -> bytes:
     return orjson.dumps(interaction)
 
 
-def test_a_ping_parses(signer: Signer) -> None:
+def test_a_ping_parses() -> None:
     interaction = parse(orjson.dumps({"id": "1", "application_id": APPLICATION_ID, "type": 1}))
     assert interaction.type == InteractionType.PING
     assert interaction.token is None and interaction.user_id is None

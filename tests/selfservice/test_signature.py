@@ -14,11 +14,6 @@ NOW = 1_800_000_000
 MAX_AGE = 300.0
 
 
-@pytest.fixture
-def signer() -> Signer:
-    return Signer()
-
-
 def check(signer: Signer, now: float = NOW) -> SignatureCheck:
     return SignatureCheck(signer.public_key, max_age=MAX_AGE, clock=lambda: now)
 
