@@ -36,9 +36,16 @@ async def inspect(database_url: str) -> tuple[set[str], list[Any], list[str]]:
 def test_migrated_schema_matches_the_metadata(database_url: str) -> None:
     asyncio.run(migrate(database_url))
     tables, diff, heads = asyncio.run(inspect(database_url))
-    assert tables == {"client_keys", "usage_events", "stored_objects", VERSION_TABLE}
+    assert tables == {
+        "client_keys",
+        "usage_events",
+        "stored_objects",
+        "console_sessions",
+        "audit_events",
+        VERSION_TABLE,
+    }
     assert diff == []
-    assert heads == ["0002"]
+    assert heads == ["0003"]
 
 
 def test_migrating_twice_changes_nothing(database_url: str) -> None:
@@ -50,7 +57,7 @@ def test_migrating_twice_changes_nothing(database_url: str) -> None:
             assert await store.list() == [key]
 
     asyncio.run(scenario())
-    assert asyncio.run(inspect(database_url))[2] == ["0002"]
+    assert asyncio.run(inspect(database_url))[2] == ["0003"]
 
 
 def test_replicas_migrating_at_once_do_not_race(database_url: str) -> None:
@@ -59,4 +66,4 @@ def test_replicas_migrating_at_once_do_not_race(database_url: str) -> None:
 
     asyncio.run(scenario())
     tables, diff, heads = asyncio.run(inspect(database_url))
-    assert "client_keys" in tables and diff == [] and heads == ["0002"]
+    assert "client_keys" in tables and diff == [] and heads == ["0003"]

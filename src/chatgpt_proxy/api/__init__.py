@@ -6,12 +6,21 @@ from chatgpt_proxy.api.admin import admin_routes
 from chatgpt_proxy.api.health import health_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import proxy_routes
-from chatgpt_proxy.app import no_route, served
+from chatgpt_proxy.app import STATE, no_route, served
+from chatgpt_proxy.console import add_console
 
 
 def add_routes(app: web.Application) -> None:
     # /v1/models before /v1/models/{model}, which would not match it anyway
-    for route in [*model_routes(), *proxy_routes(), *admin_routes(), *health_routes()]:
+    settings = app[STATE].settings
+    console = add_console(app, settings) if settings.console.enabled else []
+    for route in [
+        *model_routes(),
+        *proxy_routes(),
+        *admin_routes(),
+        *health_routes(),
+        *console,
+    ]:
         web.route(route.method, route.path, served(route.handler), **route.kwargs).register(
             app.router
         )

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from chatgpt_proxy.keystore.models import UsageEvent, UsageRow
-from chatgpt_proxy.keystore.schema import aware_utc, usage_events
+from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
 from chatgpt_proxy.keystore.text import storable
 
 # The model name comes from the client; PostgreSQL would refuse an over-long one, or one with a
@@ -93,6 +93,77 @@ def totals_query(key_id: str, since: datetime | None) -> sa.Select[Any]:
     if since is not None:
         query = query.where(usage_events.c.created_at >= aware_utc(since, "since"))
     return query
+
+
+REPORT_GROUPS = ("day", "model", "key")
+
+
+def report_query(dialect: str, since: datetime, until: datetime, by: str) -> sa.Select[Any]:
+    """Every key's requests, tokens and cost in [since, until), per day, model or key: one row
+    per group, as ``group`` (the day as text), largest first except days, which are in order."""
+    if by == "day":
+        group: sa.ColumnElement[Any] = sa.cast(
+            _utc_day(dialect, usage_events.c.created_at).element, sa.String
+        )
+    elif by == "model":
+        group = usage_events.c.model
+    elif by == "key":
+        group = usage_events.c.key_id
+    else:
+        raise ValueError(f"by must be one of {REPORT_GROUPS}")
+    label = group.label("group")
+    tokens = sa.func.coalesce(sa.func.sum(usage_events.c.total_tokens), 0)
+    query = (
+        sa.select(
+            label,
+            sa.func.sum(usage_events.c.requests).label("requests"),
+            sa.func.coalesce(sa.func.sum(usage_events.c.prompt_tokens), 0).label("prompt_tokens"),
+            sa.func.coalesce(sa.func.sum(usage_events.c.completion_tokens), 0).label(
+                "completion_tokens"
+            ),
+            tokens.label("total_tokens"),
+            sa.func.coalesce(sa.func.sum(usage_events.c.cost), 0.0).label("cost"),
+        )
+        .where(usage_events.c.created_at >= aware_utc(since, "since"))
+        .where(usage_events.c.created_at < aware_utc(until, "until"))
+        .group_by(group)
+    )
+    return query.order_by(group if by == "day" else tokens.desc()).limit(1000)
+
+
+def minutes_query(dialect: str, since: datetime) -> sa.Select[Any]:
+    """Every key's requests, failed requests, tokens and latency per UTC minute since ``since``."""
+    column = usage_events.c.created_at
+    if dialect == "postgresql":
+        utc = sa.func.timezone(sa.literal_column("'UTC'"), column)
+        minute: sa.ColumnElement[Any] = sa.func.to_char(
+            utc, sa.literal_column("'YYYY-MM-DD\"T\"HH24:MI'")
+        )
+    else:
+        minute = sa.func.strftime(sa.literal_column("'%Y-%m-%dT%H:%M'"), column)
+    failed = sa.case((usage_events.c.status >= 400, usage_events.c.requests), else_=0)
+    return (
+        sa.select(
+            minute.label("minute"),
+            sa.func.sum(usage_events.c.requests).label("requests"),
+            sa.func.sum(failed).label("errors"),
+            sa.func.sum(usage_events.c.total_tokens).label("tokens"),
+            sa.func.sum(usage_events.c.latency_ms).label("latency_ms"),
+        )
+        .where(column >= aware_utc(since, "since"))
+        .group_by(minute)
+        .order_by(minute)
+    )
+
+
+def key_search(search: str) -> sa.ColumnElement[bool]:
+    """Keys whose name contains ``search`` or whose prefix starts with it (any key for "")."""
+    if not search:
+        return sa.true()
+    # The text is a pattern's literal part: LIKE's wildcards in it match themselves.
+    literal = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    name = sa.func.lower(client_keys.c.name).like(f"%{literal.lower()}%", escape="\\")
+    return sa.or_(name, client_keys.c.prefix.like(f"{literal}%", escape="\\"))
 
 
 def _utc_day(dialect: str, column: sa.ColumnElement[datetime]) -> sa.Label[Any]:

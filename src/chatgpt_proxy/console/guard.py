@@ -1,0 +1,153 @@
+"""Who may use the console: sessions, their cookie, CSRF tokens, the Origin check, sign-in
+throttling and the security headers of every page (DESIGN §3.9).
+
+The cookie holds a random session id and nothing else (never a key); the database holds only
+its hash. A change (any POST) must come from a page of this console: its Origin (or Referer)
+names this host, and it carries the CSRF token derived from the session id, which a page of
+another site can neither read nor guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from chatgpt_proxy.app import STATE, AppState
+from chatgpt_proxy.auth import FailedAuthThrottle
+from chatgpt_proxy.keystore.sessions import ConsoleSession
+
+COOKIE = "chatgpt_proxy_console"
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "X-CSRF-Token"
+# Only the proxy's own files: no inline script or style, no other origin, no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class Refused(Exception):
+    """A console request refused: its status and a sentence for the operator."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class Signed:
+    """A request's live session, the id from its cookie and the CSRF token pages embed."""
+
+    session: ConsoleSession
+    secret: str
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.secret)
+
+    @property
+    def actor(self) -> str:
+        return f"console:{self.session.label}"
+
+
+@dataclass(slots=True)
+class Guard:
+    """The console's per-process state: the failed sign-in throttle."""
+
+    throttle: FailedAuthThrottle
+
+
+GUARD = web.AppKey("console_guard", Guard)
+
+
+def csrf_token(secret: str) -> str:
+    """The session's CSRF token: derived from its id, so no table holds it and no replica
+    disagrees; the id cannot be recovered from it."""
+    return hmac.new(secret.encode(), b"console-csrf", hashlib.sha256).hexdigest()
+
+
+def _lifetimes(state: AppState) -> tuple[timedelta, timedelta]:
+    console = state.settings.console
+    return (
+        timedelta(minutes=console.session_idle_minutes),
+        timedelta(hours=console.session_max_hours),
+    )
+
+
+async def signed_in(request: web.Request) -> Signed | None:
+    """The request's live session, or None (no cookie, unknown, expired or logged out)."""
+    secret = request.cookies.get(COOKIE)
+    if not secret:
+        return None
+    state = request.app[STATE]
+    idle, lifetime = _lifetimes(state)
+    session = await state.store.sessions.find(secret, idle=idle, lifetime=lifetime)
+    return None if session is None else Signed(session, secret)
+
+
+def check_origin(request: web.Request) -> None:
+    """Refuse a change that a page of another origin sent (the browser names it in Origin)."""
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    if not origin or origin == "null":
+        raise Refused(403, "Refused: the request does not say which page sent it (no Origin).")
+    if urlsplit(origin).netloc.lower() != request.host.lower():
+        raise Refused(403, "Refused: the request came from a page of another site.")
+
+
+async def check_change(request: web.Request, form: dict[str, str]) -> Signed:
+    """The session of a state-changing request, which must come from this console's page."""
+    check_origin(request)
+    signed = await signed_in(request)
+    if signed is None:
+        raise Refused(401, "Your session has ended: sign in again.")
+    sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
+    if not hmac.compare_digest(sent.encode("utf-8", "replace"), signed.csrf.encode()):
+        raise Refused(403, "Refused: the form's security token is missing or wrong. Reload it.")
+    return signed
+
+
+def is_admin_key(state: AppState, candidate: str) -> bool:
+    admin_key = state.settings.auth.admin_key
+    if admin_key is None:
+        return False
+    expected = admin_key.get_secret_value().encode()
+    return hmac.compare_digest(candidate.encode("utf-8", "replace"), expected)
+
+
+def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) -> None:
+    state = request.app[STATE]
+    console = state.settings.console
+    secure = console.secure_cookie if console.secure_cookie is not None else request.secure
+    response.set_cookie(
+        COOKIE,
+        secret,
+        path=f"{state.settings.server.root_path}/admin",
+        httponly=True,
+        samesite="Strict",
+        secure=secure,
+        max_age=int(console.session_max_hours * 3600),
+    )
+
+
+def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    root = request.app[STATE].settings.server.root_path
+    response.del_cookie(COOKIE, path=f"{root}/admin")
+
+
+def protect(response: web.StreamResponse) -> web.StreamResponse:
+    """The headers every console page carries."""
+    response.headers.update(PAGE_HEADERS)
+    return response
