@@ -143,6 +143,10 @@ def _show(key: ClientKey, as_json: bool) -> None:
             click.echo(f"{name}: {value}")
 
 
+# The audit log's actor for what the commands do.
+CLI_ACTOR = "cli"
+
+
 @keys.command("create")
 @click.option("--name", required=True, help="who or what the key is for")
 @_policy_options
@@ -160,6 +164,7 @@ def keys_create(name: str, as_json: bool, config_path: str | None, **fields: Any
 
     async def create(store: KeyStore) -> tuple[ClientKey, str]:
         created = await store.create(name, wanted.policy or KeyPolicy(), expires)
+        await store.audit.record(CLI_ACTOR, "key.create", target=created[0].id)
         await announce_key_change(settings, created[0].id)
         return created
 
@@ -201,6 +206,7 @@ def keys_revoke(key_id: str, config_path: str | None) -> None:
     async def revoke(store: KeyStore) -> ClientKey | None:
         key = await store.revoke(key_id)
         if key is not None:
+            await store.audit.record(CLI_ACTOR, "key.revoke", target=key.id)
             await announce_key_change(settings, key.id)
         return key
 
@@ -232,6 +238,10 @@ def keys_update(
             key.id, name=change.name, policy=change.policy, expires_at=change.expires_at
         )
         if updated is not None:
+            fields = ", ".join(sorted(name for name in data if name != "name")) or "-"
+            await store.audit.record(
+                CLI_ACTOR, "key.update", target=updated.id, detail=f"fields: {fields}"
+            )
             await announce_key_change(settings, updated.id)
         return updated
 

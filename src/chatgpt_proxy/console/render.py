@@ -62,12 +62,21 @@ def refused(request: web.Request, refusal: Refused, signed: Signed | None = None
     )
 
 
+def see_other(location: str) -> web.Response:
+    """A redirect after a form (returned: the route wrapper treats a raised one as an error)."""
+    response = web.Response(status=303, headers={"Location": location})
+    protect(response)
+    return response
+
+
 def to_login(request: web.Request) -> web.Response:
     """Back to the sign-in form; htmx follows HX-Redirect instead of swapping the form in."""
     target = f"{base_path(request)}/"
     if request.headers.get("HX-Request") == "true":
-        return protect(web.Response(status=204, headers={"HX-Redirect": target}))  # type: ignore[return-value]
-    raise web.HTTPSeeOther(target, headers={"Cache-Control": "no-store"})
+        response = web.Response(status=204, headers={"HX-Redirect": target})
+        protect(response)
+        return response
+    return see_other(target)
 
 
 def page(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

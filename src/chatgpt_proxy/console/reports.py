@@ -10,7 +10,7 @@ from aiohttp import web
 
 from chatgpt_proxy.app import STATE
 from chatgpt_proxy.console.guard import Refused, Signed, protect
-from chatgpt_proxy.console.render import change, page, render
+from chatgpt_proxy.console.render import base_path, change, page, render, see_other
 from chatgpt_proxy.keystore.usage import REPORT_GROUPS
 
 AUDIT_PAGE = 50
@@ -38,7 +38,7 @@ async def readmit(request: web.Request, signed: Signed, form: dict[str, str]) ->
             await state.store.audit.record(
                 signed.actor, "upstream.readmit", target=alias, address=request.remote
             )
-            raise web.HTTPSeeOther(f"{state.settings.server.root_path}/admin/console/upstreams")
+            return see_other(f"{base_path(request)}/console/upstreams")
     raise Refused(404, "No upstream key has that alias.")
 
 

@@ -16,7 +16,14 @@ from chatgpt_proxy.console.guard import (
     signed_in,
 )
 from chatgpt_proxy.console.overview import overview
-from chatgpt_proxy.console.render import base_path, change, read_form, refused, render
+from chatgpt_proxy.console.render import (
+    base_path,
+    change,
+    read_form,
+    refused,
+    render,
+    see_other,
+)
 from chatgpt_proxy.errors import RateLimited
 
 
@@ -56,9 +63,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         return render(request, "login.html", {"error": "That is not the admin key."}, status=401)
     secret, session = await state.store.sessions.create(address)
     await state.store.audit.record(f"console:{session.label}", "login", address=address)
-    response = web.HTTPSeeOther(f"{base_path(request)}/")
+    response = see_other(f"{base_path(request)}/")
     set_cookie(request, response, secret)
-    raise response
+    return response
 
 
 @change
@@ -66,6 +73,6 @@ async def logout(request: web.Request, signed: Signed, form: dict[str, str]) -> 
     state = request.app[STATE]
     await state.store.sessions.delete(signed.secret)
     await state.store.audit.record(signed.actor, "logout", address=_address(request))
-    response = web.HTTPSeeOther(f"{base_path(request)}/")
+    response = see_other(f"{base_path(request)}/")
     clear_cookie(request, response)
-    raise response
+    return response

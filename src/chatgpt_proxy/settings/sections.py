@@ -356,8 +356,9 @@ class LimitSettings(_Section):
 
 class ConsoleSettings(_Section):
     enabled: bool = Field(
-        True, description="serve the operator's web console at /admin/ (it opens only with "
-        "auth.admin_key set)"
+        True,
+        description="serve the operator's web console at /admin/ (it opens only with "
+        "auth.admin_key set)",
     )
     session_idle_minutes: float = Field(
         30.0, gt=0, description="a console session unused this long ends"
