@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 import httpx2
+
 from harness import ADMIN_KEY, Proxy
 
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from console_helpers import login, sign_in
-from harness import ADMIN_KEY, Proxy
 
 from chatgpt_proxy.keystore.tokens import hash_secret
+from harness import ADMIN_KEY, Proxy
 
 MakeProxy = Callable[..., Proxy]
 
