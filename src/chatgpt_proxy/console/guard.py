@@ -138,7 +138,7 @@ def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) 
         httponly=True,
         samesite="Strict",
         secure=secure,
-        max_age=int(console.session_max_hours * 3600),
+        max_age=max(int(console.session_max_hours * 3600), 1),
     )
 
 
