@@ -44,7 +44,7 @@
     if (copy) {
       var input = document.getElementById(copy.getAttribute("data-copy"));
       input.select();
-      if (navigator.clipboard) navigator.clipboard.writeText(input.value);
+      if (navigator.clipboard) navigator.clipboard.writeText(input.value).catch(function () {});
       copy.textContent = "Copied";
     }
     var confirmer = e.target.closest("[data-confirm]");
