@@ -26,8 +26,14 @@ async def overview_figures(request: web.Request, signed: Signed) -> web.StreamRe
 
 
 async def _figures(state: AppState) -> dict[str, Any]:
-    minutes = await state.store.usage_by_minute(datetime.now(UTC) - _WINDOW)
-    last = minutes[-1] if minutes else None
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    minutes = await state.store.usage_by_minute(now - _WINDOW + timedelta(minutes=1))
+    by_minute = {row["minute"]: row for row in minutes}
+    labels = [
+        (now - _WINDOW + timedelta(minutes=n + 1)).strftime("%Y-%m-%dT%H:%M") for n in range(60)
+    ]
+    series = [by_minute.get(label, {}) for label in labels]
+    last = by_minute.get(labels[-1])
     requests = sum(int(row["requests"] or 0) for row in minutes)
     latency_ms = sum(int(row["latency_ms"] or 0) for row in minutes)
     states = Counter(
@@ -37,7 +43,12 @@ async def _figures(state: AppState) -> dict[str, Any]:
     )
     p50, p95 = _percentiles(state)
     return {
-        "minutes": minutes,
+        "chart": {
+            "labels": [label[11:] for label in labels],  # HH:MM, UTC
+            "requests": [int(row.get("requests") or 0) for row in series],
+            "errors": [int(row.get("errors") or 0) for row in series],
+            "tokens": [int(row.get("tokens") or 0) // 100 for row in series],
+        },
         "last_minute": last,
         "hour_requests": requests,
         "hour_errors": sum(int(row["errors"] or 0) for row in minutes),

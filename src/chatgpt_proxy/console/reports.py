@@ -49,6 +49,8 @@ def _period(request: web.Request) -> tuple[date, date, str]:
         until = date.fromisoformat(request.query.get("until") or str(today))
     except ValueError as exc:
         raise Refused(400, "Dates look like 2026-11-30.") from exc
+    if until < since:
+        raise Refused(400, "The period ends before it starts.")
     by = request.query.get("by", "day")
     if by not in REPORT_GROUPS:
         raise Refused(400, f"Group by one of {', '.join(REPORT_GROUPS)}.")
@@ -66,16 +68,17 @@ async def _report(request: web.Request) -> tuple[date, date, str, list[dict[str,
 @page
 async def usage(request: web.Request, signed: Signed) -> web.StreamResponse:
     since, until, by, rows = await _report(request)
+    tokens = {str(row["group"]): int(row["total_tokens"]) for row in rows}  # type: ignore[call-overload]
+    labels = list(tokens)
+    if by == "day" and (until - since).days < 400:  # every day of the period, used or not
+        labels = [str(since + timedelta(days=n)) for n in range((until - since).days + 1)]
     context = {
         "since": since.isoformat(),
         "until": until.isoformat(),
         "by": by,
         "groups": REPORT_GROUPS,
         "rows": rows,
-        "chart": {
-            "labels": [str(row["group"]) for row in rows],
-            "tokens": [int(row["total_tokens"]) for row in rows],  # type: ignore[call-overload]
-        },
+        "chart": {"labels": labels, "tokens": [tokens.get(label, 0) for label in labels]},
     }
     return render(request, "usage.html", context, signed=signed)
 

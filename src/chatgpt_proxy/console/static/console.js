@@ -9,18 +9,19 @@
       var spec = JSON.parse(el.getAttribute("data-chart"));
       el.textContent = "";
       if (!spec.labels.length) return;
-      var names = Object.keys(spec.series);
+      var names = spec.series.map(function (s) { return s[0]; });
       var xs = spec.labels.map(function (_, i) { return i; });
       var colors = ["#2563eb", "#dc2626", "#16a34a"];
+      var short = function (label) { return /^\d{4}-\d\d-\d\d$/.test(label) ? label.slice(5) : label; };
       var opts = {
         width: Math.max(el.clientWidth, 300),
         height: 220,
         scales: { x: { time: false } },
         axes: [
-          { values: function (u, ticks) { return ticks.map(function (t) { return spec.labels[t] || ""; }); } },
+          { values: function (u, ticks) { return ticks.map(function (t) { return short(spec.labels[t] || ""); }); } },
           {},
         ],
-        series: [{ label: "x", value: function (u, v) { return v == null ? "" : spec.labels[v]; } }].concat(
+        series: [{ label: spec.xlabel || "", value: function (u, v) { return v == null ? "" : spec.labels[v]; } }].concat(
           names.map(function (name, i) {
             var s = { label: name, stroke: colors[i % colors.length], width: 2 };
             if (spec.bars) {
@@ -31,7 +32,7 @@
           })
         ),
       };
-      var data = [xs].concat(names.map(function (n) { return spec.series[n]; }));
+      var data = [xs].concat(spec.series.map(function (s) { return s[1]; }));
       new uPlot(opts, data, el);
     });
   }
