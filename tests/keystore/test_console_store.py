@@ -1,0 +1,142 @@
+"""What the console keeps in the key store, on SQLite and PostgreSQL: sessions (hashed),
+the audit log (newest first, keyset paged), key pages (searched, sorted) and usage reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent, hash_secret
+from chatgpt_proxy.keystore.schema import console_sessions
+
+LONG = timedelta(hours=1)
+
+
+@contextlib.asynccontextmanager
+async def migrated(database_url: str) -> AsyncIterator[KeyStore]:
+    async with await KeyStore.open(database_url) as store:
+        await store.migrate()
+        yield store
+
+
+def test_sessions_are_stored_hashed_and_end(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            secret, session = await store.sessions.create("203.0.113.7")
+            assert secret.startswith("cs-") and session.id_hash == hash_secret(secret)
+            found = await store.sessions.find(secret, idle=LONG, lifetime=LONG)
+            assert found is not None and found.address == "203.0.113.7"
+            assert await store.sessions.find("cs-unknown", idle=LONG, lifetime=LONG) is None
+            assert await store.sessions.find("pk-" + secret[3:], idle=LONG, lifetime=LONG) is None
+            await store.sessions.delete(secret)
+            assert await store.sessions.find(secret, idle=LONG, lifetime=LONG) is None
+            # An expired session is refused and its row removed.
+            old, _ = await store.sessions.create("a")
+            assert await store.sessions.find(old, idle=timedelta(0), lifetime=LONG) is None
+            assert await store.sessions.find(old, idle=LONG, lifetime=LONG) is None
+            # The sweep removes those nobody came back for.
+            await store.sessions.create("b")
+            assert await store.sessions.sweep(idle=timedelta(0), lifetime=LONG) == 1
+            async with store._engine.connect() as conn:  # the test looks at the table itself
+                count = await conn.scalar(sa.select(sa.func.count()).select_from(console_sessions))
+            assert count == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_audit_log_pages_newest_first(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            for n in range(5):
+                await store.audit.record("api", "key.create", target=f"key_{n}", address="::1")
+            await store.audit.record("cli", "x" * 500, target="\x00" * 300)  # clipped, stored
+            first = await store.audit.page(limit=3)
+            assert [e.target for e in first[1:]] == ["key_4", "key_3"]
+            assert len(first[0].action) == 64
+            rest = await store.audit.page(limit=10, before=first[-1].id)
+            assert [e.target for e in rest] == ["key_2", "key_1", "key_0"]
+            only = await store.audit.page(action="key.create", limit=100)
+            assert len(only) == 5 and only[0].to_dict()["actor"] == "api"
+
+    asyncio.run(scenario())
+
+
+def test_key_pages_are_searched_and_sorted_in_the_database(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            for name in ("beta", "Alpha", "gamma_1", "gamma%2"):
+                await store.create(name, KeyPolicy())
+            keys, total = await store.page(sort="name", descending=False, limit=2)
+            assert total == 4 and [k.name for k in keys] == ["Alpha", "beta"]
+            keys, total = await store.page(search="ALPHA")
+            assert total == 1 and keys[0].name == "Alpha"
+            keys, total = await store.page(search="a_1")
+            assert total == 1 and keys[0].name == "gamma_1"
+            keys, total = await store.page(search="%")
+            assert total == 1
+            keys, _ = await store.page(search=keys[0].prefix)
+            assert [k.name for k in keys] == ["gamma%2"]
+            keys, total = await store.page(offset=3, limit=2, sort="no_such_column")
+            assert total == 4 and len(keys) == 1
+
+    asyncio.run(scenario())
+
+
+def test_usage_reports_group_by_day_model_and_key(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            key, _ = await store.create("k", KeyPolicy())
+            now = datetime.now(UTC)
+            base = {"key_id": key.id, "upstream": "openai#1", "endpoint": "chat.completions"}
+            await store.record_usage(
+                [
+                    UsageEvent(
+                        **base,
+                        model="a",
+                        status=200,
+                        prompt_tokens=1,
+                        completion_tokens=2,
+                        total_tokens=3,
+                        latency_ms=10,
+                        cost=0.25,
+                        created_at=now,
+                    ),
+                    UsageEvent(
+                        **base,
+                        model="b",
+                        status=502,
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                        total_tokens=0,
+                        latency_ms=5,
+                        created_at=now,
+                        requests=2,
+                    ),
+                    UsageEvent(
+                        **base,
+                        model="a",
+                        status=200,
+                        prompt_tokens=1,
+                        completion_tokens=1,
+                        total_tokens=2,
+                        latency_ms=1,
+                        created_at=now - timedelta(days=3),
+                    ),
+                ]
+            )
+            start, end = now - timedelta(days=1), now + timedelta(minutes=1)
+            [day] = await store.usage_report(start, end, "day")
+            assert day["group"] == now.date().isoformat() and day["requests"] == 3
+            models = await store.usage_report(now - timedelta(days=5), end, "model")
+            assert [(r["group"], r["total_tokens"]) for r in models] == [("a", 5), ("b", 0)]
+            [by_key] = await store.usage_report(start, end, "key")
+            assert by_key["group"] == key.id and float(by_key["cost"]) == 0.25
+            minutes = await store.usage_by_minute(now - timedelta(minutes=5))
+            assert [(m["requests"], m["errors"], m["tokens"]) for m in minutes] == [(3, 2, 3)]
+            assert minutes[0]["minute"] == now.strftime("%Y-%m-%dT%H:%M")
+
+    asyncio.run(scenario())
