@@ -79,7 +79,8 @@ def csrf_token(secret: str) -> str:
     return hmac.new(secret.encode(), b"console-csrf", hashlib.sha256).hexdigest()
 
 
-def _lifetimes(state: AppState) -> tuple[timedelta, timedelta]:
+def lifetimes(state: AppState) -> tuple[timedelta, timedelta]:
+    """How long a session may stay idle, and live at most."""
     console = state.settings.console
     return (
         timedelta(minutes=console.session_idle_minutes),
@@ -93,7 +94,7 @@ async def signed_in(request: web.Request) -> Signed | None:
     if not secret:
         return None
     state = request.app[STATE]
-    idle, lifetime = _lifetimes(state)
+    idle, lifetime = lifetimes(state)
     session = await state.store.sessions.find(secret, idle=idle, lifetime=lifetime)
     return None if session is None else Signed(session, secret)
 

@@ -19,8 +19,11 @@ AUDIT_PAGE = 50
 @page
 async def upstreams(request: web.Request, signed: Signed) -> web.StreamResponse:
     state = request.app[STATE]
+    now = datetime.now(UTC)
+    served = await state.store.usage_report(now - timedelta(days=1), now, "upstream")
+    by_alias = {row["group"]: row for row in served}
     rows = [
-        {"upstream": upstream.name, "status": status}
+        {"upstream": upstream.name, "status": status, "served": by_alias.get(status.alias)}
         for upstream in state.router.upstreams
         for status in upstream.pool.snapshot()
     ]

@@ -12,6 +12,7 @@ from chatgpt_proxy.console.guard import (
     check_origin,
     clear_cookie,
     is_admin_key,
+    lifetimes,
     set_cookie,
     signed_in,
 )
@@ -61,6 +62,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         request.app[GUARD].throttle.failed(address)
         await state.store.audit.record("console", "login.failed", address=address)
         return render(request, "login.html", {"error": "That is not the admin key."}, status=401)
+    # Sessions nobody came back for go at the next sign-in: no background task needed.
+    idle, lifetime = lifetimes(state)
+    await state.store.sessions.sweep(idle=idle, lifetime=lifetime)
     secret, session = await state.store.sessions.create(address)
     await state.store.audit.record(f"console:{session.label}", "login", address=address)
     response = see_other(f"{base_path(request)}/")

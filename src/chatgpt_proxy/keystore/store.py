@@ -153,7 +153,7 @@ class KeyStore:
         self, since: datetime, until: datetime, by: str
     ) -> builtins.list[dict[str, Any]]:
         """Requests, tokens and cost of every key between two instants, grouped ``by`` one of
-        ``usage.REPORT_GROUPS`` (day, model, key), in the database."""
+        ``usage.REPORT_GROUPS`` (day, model, key, upstream), in the database."""
         with _store_errors("usage_report"):
             async with self._engine.connect() as conn:
                 query = usage.report_query(conn.dialect.name, since, until, by)

@@ -95,12 +95,13 @@ def totals_query(key_id: str, since: datetime | None) -> sa.Select[Any]:
     return query
 
 
-REPORT_GROUPS = ("day", "model", "key")
+REPORT_GROUPS = ("day", "model", "key", "upstream")
 
 
 def report_query(dialect: str, since: datetime, until: datetime, by: str) -> sa.Select[Any]:
-    """Every key's requests, tokens and cost in [since, until), per day, model or key: one row
-    per group, as ``group`` (the day as text), largest first except days, which are in order."""
+    """Every key's requests, tokens and cost in [since, until), per day, model, key or upstream
+    key: one row per group, as ``group`` (the day as text), largest first except days, which
+    come in order. At most 1000 groups."""
     if by == "day":
         group: sa.ColumnElement[Any] = sa.cast(
             _utc_day(dialect, usage_events.c.created_at).element, sa.String
@@ -109,6 +110,8 @@ def report_query(dialect: str, since: datetime, until: datetime, by: str) -> sa.
         group = usage_events.c.model
     elif by == "key":
         group = usage_events.c.key_id
+    elif by == "upstream":
+        group = usage_events.c.upstream
     else:
         raise ValueError(f"by must be one of {REPORT_GROUPS}")
     label = group.label("group")
