@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 import orjson
 
+from chatgpt_proxy.console.passwords import hash_password
 from chatgpt_proxy.errors import ConfigError, ProxyError
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy, KeyStore
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
@@ -302,3 +303,18 @@ def check(config_path: str | None) -> None:
         failed = failed or health != "ok"
     if failed:
         sys.exit(1)
+
+
+@main.group()
+def console() -> None:
+    """The operator's web console at /admin/."""
+
+
+@console.command("hash-password")
+def console_hash_password() -> None:
+    """Print the hash of a console password (asked twice, never echoed) for
+    console.admin_password_hash."""
+    password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 12:
+        raise click.ClickException("use at least 12 characters")
+    click.echo(hash_password(password))

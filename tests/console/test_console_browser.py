@@ -94,9 +94,11 @@ def test_an_operator_runs_the_proxy_from_the_browser(
     # Console errors, less the one a refused sign-in's 401 answer logs.
     page.on(
         "console",
-        lambda message: problems.append(message.text)
-        if message.type == "error" and "status of 401" not in message.text
-        else None,
+        lambda message: (
+            problems.append(message.text)
+            if message.type == "error" and "status of 401" not in message.text
+            else None
+        ),
     )
     page.on("dialog", lambda dialog: dialog.accept())
 

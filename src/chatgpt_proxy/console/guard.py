@@ -9,6 +9,7 @@ another site can neither read nor guess.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from chatgpt_proxy.app import STATE, AppState
 from chatgpt_proxy.auth import FailedAuthThrottle
+from chatgpt_proxy.console.passwords import verify_password
 from chatgpt_proxy.keystore.sessions import ConsoleSession
 
 COOKIE = "chatgpt_proxy_console"
@@ -120,12 +122,23 @@ async def check_change(request: web.Request, form: dict[str, str]) -> Signed:
     return signed
 
 
-def is_admin_key(state: AppState, candidate: str) -> bool:
+def can_sign_in(state: AppState) -> bool:
+    """Whether any credential opens the console: never without one (no unguarded console)."""
+    settings = state.settings
+    return settings.auth.admin_key is not None or settings.console.admin_password_hash is not None
+
+
+async def is_admin(state: AppState, candidate: str) -> bool:
+    """Whether ``candidate`` is the admin key or the console's password."""
     admin_key = state.settings.auth.admin_key
-    if admin_key is None:
+    given = candidate.encode("utf-8", "replace")
+    if admin_key is not None and hmac.compare_digest(given, admin_key.get_secret_value().encode()):
+        return True
+    stored = state.settings.console.admin_password_hash
+    if stored is None or not candidate:
         return False
-    expected = admin_key.get_secret_value().encode()
-    return hmac.compare_digest(candidate.encode("utf-8", "replace"), expected)
+    # scrypt takes tens of milliseconds on purpose: off the event loop.
+    return await asyncio.to_thread(verify_password, candidate, stored.get_secret_value())
 
 
 def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) -> None:

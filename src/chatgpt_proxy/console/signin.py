@@ -9,9 +9,10 @@ from chatgpt_proxy.console.guard import (
     GUARD,
     Refused,
     Signed,
+    can_sign_in,
     check_origin,
     clear_cookie,
-    is_admin_key,
+    is_admin,
     lifetimes,
     set_cookie,
     signed_in,
@@ -34,7 +35,7 @@ def _address(request: web.Request) -> str:
 
 async def home(request: web.Request) -> web.StreamResponse:
     """``/admin/``: the overview when signed in, else the sign-in form (or how to enable it)."""
-    if request.app[STATE].settings.auth.admin_key is None:
+    if not can_sign_in(request.app[STATE]):
         return render(request, "disabled.html", {}, status=403)
     signed = await signed_in(request)
     if signed is None:
@@ -44,7 +45,7 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    if state.settings.auth.admin_key is None:
+    if not can_sign_in(state):
         return render(request, "disabled.html", {}, status=403)
     form = await read_form(request)
     address = _address(request)
@@ -58,10 +59,11 @@ async def login(request: web.Request) -> web.StreamResponse:
         response = render(request, "login.html", {"error": error}, status=429)
         response.headers.update(err.headers)
         return response
-    if not is_admin_key(state, form.get("password", "")):
+    if not await is_admin(state, form.get("password", "")):
         request.app[GUARD].throttle.failed(address)
         await state.store.audit.record("console", "login.failed", address=address)
-        return render(request, "login.html", {"error": "That is not the admin key."}, status=401)
+        error = "That is not the admin key (or the console's password)."
+        return render(request, "login.html", {"error": error}, status=401)
     # Sessions nobody came back for go at the next sign-in: no background task needed.
     idle, lifetime = lifetimes(state)
     await state.store.sessions.sweep(idle=idle, lifetime=lifetime)

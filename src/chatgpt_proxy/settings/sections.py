@@ -360,6 +360,11 @@ class ConsoleSettings(_Section):
         description="serve the operator's web console at /admin/ (it opens only with "
         "auth.admin_key set)",
     )
+    admin_password_hash: SecretStr | None = Field(
+        None,
+        description="sign in with this password as well as the admin key: its scrypt hash, "
+        "from `chatgpt-proxy console hash-password`",
+    )
     session_idle_minutes: float = Field(
         30.0, gt=0, description="a console session unused this long ends"
     )
@@ -377,6 +382,14 @@ class ConsoleSettings(_Section):
     failed_login_block_seconds: float = Field(
         300.0, gt=0, description="how long an address that failed too often waits to sign in"
     )
+
+    @field_validator("admin_password_hash")
+    @classmethod
+    def _a_hash(cls, value: SecretStr | None) -> SecretStr | None:
+        parts = value.get_secret_value().split("$") if value is not None else []
+        if value is not None and (len(parts) != 6 or parts[0] != "scrypt"):
+            raise ValueError("not a hash from `chatgpt-proxy console hash-password`")
+        return value
 
 
 class PriceSettings(_Section):
