@@ -104,6 +104,9 @@ def test_an_operator_runs_the_proxy_from_the_browser(
 
     def shoot(name: str) -> None:
         page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        html = page.content()
+        proxy.recorder.add_bytes(html.encode())  # into the session's leak scan
+        assert ADMIN_KEY not in html
 
     base = proxy.url + "/admin"
     page.goto(base + "/")
