@@ -102,11 +102,20 @@ async def signed_in(request: web.Request) -> Signed | None:
 
 
 def check_origin(request: web.Request) -> None:
-    """Refuse a change that a page of another origin sent (the browser names it in Origin)."""
+    """Refuse a change that a page of another origin sent (the browser names it in Origin).
+
+    The page's host is this request's Host, or the X-Forwarded-Host a reverse proxy that
+    rewrote Host names. Trusting that header is safe here: a page of another site cannot set
+    it on a request a browser sends for it (no CORS is allowed), so it cannot forge a match.
+    """
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if not origin or origin == "null":
         raise Refused(403, "Refused: the request does not say which page sent it (no Origin).")
-    if urlsplit(origin).netloc.lower() != request.host.lower():
+    hosts = {request.host.lower()}
+    forwarded = request.headers.get("X-Forwarded-Host")
+    if forwarded:
+        hosts.add(forwarded.split(",")[0].strip().lower())
+    if urlsplit(origin).netloc.lower() not in hosts:
         raise Refused(403, "Refused: the request came from a page of another site.")
 
 
