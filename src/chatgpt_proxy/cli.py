@@ -88,6 +88,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     configure_logging(
         settings.server.log_level,
         Redactor(Router.from_settings(settings.upstreams, settings.pool).secrets()),
+        json=settings.server.log_format == "json",
     )
 
     async def first_key(store: KeyStore) -> str | None:

@@ -57,6 +57,11 @@ class ServerSettings(_Section):
         True, description="log one line per request (written in batches, at most 0.1 s late)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text lines, or one JSON object per line (time, level, logger, message; "
+        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms)",
+    )
     root_path: str = Field(
         "",
         pattern=r"^(/[A-Za-z0-9._~-]+)*$",
