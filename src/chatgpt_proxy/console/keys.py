@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -163,13 +163,16 @@ async def _key_context(state: AppState, key: ClientKey) -> dict[str, Any]:
         else max(policy.daily_cost_budget - cost_today, 0.0),
     }
     days = [since + timedelta(days=n) for n in range(30)]
-    per_day = {day: 0 for day in days}
+    per_model: dict[str, dict[date, int]] = {}
     for row in usage:
-        per_day[row.day] = per_day.get(row.day, 0) + row.total_tokens
+        per_model.setdefault(row.model, {})[row.day] = row.total_tokens
+    # One line per model, the busiest first (a few: a chart of fifty lines says nothing).
+    busiest = sorted(per_model, key=lambda model: -sum(per_model[model].values()))[:6]
+    series = [[model, [per_model[model].get(day, 0) for day in days]] for model in busiest]
     return {
         "key": key.public_dict(),
         "usage": [row.to_dict() for row in usage],
-        "chart": {"days": [d.isoformat() for d in days], "tokens": [per_day[d] for d in days]},
+        "chart": {"days": [day.isoformat() for day in days], "series": series},
         "today": {"tokens": tokens_today, "cost": cost_today},
         "left": left,
         "message": None,

@@ -48,7 +48,6 @@ def render(
         "base": base_path(request),
         "signed": signed,
         "csrf": signed.csrf if signed is not None else "",
-        "partial": request.headers.get("HX-Request") == "true",
         **context,
     }
     response = aiohttp_jinja2.render_template(template, request, values, status=status)

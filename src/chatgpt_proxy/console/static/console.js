@@ -11,7 +11,7 @@
       if (!spec.labels.length) return;
       var names = spec.series.map(function (s) { return s[0]; });
       var xs = spec.labels.map(function (_, i) { return i; });
-      var colors = ["#2563eb", "#dc2626", "#16a34a"];
+      var colors = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"];
       var short = function (label) { return /^\d{4}-\d\d-\d\d$/.test(label) ? label.slice(5) : label; };
       var opts = {
         width: Math.max(el.clientWidth, 300),
