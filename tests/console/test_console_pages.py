@@ -234,3 +234,9 @@ def test_the_console_can_be_turned_off(make_proxy: MakeProxy) -> None:
     assert login(proxy).status_code == 404
     ok = proxy.http().get("/admin/keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert ok.status_code == 200
+
+
+def test_console_requests_are_counted_as_such(proxy: Proxy) -> None:
+    sign_in(proxy).http.get("/admin/console/keys")
+    metrics = proxy.http().get("/metrics").text
+    assert 'chatgpt_proxy_requests_total{endpoint="console",status="200"}' in metrics

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from chatgpt_proxy.app import Handler, context
 from chatgpt_proxy.auth import FailedAuthThrottle
 from chatgpt_proxy.console import keys, reports, signin
 from chatgpt_proxy.console.guard import GUARD, Guard
@@ -49,4 +50,14 @@ def add_console(app: web.Application, settings: Settings) -> list[web.RouteDef]:
     )
     setup(app)
     app.router.add_static("/admin/static", STATIC, append_version=False)
-    return console_routes()
+    return [web.route(r.method, r.path, _labelled(r.handler)) for r in console_routes()]
+
+
+def _labelled(handler: Handler) -> Handler:
+    """``handler``, its requests counted in /metrics and the access log as "console"."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        context(request).endpoint = "console"
+        return await handler(request)
+
+    return handle
