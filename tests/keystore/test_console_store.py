@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent, hash_secret
-from chatgpt_proxy.keystore.schema import console_sessions
+from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent, hash_secret, migrator
+from chatgpt_proxy.keystore.schema import client_keys, console_sessions, usage_events
 
 LONG = timedelta(hours=1)
 
@@ -128,15 +128,112 @@ def test_usage_reports_group_by_day_model_and_key(database_url: str) -> None:
                     ),
                 ]
             )
-            start, end = now - timedelta(days=1), now + timedelta(minutes=1)
-            [day] = await store.usage_report(start, end, "day")
-            assert day["group"] == now.date().isoformat() and day["requests"] == 3
-            models = await store.usage_report(now - timedelta(days=5), end, "model")
+            today = now.date()
+            [day] = await store.usage_report(today, today, "day")
+            assert day["group"] == today.isoformat() and day["requests"] == 3
+            models = await store.usage_report(today - timedelta(days=5), today, "model")
             assert [(r["group"], r["total_tokens"]) for r in models] == [("a", 5), ("b", 0)]
-            [by_key] = await store.usage_report(start, end, "key")
+            [by_key] = await store.usage_report(today, today, "key")
             assert by_key["group"] == key.id and float(by_key["cost"]) == 0.25
+            [by_upstream] = await store.usage_report(today, today, "upstream")
+            assert by_upstream["group"] == "openai#1" and by_upstream["requests"] == 3
+            # A second write adds to the day's sums; an event of an unknown key adds nothing.
+            refused = await store.record_usage(
+                [
+                    UsageEvent(
+                        **base,
+                        model="a",
+                        status=200,
+                        prompt_tokens=1,
+                        completion_tokens=1,
+                        total_tokens=2,
+                        latency_ms=1,
+                        created_at=now,
+                    ),
+                    UsageEvent(
+                        **{**base, "key_id": "key_nobody"},
+                        model="a",
+                        status=200,
+                        prompt_tokens=9,
+                        completion_tokens=9,
+                        total_tokens=18,
+                        latency_ms=1,
+                        created_at=now,
+                    ),
+                ]
+            )
+            assert len(refused) == 1
+            [day] = await store.usage_report(today, today, "day")
+            assert (day["requests"], day["total_tokens"]) == (4, 5)
             minutes = await store.usage_by_minute(now - timedelta(minutes=5))
-            assert [(m["requests"], m["errors"], m["tokens"]) for m in minutes] == [(3, 2, 3)]
+            assert [(m["requests"], m["errors"], m["tokens"]) for m in minutes] == [(4, 2, 5)]
             assert minutes[0]["minute"] == now.strftime("%Y-%m-%dT%H:%M")
+
+    asyncio.run(scenario())
+
+
+def test_migration_0003_sums_the_usage_recorded_before_it(database_url: str) -> None:
+    async def scenario() -> None:
+        async with await KeyStore.open(database_url) as store:
+            await migrator.upgrade(store._engine, "0002")  # the schema before the console
+            key_id = "key_0000000000000001"
+            now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+            async with store._engine.begin() as conn:
+                await conn.execute(
+                    client_keys.insert().values(
+                        id=key_id,
+                        name="old",
+                        key_hash="0" * 64,
+                        prefix="pk-old",
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                base = {
+                    "key_id": key_id,
+                    "upstream": "openai#1",
+                    "endpoint": "chat",
+                    "status": 200,
+                    "prompt_tokens": 1,
+                    "completion_tokens": 1,
+                    "latency_ms": 1,
+                }
+                await conn.execute(
+                    usage_events.insert(),
+                    [
+                        {
+                            **base,
+                            "model": "a",
+                            "total_tokens": 2,
+                            "requests": 1,
+                            "cost": 0.5,
+                            "created_at": now,
+                        },
+                        {
+                            **base,
+                            "model": "a",
+                            "total_tokens": 3,
+                            "requests": 2,
+                            "cost": None,
+                            "created_at": now + timedelta(minutes=10),
+                        },
+                        {
+                            **base,
+                            "model": "a",
+                            "total_tokens": 7,
+                            "requests": 1,
+                            "cost": 0.25,
+                            "created_at": now + timedelta(hours=1),
+                        },  # the next UTC day
+                    ],
+                )
+            await store.migrate()
+            rows = await store.usage_report(now.date(), now.date() + timedelta(days=1), "day")
+            assert [
+                (r["group"], r["requests"], r["total_tokens"], float(r["cost"])) for r in rows
+            ] == [
+                ("2026-11-30", 3, 5, 0.5),
+                ("2026-12-01", 1, 7, 0.25),
+            ]
 
     asyncio.run(scenario())

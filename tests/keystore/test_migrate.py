@@ -42,6 +42,7 @@ def test_migrated_schema_matches_the_metadata(database_url: str) -> None:
         "stored_objects",
         "console_sessions",
         "audit_events",
+        "usage_daily",
         VERSION_TABLE,
     }
     assert diff == []

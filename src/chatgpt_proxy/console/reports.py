@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from aiohttp import web
 
@@ -19,8 +19,8 @@ AUDIT_PAGE = 50
 @page
 async def upstreams(request: web.Request, signed: Signed) -> web.StreamResponse:
     state = request.app[STATE]
-    now = datetime.now(UTC)
-    served = await state.store.usage_report(now - timedelta(days=1), now, "upstream")
+    today = datetime.now(UTC).date()
+    served = await state.store.usage_report(today, today, "upstream")
     by_alias = {row["group"]: row for row in served}
     rows = [
         {"upstream": upstream.name, "status": status, "served": by_alias.get(status.alias)}
@@ -62,9 +62,7 @@ def _period(request: web.Request) -> tuple[date, date, str]:
 
 async def _report(request: web.Request) -> tuple[date, date, str, list[dict[str, object]]]:
     since, until, by = _period(request)
-    start = datetime.combine(since, time.min, tzinfo=UTC)
-    end = datetime.combine(until + timedelta(days=1), time.min, tzinfo=UTC)
-    rows = await request.app[STATE].store.usage_report(start, end, by)
+    rows = await request.app[STATE].store.usage_report(since, until, by)
     return since, until, by, rows
 
 

@@ -126,6 +126,22 @@ stored_objects = sa.Table(
 )
 
 
+# Usage summed per UTC day, client key, model and upstream key, kept with every write of
+# usage_events: reports over weeks read a few rows per key and day instead of every event.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),  # "2026-11-30", UTC
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("upstream", sa.String(100), primary_key=True),
+    sa.Column("requests", sa.BigInteger(), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cost", sa.Float(), nullable=False),
+)
+
 # The console's sign-ins (DESIGN §3.9): only a hash of the session id is stored, so a copy of
 # the database opens no session; every replica shares the table, so any of them serves a session.
 console_sessions = sa.Table(

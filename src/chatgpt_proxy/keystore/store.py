@@ -150,14 +150,13 @@ class KeyStore:
         return keys, int(total or 0)
 
     async def usage_report(
-        self, since: datetime, until: datetime, by: str
+        self, since: date, until: date, by: str
     ) -> builtins.list[dict[str, Any]]:
-        """Requests, tokens and cost of every key between two instants, grouped ``by`` one of
-        ``usage.REPORT_GROUPS`` (day, model, key, upstream), in the database."""
+        """Requests, tokens and cost of every key on the UTC days ``since`` to ``until``,
+        grouped ``by`` one of ``usage.REPORT_GROUPS`` (day, model, key, upstream)."""
         with _store_errors("usage_report"):
             async with self._engine.connect() as conn:
-                query = usage.report_query(conn.dialect.name, since, until, by)
-                rows = (await conn.execute(query)).all()
+                rows = (await conn.execute(usage.report_query(since, until, by))).all()
         return [dict(row._mapping) for row in rows]
 
     async def usage_by_minute(self, since: datetime) -> builtins.list[dict[str, Any]]:
@@ -228,6 +227,7 @@ class KeyStore:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(usage_events.insert(), rows)
+                    await _add_daily(conn, rows)
             except _ROW_FAILURES as exc:
                 if not _refused_for_its_data(exc):
                     raise
@@ -239,6 +239,7 @@ class KeyStore:
                     try:
                         async with conn.begin_nested():
                             await conn.execute(usage_events.insert(), row)
+                            await _add_daily(conn, [row])
                     except _ROW_FAILURES as exc:
                         if not _refused_for_its_data(exc):
                             raise
@@ -416,6 +417,12 @@ def _client_key(row: sa.RowMapping) -> ClientKey:
         revoked_at=row["revoked_at"],
         policy=policy,
     )
+
+
+async def _add_daily(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Add the rows just written to usage_events to the per-day sums, in the same transaction."""
+    for statement in usage.daily_upserts(conn.dialect.name, rows):
+        await conn.execute(statement)
 
 
 async def _fetch_key(conn: AsyncConnection, key_id: str) -> ClientKey | None:

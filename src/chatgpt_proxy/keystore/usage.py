@@ -11,9 +11,10 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from chatgpt_proxy.keystore.models import UsageEvent, UsageRow
-from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
+from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_daily, usage_events
 from chatgpt_proxy.keystore.text import storable
 
 # The model name comes from the client; PostgreSQL would refuse an over-long one, or one with a
@@ -45,6 +46,41 @@ def _event_row(event: UsageEvent) -> dict[str, Any]:
     for name, limit in _TEXT_LIMITS.items():
         row[name] = storable(getattr(event, name), limit)
     return row
+
+
+_DAILY_SUMS = ("requests", *_TOKEN_COLUMNS, "cost")
+_DAILY_BATCH = 500  # rows per statement: well under SQLite's limit of bound parameters
+
+
+def daily_upserts(dialect: str, rows: Sequence[dict[str, Any]]) -> list[sa.Executable]:
+    """Statements that add ``rows`` (from ``event_rows``) to ``usage_daily``'s sums.
+
+    The rows are summed per group first: one statement may not touch a row twice.
+    """
+    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for row in rows:
+        day = row["created_at"].astimezone(UTC).date().isoformat()
+        group = (day, row["key_id"], row["model"], row["upstream"])
+        summed = groups.get(group)
+        if summed is None:
+            summed = groups[group] = dict(
+                zip(("day", "key_id", "model", "upstream"), group, strict=True)
+            )
+            summed.update(dict.fromkeys(_DAILY_SUMS, 0))
+        for name in _DAILY_SUMS:
+            summed[name] += row[name] or 0
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = list(groups.values())
+    statements: list[sa.Executable] = []
+    for start in range(0, len(values), _DAILY_BATCH):
+        statement = insert(usage_daily).values(values[start : start + _DAILY_BATCH])
+        statements.append(
+            statement.on_conflict_do_update(
+                index_elements=["day", "key_id", "model", "upstream"],
+                set_={name: usage_daily.c[name] + statement.excluded[name] for name in _DAILY_SUMS},
+            )
+        )
+    return statements
 
 
 def summary_query(dialect: str, key_id: str, since: date | None) -> sa.Select[Any]:
@@ -98,37 +134,29 @@ def totals_query(key_id: str, since: datetime | None) -> sa.Select[Any]:
 REPORT_GROUPS = ("day", "model", "key", "upstream")
 
 
-def report_query(dialect: str, since: datetime, until: datetime, by: str) -> sa.Select[Any]:
-    """Every key's requests, tokens and cost in [since, until), per day, model, key or upstream
-    key: one row per group, as ``group`` (the day as text), largest first except days, which
-    come in order. At most 1000 groups."""
-    if by == "day":
-        group: sa.ColumnElement[Any] = sa.cast(
-            _utc_day(dialect, usage_events.c.created_at).element, sa.String
-        )
-    elif by == "model":
-        group = usage_events.c.model
-    elif by == "key":
-        group = usage_events.c.key_id
-    elif by == "upstream":
-        group = usage_events.c.upstream
-    else:
+def report_query(since: date, until: date, by: str) -> sa.Select[Any]:
+    """Every key's requests, tokens and cost on the UTC days ``since`` to ``until`` included,
+    per day, model, key or upstream key: one row per group, as ``group`` (a day as text),
+    largest first except days, which come in order. At most 1000 groups.
+
+    From ``usage_daily``: a few rows per key and day, however many requests they stand for.
+    """
+    columns = {"day": "day", "model": "model", "key": "key_id", "upstream": "upstream"}
+    if by not in columns:
         raise ValueError(f"by must be one of {REPORT_GROUPS}")
-    label = group.label("group")
-    tokens = sa.func.coalesce(sa.func.sum(usage_events.c.total_tokens), 0)
+    group = usage_daily.c[columns[by]]
+    tokens = sa.func.sum(usage_daily.c.total_tokens)
     query = (
         sa.select(
-            label,
-            sa.func.sum(usage_events.c.requests).label("requests"),
-            sa.func.coalesce(sa.func.sum(usage_events.c.prompt_tokens), 0).label("prompt_tokens"),
-            sa.func.coalesce(sa.func.sum(usage_events.c.completion_tokens), 0).label(
-                "completion_tokens"
-            ),
+            group.label("group"),
+            sa.func.sum(usage_daily.c.requests).label("requests"),
+            sa.func.sum(usage_daily.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(usage_daily.c.completion_tokens).label("completion_tokens"),
             tokens.label("total_tokens"),
-            sa.func.coalesce(sa.func.sum(usage_events.c.cost), 0.0).label("cost"),
+            sa.func.sum(usage_daily.c.cost).label("cost"),
         )
-        .where(usage_events.c.created_at >= aware_utc(since, "since"))
-        .where(usage_events.c.created_at < aware_utc(until, "until"))
+        .where(usage_daily.c.day >= since.isoformat())
+        .where(usage_daily.c.day <= until.isoformat())
         .group_by(group)
     )
     return query.order_by(group if by == "day" else tokens.desc()).limit(1000)

@@ -1,4 +1,4 @@
-"""The console's sessions and the audit log of admin actions.
+"""The console's sessions, the audit log of admin actions, and usage summed per day.
 
 Revision ID: 0003
 Revises: 0002
@@ -19,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 # As in 0001: SQLite autoincrements only an INTEGER PRIMARY KEY.
 _EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def upgrade() -> None:
@@ -33,6 +34,21 @@ def upgrade() -> None:
     )
     op.create_index("ix_console_sessions_seen_at", "console_sessions", ["seen_at"])
     op.create_table(
+        "usage_daily",
+        sa.Column("day", sa.String(10), nullable=False),
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("upstream", sa.String(100), nullable=False),
+        sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cost", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("day", "key_id", "model", "upstream", name="pk_usage_daily"),
+    )
+    # The usage recorded before this migration, summed once.
+    op.execute(_daily_sums())
+    op.create_table(
         "audit_events",
         sa.Column("id", _EventId, autoincrement=True, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -45,6 +61,22 @@ def upgrade() -> None:
     )
 
 
+def _daily_sums() -> sa.Insert:
+    names = ("key_id", "model", "upstream", "requests", *_TOKENS, "cost", "created_at")
+    events = sa.table("usage_events", *(sa.column(name) for name in names))
+    daily = sa.table("usage_daily", sa.column("day"), *(sa.column(name) for name in names[:-1]))
+    if op.get_bind().dialect.name == "postgresql":
+        utc = sa.func.timezone(sa.literal_column("'UTC'"), events.c.created_at)
+        day = sa.func.to_char(utc, sa.literal_column("'YYYY-MM-DD'"))
+    else:
+        day = sa.func.substr(events.c.created_at, 1, 10)  # naive UTC ISO text (UTCDateTime)
+    keys = (events.c.key_id, events.c.model, events.c.upstream)
+    sums = [sa.func.sum(events.c[name]) for name in ("requests", *_TOKENS)]
+    select = sa.select(day, *keys, *sums, sa.func.coalesce(sa.func.sum(events.c.cost), 0.0))
+    return daily.insert().from_select(["day", *names[:-1]], select.group_by(day, *keys))
+
+
 def downgrade() -> None:
     op.drop_table("audit_events")
+    op.drop_table("usage_daily")
     op.drop_table("console_sessions")
