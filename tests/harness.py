@@ -20,10 +20,11 @@ import httpx2
 import openai
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, AppState, create_app
+from chatgpt_proxy.app import create_app
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy
 from chatgpt_proxy.server import ProxyRunner
 from chatgpt_proxy.settings import Settings
+from chatgpt_proxy.state import STATE, AppState
 from fake_openai import FAKE_KEYS, FakeOpenAI
 from servers import BackgroundLoop, ServedProcess, serve_process
 

@@ -8,8 +8,9 @@ import random
 import orjson
 import pytest
 
-from chatgpt_proxy.streaming import Outcome, _without_usage
-from chatgpt_proxy.usage import Usage, event_data, usage_in_document
+from chatgpt_proxy.exchange import Outcome
+from chatgpt_proxy.streaming import _without_usage
+from chatgpt_proxy.token_usage import Usage, event_data, usage_in_document
 
 
 def _reference(events: bytes, end: bytes) -> tuple[bytes, Usage | None]:

@@ -4,7 +4,9 @@ Every client key (as its hash) is mirrored in memory and refreshed from the key 
 ``cache_refresh_seconds``; changes made through this process (revocation by the admin API)
 apply at once, and with Redis those made by another replica too (``reload``, called by
 ``shared_state``), so the poll is only the fallback. An unknown key is therefore rejected
-without touching the database, so a brute-forcer costs one hash and one dict lookup per guess.
+without touching the database, so a brute-forcer costs one hash and one dict lookup per guess;
+past ``auth.failed_auth_limit`` failures from one client address, ``FailedAuthThrottle`` answers
+that address 429 for a while, whatever key it sends.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
-from chatgpt_proxy.errors import AuthenticationFailed, RateLimited
+from aiohttp import web
+
+from chatgpt_proxy.errors import AuthenticationFailed, ModelNotAllowed, RateLimited
+from chatgpt_proxy.exchange import Exchange, Next
 from chatgpt_proxy.keystore import ClientKey, KeyStore, hash_secret, looks_like_key
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.periodic import Periodic, TaskErrors
 
 logger = logging.getLogger("chatgpt_proxy.auth")
@@ -27,10 +32,8 @@ logger = logging.getLogger("chatgpt_proxy.auth")
 _POLL_OVERLAP = timedelta(seconds=5)
 _MAX_HEADER = 512
 # Addresses whose failures are remembered, at most: a guesser with many addresses costs
-# memory up to this bound, then the oldest records go first.
+# memory up to this bound, then the records least recently touched go first.
 _MAX_TRACKED_ADDRESSES = 100_000
-
-V = TypeVar("V")
 
 
 def _now() -> datetime:
@@ -60,9 +63,9 @@ class FailedAuthThrottle:
         self._window = window
         self._block = block
         self._clock = clock
-        self._max_addresses = max_addresses
-        self._failures: dict[str, tuple[float, int]] = {}  # address -> (window start, count)
-        self._blocked: dict[str, float] = {}  # address -> blocked until
+        # address -> (window start, count), and address -> blocked until
+        self._failures: Memo[str, tuple[float, int]] = Memo(max_addresses)
+        self._blocked: Memo[str, float] = Memo(max_addresses)
 
     def __len__(self) -> int:
         """Addresses remembered (failing or blocked): never more than twice the bound."""
@@ -76,7 +79,7 @@ class FailedAuthThrottle:
             return
         left = until - self._clock()
         if left <= 0:
-            del self._blocked[address]
+            self._blocked.forget(address)
             return
         raise RateLimited(
             "Too many failed authentication attempts from your address. Retry later.",
@@ -85,21 +88,15 @@ class FailedAuthThrottle:
 
     def failed(self, address: str) -> None:
         now = self._clock()
-        started, count = self._failures.pop(address, (now, 0))
+        started, count = self._failures.get(address, (now, 0))
         if now - started >= self._window:
             started, count = now, 0
         count += 1
         if count >= self._limit:
-            _bounded_set(self._blocked, address, now + self._block, self._max_addresses)
-            return  # counting starts again once the block ends
-        _bounded_set(self._failures, address, (started, count), self._max_addresses)
-
-
-def _bounded_set(records: dict[str, V], address: str, value: V, limit: int) -> None:
-    """Set ``records[address]``, dropping the oldest record first when ``limit`` is reached."""
-    if len(records) >= limit:
-        del records[next(iter(records))]
-    records[address] = value
+            self._failures.forget(address)  # counting starts again once the block ends
+            self._blocked.remember(address, now + self._block)
+            return
+        self._failures.remember(address, (started, count))
 
 
 class KeyCache:
@@ -199,3 +196,30 @@ def _bearer(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not looks_like_key(secret):
         raise AuthenticationFailed("Incorrect API key provided.")
     return secret
+
+
+class Authenticate:
+    """The pipeline's auth stage: the client key of the request, or 401 (429 for an address
+    that keeps failing). Before the body is read: a stranger cannot make the proxy read it."""
+
+    def __init__(self, keys: KeyCache) -> None:
+        self._keys = keys
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        request = exchange.request
+        key = self._keys.authenticate(request.headers.get("Authorization"), request.remote)
+        exchange.key = key
+        exchange.context.key_id = key.id
+        return await forward(exchange)
+
+
+class ModelPolicy:
+    """The pipeline's policy stage: 403 for a model the client key may not use."""
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        model = exchange.model
+        if model is not None:
+            exchange.context.model = model
+            if not exchange.key.policy.allows_model(model):
+                raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
+        return await forward(exchange)

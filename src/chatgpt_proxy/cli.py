@@ -19,9 +19,10 @@ from chatgpt_proxy.console.passwords import hash_password
 from chatgpt_proxy.errors import ConfigError, ProxyError
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy, KeyStore
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
-from chatgpt_proxy.limits.rules import default_policy
+from chatgpt_proxy.limits.policy import default_policy
 from chatgpt_proxy.logs import configure_logging
 from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.server import run
 from chatgpt_proxy.settings import Settings, load_settings
 from chatgpt_proxy.shared_state import announce_key_change
 from chatgpt_proxy.upstream.prober import probe_all
@@ -100,8 +101,6 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     if secret is not None:
         click.echo("No client keys yet: created one named 'default'. It is shown only now:")
         click.echo(secret)
-    from chatgpt_proxy.server import run  # uvloop and the server only for `serve`
-
     run(settings, host=host, port=port, workers=workers)
 
 

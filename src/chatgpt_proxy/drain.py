@@ -6,9 +6,10 @@ connection is closed, and the relay, seeing ``ending``, tells the client with an
 instead of leaving it with a cut connection::
 
     drain = Drain()
-    with drain.track(reply):          # around a relayed stream
+    with drain.track(reply.response):   # around a relayed stream
         ...
-    drain.begin(grace=30.0)           # at SIGTERM; ``drain.draining`` is now True
+    await drain.keep(call)              # work that runs to its end even if its client leaves
+    drain.begin(grace=30.0)             # at SIGTERM; ``drain.draining`` is now True
 """
 
 from __future__ import annotations

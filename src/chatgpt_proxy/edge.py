@@ -21,7 +21,6 @@ from urllib.parse import unquote
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 
-from chatgpt_proxy.app import _http_error, error_response
 from chatgpt_proxy.errors import (
     ExpectationFailed,
     InvalidContentType,
@@ -31,6 +30,7 @@ from chatgpt_proxy.errors import (
     UnsupportedEncoding,
     VersionNotSupported,
 )
+from chatgpt_proxy.exchange import error_response, http_error
 from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.settings import ServerSettings
@@ -148,7 +148,7 @@ class Edge:
             return await self._handler(request)
         except web.HTTPException as exc:
             # Raised by aiohttp before any route runs (no resource for a CONNECT target...).
-            return self.response(_http_error(request, exc))
+            return self.response(http_error(request, exc))
 
     def watch(self, metrics: Metrics) -> None:
         """Export the edge's counts at /metrics."""

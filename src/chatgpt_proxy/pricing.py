@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
-from chatgpt_proxy.memo import Memo
+from chatgpt_proxy.memo import ABSENT, Memo
 from chatgpt_proxy.settings import PriceSettings
-from chatgpt_proxy.usage import Usage
+from chatgpt_proxy.token_usage import Usage
 
 _PER_TOKEN = 1e-6  # prices are per million tokens
 _MAX_CACHED_MODELS = 4096  # model names come from clients: bound what is remembered
@@ -36,12 +36,11 @@ class Pricing:
     def price(self, model: str | None) -> PriceSettings | None:
         if not self._prices or model is None:
             return None
-        try:
-            return self._resolved[model]
-        except KeyError:
-            pass
-        found = next((p for glob, p in self._prices if fnmatchcase(model, glob)), None)
-        return self._resolved.remember(model, found)
+        found = self._resolved.get(model, ABSENT)
+        if found is ABSENT:
+            found = next((p for glob, p in self._prices if fnmatchcase(model, glob)), None)
+            self._resolved.remember(model, found)
+        return found
 
     def cost(self, model: str | None, usage: Usage | None) -> float | None:
         """USD for ``usage`` of ``model``; ``None`` when the model has no price."""

@@ -1,7 +1,10 @@
-"""Reading JSON request bodies within their size limit, counted as the bytes come in.
+"""Reading JSON request bodies within a size limit.
 
-A JSON body is read whole: it must be parsed to route and police it, and kept to be replayed
-on another key. Multipart uploads are read whole too, and spooled (``multipart``).
+A declared ``Content-Length`` over the limit is refused before a byte is read; a body without
+one is counted as it comes in by aiohttp, which stops at the app's ``client_max_size``
+(``server.max_body_bytes``). A JSON body is read whole: it must be parsed to route and police
+it, and kept to be replayed on another key. Multipart uploads are read whole too, and spooled
+(``multipart``), with the same refusal of a declared length and the same error.
 """
 
 from __future__ import annotations

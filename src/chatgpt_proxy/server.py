@@ -21,10 +21,11 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from chatgpt_proxy.app import STATE, create_app
+from chatgpt_proxy.app import create_app
 from chatgpt_proxy.edge import Edge
 from chatgpt_proxy.errors import InvalidRequest, ProxyError, RateLimited, RequestTimeout
 from chatgpt_proxy.settings import Settings
+from chatgpt_proxy.state import STATE
 
 logger = logging.getLogger("chatgpt_proxy.server")
 

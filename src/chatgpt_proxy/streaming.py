@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +23,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import CLIENT_CLOSED, start_stream
 from chatgpt_proxy.drain import Drain
 from chatgpt_proxy.errors import ProxyError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from chatgpt_proxy.exchange import CLIENT_CLOSED, CheckAnswer, OnCreated, Outcome, start_stream
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.sse import (
@@ -37,8 +36,8 @@ from chatgpt_proxy.sse import (
     next_sequence_number,
     split_events,
 )
+from chatgpt_proxy.token_usage import Usage, event_data, usage_in_document, usage_in_json
 from chatgpt_proxy.upstream.client import Reply
-from chatgpt_proxy.usage import Usage, event_data, usage_in_document, usage_in_json
 
 logger = logging.getLogger("chatgpt_proxy.streaming")
 
@@ -57,27 +56,6 @@ _NULL_VALUE = re.compile(rb"\s*:\s*null\b")  # what follows a "usage" key with n
 _CREATED = b'"response.created"'
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _HOLD_LIMIT = 64 * 1024  # how much of a stream may wait for its response.created event
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the relay saw: the usage reported, and whether the answer arrived whole.
-
-    ``status`` is what the client was told: the upstream's, the proxy's error, or 499 when
-    the client went away first.
-    """
-
-    status: int
-    usage: Usage | None = None
-    complete: bool = False
-
-
-OnDone = Callable[[Outcome], None]
-# Records the id of the object an answer created; the id reaches the client only once it
-# returns, and a ProxyError it raises replaces the answer (or, on a stream, ends it).
-OnCreated = Callable[[str], Awaitable[None]]
-# Judges a whole successful answer before any of it is sent; raising a ProxyError replaces it.
-CheckAnswer = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +95,20 @@ async def relay(
     request: web.Request,
     reply: Reply,
     redactor: Redactor,
+    outcome: Outcome,
     *,
     style: StreamStyle = StreamStyle(),
-    on_done: OnDone | None = None,
     check_answer: CheckAnswer | None = None,
     on_created: OnCreated | None = None,
     drain: Drain | None = None,
 ) -> web.StreamResponse:
-    """Answer ``request`` with ``reply``; ``on_done`` runs once, however the relay ends.
+    """Answer ``request`` with ``reply``; ``outcome`` tells, however the relay ends, what the
+    client was told and the usage seen.
 
     ``on_created`` is given the id of the response object the answer creates (Responses API).
     ``drain`` (the server's) tracks a stream so that a shutdown can end it with an error event.
     """
     upstream = reply.response
-    outcome = Outcome(upstream.status)
     try:
         if upstream.content_type == "text/event-stream":
             with drain.track(upstream) if drain is not None else contextlib.nullcontext():
@@ -144,8 +122,6 @@ async def relay(
         raise
     finally:
         reply.close(broken=not outcome.complete)
-        if on_done is not None:
-            on_done(outcome)
 
 
 async def _relay_events(

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from alembic import command
 
 from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent, hash_secret, migrator
 from chatgpt_proxy.keystore.schema import client_keys, console_sessions, usage_events
@@ -172,10 +173,17 @@ def test_usage_reports_group_by_day_model_and_key(database_url: str) -> None:
     asyncio.run(scenario())
 
 
+def _upgrade_to_0002(connection: sa.Connection) -> None:
+    config = migrator.alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "0002")
+
+
 def test_migration_0003_sums_the_usage_recorded_before_it(database_url: str) -> None:
     async def scenario() -> None:
         async with await KeyStore.open(database_url) as store:
-            await migrator.upgrade(store._engine, "0002")  # the schema before the console
+            async with store._engine.begin() as conn:  # the schema before the console
+                await conn.run_sync(_upgrade_to_0002)
             key_id = "key_0000000000000001"
             now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
             async with store._engine.begin() as conn:

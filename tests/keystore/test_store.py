@@ -121,7 +121,7 @@ def test_revoke(database_url: str) -> None:
             revoked = await store.revoke(key.id)
             assert revoked is not None and revoked.revoked_at is not None
             assert revoked.updated_at >= key.updated_at
-            assert not revoked.is_active(datetime.now(UTC))
+            assert revoked.state(datetime.now(UTC)) == "revoked"
             assert revoked.public_dict()["state"] == "revoked"
             again = await store.revoke(key.id)
             assert again is not None and again.revoked_at == revoked.revoked_at  # idempotent
@@ -216,7 +216,7 @@ def test_sql_injection_looking_input_is_literal(database_url: str) -> None:
             (row,) = await store.usage_summary(keys[0].id)
             assert row.model == "'; DROP TABLE usage_events; --"
             assert await store.count() == 3
-            assert all(k.is_active(datetime.now(UTC)) for k in await store.list())
+            assert all(k.state(datetime.now(UTC)) == "active" for k in await store.list())
 
     run(scenario())
 
@@ -440,7 +440,7 @@ def test_a_row_the_database_refuses_for_its_value_is_refused_alone(
 ) -> None:
     # Past the cleaning (as a future column or driver might be): the database's own verdict on
     # a value must still set that row aside, not fail the batch as if the database were down.
-    monkeypatch.setattr("chatgpt_proxy.keystore.usage.storable", lambda text, limit: text)
+    monkeypatch.setattr("chatgpt_proxy.keystore.usage_queries.storable", lambda text, limit: text)
 
     async def scenario() -> None:
         async with migrated(database_url) as store:

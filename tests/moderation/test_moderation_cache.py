@@ -118,7 +118,6 @@ def test_redis_cache_falls_back_to_memory_and_logs_once(
             memory=MemoryVerdictCache(10, 60.0),
             prefix="cgp:mod:",
             clock=clock,
-            retry_interval=30.0,
         )
         try:
             await cache.set_many({"a": CLEAN})

@@ -15,8 +15,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from chatgpt_proxy import app as proxy_app
-from chatgpt_proxy.app import create_app, start_stream
+from chatgpt_proxy import state
+from chatgpt_proxy.app import create_app
+from chatgpt_proxy.exchange import start_stream
 from chatgpt_proxy.server import ProxyRunner
 from fake_openai import DEFAULT_REPLY, FakeOpenAI
 from harness import Proxy, Recorder, RecordingStream, proxy_settings, served_proxy
@@ -326,7 +327,7 @@ def failing_stream(
 
     settings = proxy_settings(fake, tmp_path)
     app = background_loop.run(create_app(settings, log_stream=RecordingStream(recorder)))
-    app.router.add_post("/v1/fails", proxy_app.served(fails))
+    app.router.add_post("/v1/fails", state.served(fails))
     url = background_loop.start_app(app, runner_class=ProxyRunner)
     yield url
     background_loop.stop_app(url)

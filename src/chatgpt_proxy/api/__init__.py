@@ -6,21 +6,19 @@ from chatgpt_proxy.api.admin import admin_routes
 from chatgpt_proxy.api.health import health_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import proxy_routes
-from chatgpt_proxy.app import STATE, no_route, served
 from chatgpt_proxy.console import add_console
+from chatgpt_proxy.exchange import no_route
+from chatgpt_proxy.state import STATE, served
 
 
 def add_routes(app: web.Application) -> None:
+    """Every route of ``app``, whose ``STATE`` is set: the proxy's pipelines are built here."""
     # /v1/models before /v1/models/{model}, which would not match it anyway
+    routes = [*model_routes(), *proxy_routes(app[STATE]), *admin_routes(), *health_routes()]
     settings = app[STATE].settings
-    console = add_console(app, settings) if settings.console.enabled else []
-    for route in [
-        *model_routes(),
-        *proxy_routes(),
-        *admin_routes(),
-        *health_routes(),
-        *console,
-    ]:
+    if settings.console.enabled:
+        routes += add_console(app, settings)
+    for route in routes:
         web.route(route.method, route.path, served(route.handler), **route.kwargs).register(
             app.router
         )

@@ -12,17 +12,18 @@ from datetime import date
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, AppState, context
 from chatgpt_proxy.errors import (
     AuthenticationFailed,
     InvalidRequest,
     PermissionDenied,
     UnknownRoute,
 )
+from chatgpt_proxy.exchange import context
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
-from chatgpt_proxy.limits.rules import default_policy
+from chatgpt_proxy.limits.policy import default_policy
 from chatgpt_proxy.requestbody import read_json
+from chatgpt_proxy.state import STATE, AppState
 
 
 def _authorize(request: web.Request) -> AppState:

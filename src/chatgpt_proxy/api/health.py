@@ -5,9 +5,10 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, context
 from chatgpt_proxy.errors import ProxyError
+from chatgpt_proxy.exchange import context
 from chatgpt_proxy.metrics import CONTENT_TYPE
+from chatgpt_proxy.state import STATE
 
 
 async def healthz(request: web.Request) -> web.Response:

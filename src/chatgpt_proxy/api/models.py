@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, context
+from chatgpt_proxy.exchange import context
+from chatgpt_proxy.state import STATE
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -1,11 +1,23 @@
-"""The OpenAI routes: an allowlist of endpoints, each forwarded through the one pipeline.
+"""The OpenAI routes: an allowlist of endpoints, each served by the one pipeline of stages.
 
-auth → model policy → route → limits → ownership → moderation → upstream (key pool,
-retries) → relay → meter. Bodies go upstream byte for byte; the proxy re-encodes one only to
-ask a stream for its usage, and strips that extra chunk again on the way back. A stored
-response is its creator's alone: its id names it in the paths and in ``previous_response_id``,
-and the record of its owner (``keystore/objects.py``) decides who may use it and which
-upstream key serves that.
+Every request passes these stages in this order (``forward_stages`` builds the list once per
+endpoint at start-up); each is a ``Stage`` (``exchange``) in the module that owns its noun::
+
+    Authenticate      auth.py               the client key, or 401
+    ReadBody          here                  the path upstream; the body, parsed once
+    ModelPolicy       auth.py               the key's model allowlist, or 403
+    Route             here                  the upstream serving the model, or 404
+    KeepInBackground  here                  a background response runs on if its client leaves
+    Admit             limits/               rpm, tpm, concurrency, budget; settled at the end
+    Ownership         keystore/objects.py   a stored response is its creator's alone
+    Moderate          moderation/           the input (and answer) against the content policy
+    Metering          metering.py           usage recorded once the answer ends
+    Send              here                  upstream: key pool, retries, timeouts
+    Relay             here                  the answer back, as it arrives (streaming.py)
+
+Stages that only some endpoints need (ownership, background) are in only their lists. Bodies
+go upstream byte for byte; the proxy re-encodes one only to ask a stream for its usage, and
+strips that extra chunk again on the way back.
 """
 
 from __future__ import annotations
@@ -14,44 +26,41 @@ import asyncio
 import re
 import time
 from collections.abc import Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import orjson
 from aiohttp import web
 
-from chatgpt_proxy.app import CLIENT_CLOSED, STATE, AppState, context
-from chatgpt_proxy.errors import (
-    InvalidRequest,
-    ModelNotAllowed,
-    ObjectNotFound,
-    PreviousResponseNotFound,
-    ProxyError,
-    ResourceUnavailable,
-    ServiceUnavailable,
-    UnknownRoute,
-)
-from chatgpt_proxy.keystore import ClientKey
-from chatgpt_proxy.keystore.objects import RESPONSE, StoredObject
-from chatgpt_proxy.multipart import SpooledUpload, UploadLimits, form_flag, read_multipart
+from chatgpt_proxy.auth import Authenticate, ModelPolicy
+from chatgpt_proxy.drain import Drain
+from chatgpt_proxy.errors import InvalidRequest, ProxyError, ServiceUnavailable, UnknownRoute
+from chatgpt_proxy.exchange import Exchange, Next, Outcome, Pipeline, Stage, context
+from chatgpt_proxy.keystore.objects import OBJECT_ID, RESPONSE, Ownership
+from chatgpt_proxy.limits import Admit
+from chatgpt_proxy.metering import Metering
+from chatgpt_proxy.moderation.moderator import Moderate
+from chatgpt_proxy.multipart import UploadLimits, form_flag, read_multipart
+from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.requestbody import read_json
-from chatgpt_proxy.streaming import CheckAnswer, OnCreated, Outcome, StreamStyle, relay
-from chatgpt_proxy.upstream.client import Body, Outbound
-from chatgpt_proxy.upstream.router import Upstream
-from chatgpt_proxy.usage import Usage, estimate_tokens
+from chatgpt_proxy.settings import ServerSettings
+from chatgpt_proxy.state import AppState
+from chatgpt_proxy.streaming import StreamStyle, relay
+from chatgpt_proxy.token_usage import estimate_tokens
+from chatgpt_proxy.upstream.client import Body, Outbound, UpstreamClient
+from chatgpt_proxy.upstream.router import Router
 
 BodyKind = Literal["json", "multipart", "none"]
 
-_ID = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
 # What a path segment may hold unquoted (RFC 3986 pchar), as the OpenAI SDK quotes them.
 _PATH_SAFE = "!$&'()*+,;=:@"
 # Fields with which an SDK would reach another host or account; never sent upstream.
 _FOREIGN_FIELDS = ("api_base", "base_url", "api_key", "organization", "extra_headers")
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _CHECKED_ANSWERS = frozenset({"chat.completions", "completions", "responses"})
 # The kind of stored object an endpoint family's ids (and previous_response_id) name.
@@ -112,202 +121,94 @@ ENDPOINTS = (
 )
 
 
-@dataclass(slots=True)
-class _Parsed:
-    body: Body
-    document: Mapping[str, Any]
-    model: str | None
-    stream: bool
-    upload: SpooledUpload | None = None
-
-    def estimate(self) -> int:
-        # An upload's files are not tokens of the prompt: only its text fields are counted.
-        if self.upload is not None:
-            size = self.upload.fields_size
-        else:
-            size = len(self.body) if isinstance(self.body, bytes) else 0
-        return estimate_tokens(self.document, size)
+def forward_stages(endpoint: Endpoint, state: AppState) -> list[Stage]:
+    """The stages of ``endpoint``'s requests, in the order they run."""
+    name, family = endpoint.name, endpoint.name.partition(".")[0]
+    check_answers = name in _CHECKED_ANSWERS and state.settings.moderation.check_output
+    stages: list[Stage] = [
+        Authenticate(state.keys),
+        ReadBody(endpoint, state.settings.server),
+        ModelPolicy(),
+        Route(state.router),
+    ]
+    if name == "responses":
+        stages.append(KeepInBackground(state.drain))
+    stages.append(Admit(state.limiter))  # a key probing for ids is held to its rate too
+    if (kind := _OWNED_KINDS.get(family)) is not None:
+        records = name == "responses"
+        stages.append(
+            Ownership(state.objects, state.router, state.redactor, kind=kind, records=records)
+        )
+    stages += [
+        Moderate(state.moderator, answers=check_answers),
+        Metering(state.meter),
+        Send(state.client, state.drain, usage_stream=name in _USAGE_STREAMS),
+        Relay(state.redactor, state.drain, typed_events=family == "responses"),
+    ]
+    return stages
 
 
 class Forward:
-    """The handler of one endpoint."""
+    """The handler of one endpoint: its requests, each as an exchange down its pipeline."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, pipeline: Pipeline) -> None:
         self.endpoint = endpoint
+        self.pipeline = pipeline
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        with ExitStack() as held:  # a spooled upload is let go however the request ends
-            return await self._forward(request, held)
-
-    async def _forward(self, request: web.Request, held: ExitStack) -> web.StreamResponse:
-        state = request.app[STATE]
         ctx = context(request)
         ctx.endpoint = self.endpoint.name
-        key = state.keys.authenticate(request.headers.get("Authorization"), request.remote)
-        ctx.key_id = key.id
-        path = self._upstream_path(request)
-        parsed = await self._parse(request, state, held)
-        _strip_foreign_fields(parsed)
-        model = parsed.model
-        if model is not None:
-            ctx.model = model
-            if not key.policy.allows_model(model):
-                raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
-        upstream = state.router.route(model)
-        call = self._call(request, state, key, parsed, path, upstream)
-        if not self._background(parsed):
-            return await call
-        # A background response goes on upstream whoever waits for it: one whose client left
-        # is still read to its end, so that its id and usage are recorded.
-        return await asyncio.shield(state.drain.keep(call))
+        return await self.pipeline(Exchange(request, ctx, self.endpoint.name))
 
-    async def _call(
-        self,
-        request: web.Request,
-        state: AppState,
-        key: ClientKey,
-        parsed: _Parsed,
-        path: str,
-        upstream: Upstream,
-    ) -> web.StreamResponse:
-        """Admit, moderate, send upstream, relay and meter; the admission is settled however
-        it ends."""
-        ctx = context(request)
-        model = parsed.model
-        estimate = parsed.estimate()
-        admission = await state.limiter.admit(key, estimate, model)
-        ctx.headers = admission.headers
-        # What an answer whose usage is unknown is charged (DESIGN §4): never zero.
-        estimated = Usage(estimate, 0, estimate)
-        used: list[tuple[int, float]] = []  # tokens and cost, once metered
-        sent, started = False, 0.0
-        name = self.endpoint.name
-        try:
-            # Once admitted: a key probing for ids is held to its rate like any other request.
-            holder = await self._holder(state, request, parsed, key)
-            if holder is not None:
-                upstream = _holding(state, holder)
-            await state.moderator.check(self.endpoint.name, parsed.document, key)
-            if state.drain.draining:
-                raise ServiceUnavailable("The server is shutting down; retry the request.")
-            body, strip_usage = self._usage_stream(parsed)
-            outbound = Outbound(
-                request.method,
-                path,
-                request.query_string,
-                request.headers,
-                body,
-                parsed.stream,
-                holder_key=holder.upstream_alias if holder is not None else None,
-                model=model,
-            )
-            sent, started = True, time.monotonic()  # the upstream may be working on it now
-            try:
-                reply = await state.client.send(upstream, outbound)
-            except ProxyError:
-                sent = False  # every try failed: nothing was done upstream
-                raise
-            ctx.upstream = reply.alias
 
-            def done(outcome: Outcome) -> None:
-                usage = outcome.usage
-                if usage is None and reply.response.status < 400:
-                    usage = estimated  # cut, abandoned or too large to read
-                cost = _meter(state, key, name, model, reply.alias, outcome.status, usage, started)
-                used.append((usage.total_tokens if usage else 0, cost))
+class ReadBody:
+    """The path upstream, and the body read and parsed once: its model, whether it streams,
+    its tokens as estimated; fields naming another host or credential are dropped. A
+    spooled upload is let go however the request ends."""
 
-            style = StreamStyle(
-                strip_usage=strip_usage,
-                typed_events=name.startswith("responses"),
-                keep_reading=self._background(parsed),
-            )
-            return await relay(
-                request,
-                reply,
-                state.redactor,
-                style=style,
-                on_done=done,
-                check_answer=self._answer_check(state, key),
-                on_created=self._recorder(state, key, parsed, upstream, reply.alias),
-                drain=state.drain,
-            )
-        except asyncio.CancelledError:
-            if sent and not used:  # the client left before the answer came
-                cost = _meter(
-                    state, key, name, model, ctx.upstream, CLIENT_CLOSED, estimated, started
-                )
-                used.append((estimate, cost))
-            raise
-        finally:
-            await admission.settle(*(used[0] if used else (0, 0.0)))
-            await admission.release()
+    def __init__(self, endpoint: Endpoint, server: ServerSettings) -> None:
+        self._endpoint = endpoint
+        self._server = server
+        self._form = endpoint.body == "multipart"
+        self._limits = UploadLimits(
+            server.max_upload_bytes,
+            server.max_body_bytes,
+            server.upload_memory_bytes,
+            server.upload_spool_dir,
+        )
 
-    def _background(self, parsed: _Parsed) -> bool:
-        """A Responses API call run in the background: not cancelled when its client leaves."""
-        return self.endpoint.name == "responses" and parsed.document.get("background") is True
-
-    async def _holder(
-        self, state: AppState, request: web.Request, parsed: _Parsed, key: ClientKey
-    ) -> StoredObject | None:
-        """The record of the stored object this request is about, which must be ``key``'s.
-
-        Another key's object is told exactly as an unknown one is, and neither is forwarded:
-        the upstream would serve any object of its account to any of its keys. The id is
-        echoed as the upstream does, scrubbed as the upstream's own errors are.
-        """
-        scrub = state.redactor.scrub
-        kind = _OWNED_KINDS.get(self.endpoint.name.partition(".")[0])
-        if kind is None:
-            return None
-        object_id = request.match_info.get("id")
-        if object_id is not None:
-            found = await state.objects.find(kind, object_id)
-            if found is None or found.owner_key_id != key.id:
-                raise ObjectNotFound(scrub(f"Response with id '{object_id}' not found."))
-            return found
-        previous = parsed.document.get("previous_response_id")
-        if not isinstance(previous, str):
-            return None  # absent, or the upstream's to refuse
-        # Only a value shaped like an id is looked up (a NUL is a database error) or echoed.
-        well_formed = _ID.fullmatch(previous) is not None
-        found = await state.objects.find(kind, previous) if well_formed else None
-        if found is None or found.owner_key_id != key.id:
-            shown = f" with id '{previous}'" if well_formed else ""
-            raise PreviousResponseNotFound(
-                scrub(f"Previous response{shown} not found."), param="previous_response_id"
-            )
-        return found
-
-    def _recorder(
-        self, state: AppState, key: ClientKey, parsed: _Parsed, upstream: Upstream, alias: str
-    ) -> OnCreated | None:
-        """Records the owner of the response this request creates, before the client has its id."""
-        if self.endpoint.name != "responses" or parsed.document.get("store") is False:
-            return None  # a response not stored cannot be fetched again: nothing to own
-
-        async def record(object_id: str) -> None:
-            now = datetime.now(UTC)
-            await state.objects.record(
-                StoredObject(RESPONSE, object_id, key.id, upstream.name, alias, now)
-            )
-
-        return record
-
-    def _answer_check(self, state: AppState, key: ClientKey) -> CheckAnswer | None:
-        if self.endpoint.name not in _CHECKED_ANSWERS or not state.settings.moderation.check_output:
-            return None
-        moderator, name = state.moderator, self.endpoint.name
-
-        async def check(body: bytes) -> None:
-            await moderator.check_output(name, body, key)
-
-        return check
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        request = exchange.request
+        exchange.path = self._upstream_path(request)
+        endpoint = self._endpoint
+        if self._form and not (
+            endpoint.accepts_json and request.content_type == "application/json"
+        ):
+            with await read_multipart(request, self._limits) as upload:
+                fields = upload.fields
+                _set_body(exchange, upload.body, fields, form_flag(fields.get("stream")))
+                # An upload's files are not tokens of the prompt: only its text is counted.
+                exchange.estimate = estimate_tokens(fields, upload.fields_size)
+                _refuse_foreign_fields(fields)
+                return await forward(exchange)
+        if endpoint.body == "none":
+            exchange.document = _NO_FIELDS
+            exchange.model = request.match_info.get("model")
+            exchange.stream = request.query.get("stream") == "true"
+            exchange.estimate = estimate_tokens(_NO_FIELDS, 0)
+            return await forward(exchange)
+        raw, document = await read_json(request, self._server.max_body_bytes)
+        _set_body(exchange, raw, document, document.get("stream") is True)
+        raw = _strip_foreign_fields(exchange, raw)
+        exchange.estimate = estimate_tokens(exchange.document, len(raw))
+        return await forward(exchange)
 
     def _upstream_path(self, request: web.Request) -> str:
         params = request.match_info
+        endpoint = self._endpoint
         if not params:
-            return self.endpoint.upstream_path
-        if "id" in params and not _ID.match(params["id"]):
+            return endpoint.upstream_path
+        if "id" in params and not OBJECT_ID.match(params["id"]):
             raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
         if "model" in params:
             # From the path as sent: a `%2F` inside a model id stays inside its one segment
@@ -318,103 +219,164 @@ class Forward:
             if not _MODEL_ID.match(model) or any(s in ("", ".", "..") for s in model.split("/")):
                 raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
             quoted = "/".join(quote(segment, safe=_PATH_SAFE) for segment in segments)
-            return self.endpoint.upstream_path.format(model=quoted)
-        return self.endpoint.upstream_path.format(**params)
-
-    async def _parse(self, request: web.Request, state: AppState, held: ExitStack) -> _Parsed:
-        server = state.settings.server
-        limit = server.max_body_bytes
-        kind = self.endpoint.body
-        if kind == "multipart" and not (
-            self.endpoint.accepts_json and request.content_type == "application/json"
-        ):
-            limits = UploadLimits(
-                server.max_upload_bytes, limit, server.upload_memory_bytes, server.upload_spool_dir
-            )
-            upload = held.enter_context(await read_multipart(request, limits))
-            fields = upload.fields
-            model = fields.get("model")
-            if model is not None and not isinstance(model, str):
-                raise InvalidRequest("`model` must be a string.", param="model")
-            return _Parsed(upload.body, fields, model, form_flag(fields.get("stream")), upload)
-        if kind == "none":
-            model = request.match_info.get("model")
-            return _Parsed(None, {}, model, request.query.get("stream") == "true")
-        raw, document = await read_json(request, limit)
-        model = document.get("model")
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequest("`model` must be a string.", param="model")
-        return _Parsed(raw, document, model, document.get("stream") is True)
-
-    def _usage_stream(self, parsed: _Parsed) -> tuple[Body, bool]:
-        """Ask a chat or completion stream for its usage when the client did not.
-
-        The proxy's ``include_usage`` is merged into whatever ``stream_options`` the client
-        sent (absent, ``null``, ``{}``, ``false``), and the usage chunk is hidden again.
-        """
-        if not parsed.stream or self.endpoint.name not in _USAGE_STREAMS:
-            return parsed.body, False
-        options = parsed.document.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            return parsed.body, False
-        if options is not None and not isinstance(options, dict):
-            return parsed.body, False  # malformed: the upstream tells the client so
-        if "stream_options" not in parsed.document and isinstance(parsed.body, bytes):
-            # Prepend the one member instead of re-encoding the whole history: cheaper, and
-            # every byte the client sent still goes up as it was.
-            start = parsed.body.index(b"{") + 1
-            return parsed.body[:start] + _INCLUDE_USAGE + parsed.body[start:], True
-        document = dict(parsed.document)
-        document["stream_options"] = {**(options or {}), "include_usage": True}
-        return orjson.dumps(document), True
+            return endpoint.upstream_path.format(model=quoted)
+        return endpoint.upstream_path.format(**params)
 
 
-def _holding(state: AppState, holder: StoredObject) -> Upstream:
-    """The upstream holding ``holder``'s object: no other has it."""
-    upstream = state.router.get(holder.upstream)
-    if upstream is None:
-        raise ResourceUnavailable(
-            f"The upstream {holder.upstream} holding this object is no longer configured."
+def _set_body(exchange: Exchange, body: Body, document: Mapping[str, Any], stream: bool) -> None:
+    model = document.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("`model` must be a string.", param="model")
+    exchange.body, exchange.document, exchange.model, exchange.stream = (
+        body,
+        document,
+        model,
+        stream,
+    )
+
+
+def _refuse_foreign_fields(fields: Mapping[str, Any]) -> None:
+    """A form is forwarded as the bytes received, which cannot lose a field: refuse one with
+    a field that names another host or credential (DESIGN §3.2)."""
+    if any(name in fields for name in _FOREIGN_FIELDS):
+        raise InvalidRequest(
+            "Fields that name another host or credential are not accepted in a form.",
+            param=next(name for name in _FOREIGN_FIELDS if name in fields),
         )
-    return upstream
 
 
-def _strip_foreign_fields(parsed: _Parsed) -> None:
+def _strip_foreign_fields(exchange: Exchange, raw: bytes) -> bytes:
     """Drop the body fields that name another host or credential (DESIGN §3.2).
 
     The proxy never acts on them, and the upstream must not see them either. A body without
     them (the usual one) goes up byte for byte: looking them up costs a few dict lookups.
     """
-    document = parsed.document
+    document = exchange.document
     if not any(name in document for name in _FOREIGN_FIELDS):
-        return
-    if parsed.upload is not None or not isinstance(parsed.body, bytes):
-        # A form is forwarded as the bytes received, which cannot lose a field: refuse it.
-        raise InvalidRequest(
-            "Fields that name another host or credential are not accepted in a form.",
-            param=next(name for name in _FOREIGN_FIELDS if name in document),
-        )
+        return raw
     kept = {name: value for name, value in document.items() if name not in _FOREIGN_FIELDS}
-    parsed.document = kept
-    parsed.body = orjson.dumps(kept)
+    exchange.document = kept
+    exchange.body = body = orjson.dumps(kept)
+    return body
 
 
-def _meter(
-    state: AppState,
-    key: ClientKey,
-    endpoint: str,
-    model: str | None,
-    alias: str,
-    status: int,
-    usage: Usage | None,
-    started: float,
-) -> float:
-    """Record the request's usage; its cost in USD (0 when the model has no price)."""
-    cost = state.meter.pricing.cost(model, usage)
-    latency_ms = int((time.monotonic() - started) * 1000)
-    state.meter.record(key.id, model or "-", alias, endpoint, status, usage, cost, latency_ms)
-    return cost or 0.0
+class Route:
+    """The upstream that serves the request's model (404 ``model_not_found`` if none)."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        exchange.upstream = self._router.route(exchange.model)
+        return await forward(exchange)
 
 
-def proxy_routes() -> list[web.RouteDef]:
-    return [web.route(e.method, e.path, Forward(e).handle) for e in ENDPOINTS]
+class KeepInBackground:
+    """A Responses API call run in the background goes on upstream whoever waits for it: one
+    whose client left is still read to its end, so that its id and usage are recorded."""
+
+    def __init__(self, drain: Drain) -> None:
+        self._drain = drain
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        if exchange.document.get("background") is not True:
+            return await forward(exchange)
+        exchange.background = True
+        return await asyncio.shield(self._drain.keep(forward(exchange)))
+
+
+class Send:
+    """Upstream: the request, sent through the key pool with its retries (refused once the
+    server is shutting down). A chat or completion stream is asked for its usage."""
+
+    def __init__(self, client: UpstreamClient, drain: Drain, *, usage_stream: bool) -> None:
+        self._client = client
+        self._drain = drain
+        self._usage_stream = usage_stream
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        if self._drain.draining:
+            raise ServiceUnavailable("The server is shutting down; retry the request.")
+        request = exchange.request
+        body = exchange.body
+        if self._usage_stream and exchange.stream:
+            body = _with_usage(exchange)
+        outbound = Outbound(
+            request.method,
+            exchange.path,
+            request.query_string,
+            request.headers,
+            body,
+            exchange.stream,
+            holder_key=exchange.holder_key,
+            model=exchange.model,
+        )
+        exchange.sent_at = time.monotonic()  # the upstream may be working on it from now
+        try:
+            reply = await self._client.send(exchange.upstream, outbound)
+        except ProxyError:
+            exchange.sent_at = 0.0  # every try failed: nothing was done upstream
+            raise
+        exchange.reply = reply
+        exchange.context.upstream = reply.alias
+        return await forward(exchange)
+
+
+def _with_usage(exchange: Exchange) -> Body:
+    """Ask a chat or completion stream for its usage when the client did not.
+
+    The proxy's ``include_usage`` is merged into whatever ``stream_options`` the client sent
+    (absent, ``null``, ``{}``, ``false``), and the usage chunk is hidden again.
+    """
+    body, document = exchange.body, exchange.document
+    options = document.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return body
+    if options is not None and not isinstance(options, dict):
+        return body  # malformed: the upstream tells the client so
+    exchange.strip_usage = True
+    if "stream_options" not in document and isinstance(body, bytes):
+        # Prepend the one member instead of re-encoding the whole history: cheaper, and
+        # every byte the client sent still goes up as it was.
+        start = body.index(b"{") + 1
+        return body[:start] + _INCLUDE_USAGE + body[start:]
+    changed = dict(document)
+    changed["stream_options"] = {**(options or {}), "include_usage": True}
+    return orjson.dumps(changed)
+
+
+class Relay:
+    """The answer back to the client as it arrives (``streaming.relay``); what it saw is left
+    on the exchange for the meter, however it ends."""
+
+    def __init__(self, redactor: Redactor, drain: Drain, *, typed_events: bool) -> None:
+        self._redactor = redactor
+        self._drain = drain
+        self._typed_events = typed_events
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        reply = exchange.reply
+        exchange.outcome = outcome = Outcome(reply.response.status)
+        style = StreamStyle(
+            strip_usage=exchange.strip_usage,
+            typed_events=self._typed_events,
+            keep_reading=exchange.background,
+        )
+        return await relay(
+            exchange.request,
+            reply,
+            self._redactor,
+            outcome,
+            style=style,
+            check_answer=exchange.check_answer,
+            on_created=exchange.on_created,
+            drain=self._drain,
+        )
+
+
+def proxy_routes(state: AppState) -> list[web.RouteDef]:
+    """One route per endpoint, each with its pipeline built now, once."""
+    return [
+        web.route(e.method, e.path, Forward(e, Pipeline(forward_stages(e, state))).handle)
+        for e in ENDPOINTS
+    ]

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from chatgpt_proxy.app import Handler, context
 from chatgpt_proxy.auth import FailedAuthThrottle
 from chatgpt_proxy.console import keys, reports, signin
 from chatgpt_proxy.console.guard import GUARD, Guard
 from chatgpt_proxy.console.overview import overview_figures
 from chatgpt_proxy.console.render import setup
+from chatgpt_proxy.exchange import context
 from chatgpt_proxy.settings import Settings
+from chatgpt_proxy.state import Handler
 
 STATIC = Path(__file__).parent / "static"
 

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, AppState
 from chatgpt_proxy.auth import FailedAuthThrottle
 from chatgpt_proxy.console.passwords import verify_password
 from chatgpt_proxy.keystore.sessions import ConsoleSession
+from chatgpt_proxy.state import STATE, AppState
 
 COOKIE = "chatgpt_proxy_console"
 CSRF_FIELD = "csrf"

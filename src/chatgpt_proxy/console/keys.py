@@ -7,13 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, AppState
 from chatgpt_proxy.console.guard import Refused, Signed
 from chatgpt_proxy.console.render import change, page, policy_document, render
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
 from chatgpt_proxy.keystore.store import SORTABLE
-from chatgpt_proxy.limits.rules import default_policy
+from chatgpt_proxy.limits.policy import default_policy
+from chatgpt_proxy.state import STATE, AppState
 
 PAGE_SIZE = 50
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE, AppState
 from chatgpt_proxy.console.guard import Signed
 from chatgpt_proxy.console.render import page, render
+from chatgpt_proxy.state import STATE, AppState
 
 _WINDOW = timedelta(hours=1)
 

@@ -10,9 +10,9 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE
 from chatgpt_proxy.console.guard import Refused, Signed, check_change, protect, signed_in
 from chatgpt_proxy.errors import ProxyError
+from chatgpt_proxy.state import STATE
 
 PageHandler = Callable[[web.Request, Signed], Awaitable[web.StreamResponse]]
 ChangeHandler = Callable[[web.Request, Signed, dict[str, str]], Awaitable[web.StreamResponse]]

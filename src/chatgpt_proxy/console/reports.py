@@ -8,10 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE
 from chatgpt_proxy.console.guard import Refused, Signed, protect
 from chatgpt_proxy.console.render import base_path, change, page, render, see_other
-from chatgpt_proxy.keystore.usage import REPORT_GROUPS
+from chatgpt_proxy.keystore.usage_queries import REPORT_GROUPS
+from chatgpt_proxy.state import STATE
 
 AUDIT_PAGE = 50
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatgpt_proxy.app import STATE
 from chatgpt_proxy.console.guard import (
     GUARD,
     Refused,
@@ -27,6 +26,7 @@ from chatgpt_proxy.console.render import (
     see_other,
 )
 from chatgpt_proxy.errors import RateLimited
+from chatgpt_proxy.state import STATE
 
 
 def _address(request: web.Request) -> str:

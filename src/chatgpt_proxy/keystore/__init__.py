@@ -2,9 +2,9 @@
 scale, one schema, migrations."""
 
 from chatgpt_proxy.keystore.engine import async_database_url
-from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
 from chatgpt_proxy.keystore.store import KeyStore, migrate
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, looks_like_key, new_secret
+from chatgpt_proxy.keystore.values import ClientKey, KeyPolicy, UsageEvent, UsageRow
 
 __all__ = [
     "ClientKey",

@@ -1,10 +1,11 @@
 """Schema migrations: Alembic, configured in code, run over the store's async engine.
 
 ``KeyStore.migrate()`` is the way in; this module is the Alembic plumbing behind it. To write the
-next revision (then edit it by hand, as 0001 was)::
+next revision, numbered after the newest in ``migrations/versions`` (then edit it by hand, as
+the others were)::
 
     python -c "from alembic import command; from chatgpt_proxy.keystore.migrator import \\
-        alembic_config; command.revision(alembic_config(), 'add a column', rev_id='0002')"
+        alembic_config; command.revision(alembic_config(), 'add a column', rev_id='0003')"
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ def alembic_config() -> Config:
     return config
 
 
-def _upgrade(connection: sa.Connection, revision: str) -> None:
+def _upgrade(connection: sa.Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    command.upgrade(config, "head")
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the database to ``revision`` in one transaction (DDL is transactional on both).
+async def upgrade(engine: AsyncEngine) -> None:
+    """Bring the database to the newest revision in one transaction (DDL is transactional on
+    both).
 
     Replicas starting together queue on the lock and each then finds the schema current (a CLI
     and a server migrating one SQLite file run one after the other instead of both creating the
@@ -47,4 +49,4 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     loop would corrupt each other even before they raced in the database.
     """
     async with exclusive(engine, _POSTGRES_MIGRATION_LOCK) as conn:
-        await conn.run_sync(_upgrade, revision)
+        await conn.run_sync(_upgrade)

@@ -9,7 +9,7 @@ from types import EllipsisType
 from typing import Any
 
 from chatgpt_proxy.errors import InvalidRequest
-from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy
+from chatgpt_proxy.keystore.values import ClientKey, KeyPolicy
 
 _OWN_FIELDS = ("name", "expires_at")
 

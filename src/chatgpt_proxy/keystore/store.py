@@ -20,15 +20,15 @@ from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
-from chatgpt_proxy.keystore import migrator, objects, usage
+from chatgpt_proxy.keystore import migrator, objects, usage_queries
 from chatgpt_proxy.keystore.audit import AuditLog
 from chatgpt_proxy.keystore.engine import create_engine, exclusive
-from chatgpt_proxy.keystore.models import ClientKey, KeyPolicy, UsageEvent, UsageRow
 from chatgpt_proxy.keystore.objects import StoredObject
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
 from chatgpt_proxy.keystore.sessions import ConsoleSessions
 from chatgpt_proxy.keystore.text import is_storable
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secret
+from chatgpt_proxy.keystore.values import ClientKey, KeyPolicy, UsageEvent, UsageRow
 
 MAX_NAME_LENGTH = 200
 MAX_ID_LENGTH = 32  # the client_keys.id column
@@ -139,7 +139,7 @@ class KeyStore:
         order = (
             [column.desc(), client_keys.c.id.desc()] if descending else [column, client_keys.c.id]
         )
-        where = usage.key_search(search)
+        where = usage_queries.key_search(search)
         query = sa.select(client_keys).where(where).order_by(*order).offset(offset).limit(limit)
         keys = await self._fetch_keys("page", query)
         with _store_errors("page"):
@@ -153,17 +153,17 @@ class KeyStore:
         self, since: date, until: date, by: str
     ) -> builtins.list[dict[str, Any]]:
         """Requests, tokens and cost of every key on the UTC days ``since`` to ``until``,
-        grouped ``by`` one of ``usage.REPORT_GROUPS`` (day, model, key, upstream)."""
+        grouped ``by`` one of ``usage_queries.REPORT_GROUPS`` (day, model, key, upstream)."""
         with _store_errors("usage_report"):
             async with self._engine.connect() as conn:
-                rows = (await conn.execute(usage.report_query(since, until, by))).all()
+                rows = (await conn.execute(usage_queries.report_query(since, until, by))).all()
         return [dict(row._mapping) for row in rows]
 
     async def usage_by_minute(self, since: datetime) -> builtins.list[dict[str, Any]]:
         """Every key's requests, errors, tokens and latency per UTC minute (the overview's)."""
         with _store_errors("usage_by_minute"):
             async with self._engine.connect() as conn:
-                query = usage.minutes_query(conn.dialect.name, since)
+                query = usage_queries.minutes_query(conn.dialect.name, since)
                 rows = (await conn.execute(query)).all()
         return [dict(row._mapping) for row in rows]
 
@@ -222,7 +222,7 @@ class KeyStore:
         """
         if not events:
             return []
-        rows = usage.event_rows(events)
+        rows = usage_queries.event_rows(events)
         with _store_errors("record_usage"):
             try:
                 async with self._engine.begin() as conn:
@@ -254,15 +254,15 @@ class KeyStore:
             return []
         with _store_errors("usage_summary"):
             async with self._engine.connect() as conn:
-                query = usage.summary_query(conn.dialect.name, key_id, since)
+                query = usage_queries.summary_query(conn.dialect.name, key_id, since)
                 rows = (await conn.execute(query)).all()
-        return usage.summary_rows(rows)
+        return usage_queries.summary_rows(rows)
 
     async def usage_totals(self, key_id: str, since: datetime | None = None) -> tuple[int, float]:
         """A key's total tokens and cost (USD) since ``since``, or ever: what budgets compare to."""
         if not _possible_id(key_id):
             return 0, 0.0
-        query = usage.totals_query(key_id, since)
+        query = usage_queries.totals_query(key_id, since)
         with _store_errors("usage_totals"):
             async with self._engine.connect() as conn:
                 tokens, cost = (await conn.execute(query)).one()
@@ -421,7 +421,7 @@ def _client_key(row: sa.RowMapping) -> ClientKey:
 
 async def _add_daily(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Add the rows just written to usage_events to the per-day sums, in the same transaction."""
-    for statement in usage.daily_upserts(conn.dialect.name, rows):
+    for statement in usage_queries.daily_upserts(conn.dialect.name, rows):
         await conn.execute(statement)
 
 

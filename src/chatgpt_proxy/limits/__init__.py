@@ -7,11 +7,14 @@ after ``settle`` (a limiter may apply both at once, then). ``headers`` are the
 ``x-ratelimit-*`` headers the client sees. ``admit`` raises the refusal (``RateLimited``,
 ``QuotaExceeded``) itself.
 
-The limiters, all following the rules in ``limits.rules``:
+The limiters, all following the rules in ``limits.policy``:
 
 * ``memory.MemoryLimiter``: one process, no other service; the default;
 * ``redis.RedisLimiter``: shared by every process and replica through Redis;
 * ``fallback.FallbackLimiter``: Redis while it answers, memory while it does not.
+
+``Admit`` is the pipeline's limits stage: it admits the request, and settles it with what the
+stages after it metered, however they end.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from aiohttp import web
+
+from chatgpt_proxy.exchange import Exchange, Next
 from chatgpt_proxy.keystore import ClientKey
 
 
@@ -50,3 +56,20 @@ class _Unlimited:
 
 
 UNLIMITED: Admission = _Unlimited()
+
+
+class Admit:
+    """The pipeline's limits stage: rpm, tpm, concurrency and budget (429 when over), then
+    the admission settled with the tokens and cost the meter found, however the rest ends."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self._limiter = limiter
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        admission = await self._limiter.admit(exchange.key, exchange.estimate, exchange.model)
+        exchange.context.headers = admission.headers
+        try:
+            return await forward(exchange)
+        finally:
+            await admission.settle(exchange.used_tokens, exchange.cost)
+            await admission.release()

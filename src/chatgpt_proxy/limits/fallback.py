@@ -6,7 +6,7 @@ Redis again (logged once), and then back to Redis. While it is down each process
 own, so a key may get up to one limit's worth per process; the counts kept locally are not
 carried into Redis when it returns (a restarted Redis starts its windows empty)::
 
-    shared = RedisLimiter(link, store, pricing, settings.limits)
+    shared = RedisLimiter(link, store, pricing, lease_seconds=900.0)
     limiter = FallbackLimiter(shared, MemoryLimiter(store, pricing), link)
 """
 

@@ -2,7 +2,7 @@
 
 One script admits (every check and every reservation of one request in one round trip), one
 settles and releases, one seeds a budget counter from the key store. The rules are those of
-``limits.rules``; time is Redis's own clock (``TIME``), so replicas whose clocks disagree still
+``limits.policy``; time is Redis's own clock (``TIME``), so replicas whose clocks disagree still
 share one window. Keys of one client key share a ``{key_id}`` hash tag::
 
     PREFIX{key_id}:w          zset   request id -> admitted at (ms): the 60 s window
@@ -23,7 +23,7 @@ the index of the reason in ``REASONS`` + 1 with detail = milliseconds until a re
 
 from __future__ import annotations
 
-from chatgpt_proxy.limits.rules import (
+from chatgpt_proxy.limits.policy import (
     OVER_CONCURRENCY,
     OVER_DAILY_COST,
     OVER_DAILY_TOKENS,

@@ -1,7 +1,7 @@
 """Per-key limits in this process's memory: exact for one process, per process for several.
 
 The default without ``redis_url``, and the fallback while Redis is unreachable. The rules are
-those of ``limits.rules``; the window is a deque of entries per key, pruned as requests come::
+those of ``limits.policy``; the window is a deque of entries per key, pruned as requests come::
 
     limiter = MemoryLimiter(store)
     admission = await limiter.admit(key, estimated_tokens=120, model="gpt-4o-mini")
@@ -23,7 +23,7 @@ from datetime import date
 
 from chatgpt_proxy.keystore import ClientKey, KeyStore
 from chatgpt_proxy.limits import UNLIMITED, Admission
-from chatgpt_proxy.limits.rules import (
+from chatgpt_proxy.limits.policy import (
     OVER_CONCURRENCY,
     OVER_DAILY_COST,
     OVER_DAILY_TOKENS,

@@ -23,7 +23,7 @@ from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.keystore import ClientKey, KeyStore
 from chatgpt_proxy.limits import UNLIMITED, Admission, lua
 from chatgpt_proxy.limits.autopipe import AutoPipeline, Script
-from chatgpt_proxy.limits.rules import (
+from chatgpt_proxy.limits.policy import (
     WINDOW_SECONDS,
     Limits,
     budget_epoch,

@@ -35,7 +35,7 @@ from chatgpt_proxy.moderation.engines import Engine, ModerationContext, Verdict,
 from chatgpt_proxy.moderation.inputs import Item, moderation_items, output_items
 from chatgpt_proxy.moderation.moderator import Moderator, build_moderator
 from chatgpt_proxy.moderation.openai_engine import OpenAIModerationEngine
-from chatgpt_proxy.moderation.rules import RulesEngine
+from chatgpt_proxy.moderation.rules_engine import RulesEngine
 
 __all__ = [
     "Engine",

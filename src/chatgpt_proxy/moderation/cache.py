@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -26,12 +25,16 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 
 from chatgpt_proxy.errors import ConfigError
+from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.moderation.inputs import Item
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 logger = logging.getLogger("chatgpt_proxy.moderation")
+
+_OP_TIMEOUT = 1.0  # seconds a Redis call may take before the memory cache answers alone
+_RETRY_INTERVAL = 30.0  # seconds Redis is left alone after it failed
 
 
 def redis_prefix(configured: str) -> str:
@@ -99,30 +102,16 @@ class MemoryVerdictCache:
     ) -> None:
         self.size = size
         self.ttl = ttl
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, ItemResult]] = OrderedDict()
+        self._entries: Memo[str, ItemResult] = Memo(size, ttl=ttl, clock=clock)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: str) -> ItemResult | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, result = entry
-        if self._clock() >= expires:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return result
+        return self._entries.get(key)
 
     def set(self, key: str, result: ItemResult) -> None:
-        if self.size <= 0:
-            return
-        self._entries[key] = (self._clock() + self.ttl, result)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._entries.remember(key, result)
 
     async def get_many(self, keys: Sequence[str]) -> list[ItemResult | None]:
         return [self.get(key) for key in keys]
@@ -149,8 +138,6 @@ class RedisVerdictCache:
         memory: MemoryVerdictCache,
         prefix: str,
         owns_client: bool = False,
-        op_timeout: float = 1.0,
-        retry_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from redis.exceptions import RedisError
@@ -159,8 +146,6 @@ class RedisVerdictCache:
         self._memory = memory
         self._prefix = prefix
         self._owns_client = owns_client
-        self._op_timeout = op_timeout
-        self._retry_interval = retry_interval
         self._clock = clock
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._down_until: float | None = None  # while Redis fails, only memory is used
@@ -171,7 +156,7 @@ class RedisVerdictCache:
         if not missing or not self._available():
             return found
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout(_OP_TIMEOUT):
                 values = await self._redis.mget([self._prefix + key for key in missing])
         except self._errors as exc:
             self._failed(exc)
@@ -192,7 +177,7 @@ class RedisVerdictCache:
             return
         ttl = max(1, round(self._memory.ttl))
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout(_OP_TIMEOUT):
                 pipe = self._redis.pipeline(transaction=False)
                 for key, result in results.items():
                     pipe.set(self._prefix + key, result.encode(), ex=ttl)
@@ -216,7 +201,7 @@ class RedisVerdictCache:
                 "moderation cache: Redis failed (%s); using the memory cache alone for now",
                 type(exc).__name__,
             )
-        self._down_until = self._clock() + self._retry_interval
+        self._down_until = self._clock() + _RETRY_INTERVAL
 
     def _recovered(self) -> None:
         if self._down_until is not None:

@@ -1,9 +1,11 @@
 """The moderation step of the pipeline: engines in order, the first block wins, blocks recorded.
 
-The handler calls it before routing a request, and may call it on a non-streamed answer::
+Its pipeline stage (``Moderate``) calls it before a request goes upstream, and may have the
+relay call it on a non-streamed answer::
 
     moderator = build_moderator(settings, client, router, redis=redis)
     await moderator.check("chat.completions", document, key)   # raises ContentPolicyViolation
+    await moderator.check_output("chat.completions", body, key) # the answer, before the client
     moderator.recent_blocks(50)                                 # for GET /admin/moderation
 """
 
@@ -15,12 +17,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiohttp import web
 
 from chatgpt_proxy.errors import ConfigError, ContentPolicyViolation, ProxyError
+from chatgpt_proxy.exchange import Exchange, Next
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.moderation.cache import (
     MemoryVerdictCache,
@@ -32,7 +37,7 @@ from chatgpt_proxy.moderation.cache import (
 from chatgpt_proxy.moderation.engines import Engine, ModerationContext, Verdict, load_engine
 from chatgpt_proxy.moderation.inputs import Item, moderation_items, output_items
 from chatgpt_proxy.moderation.openai_engine import OpenAIModerationEngine
-from chatgpt_proxy.moderation.rules import RulesEngine
+from chatgpt_proxy.moderation.rules_engine import RulesEngine
 from chatgpt_proxy.settings import ModerationSettings, Settings
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.router import Router
@@ -155,6 +160,22 @@ class Moderator:
             ", ".join(verdict.reasons),
             verdict.engine,
         )
+
+
+class Moderate:
+    """The pipeline's moderation stage: 400 for an input the policy blocks; with
+    ``answers``, the relay has each whole successful answer judged before it is sent."""
+
+    def __init__(self, moderator: Moderator, *, answers: bool = False) -> None:
+        self._moderator = moderator
+        self._answers = answers
+
+    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        moderator, key = self._moderator, exchange.key
+        await moderator.check(exchange.endpoint, exchange.document, key)
+        if self._answers:
+            exchange.check_answer = partial(moderator.check_output, exchange.endpoint, key=key)
+        return await forward(exchange)
 
 
 def _violation(verdict: Verdict, *, output: bool) -> ContentPolicyViolation:

@@ -202,25 +202,20 @@ class KeyPool:
         pool._by_alias = {copy.alias: copy}
         return pool
 
-    def acquire(
-        self, exclude: Container[str] = (), prefer: str | None = None, model: str | None = None
-    ) -> UpstreamKey:
+    def acquire(self, exclude: Container[str] = (), model: str | None = None) -> UpstreamKey:
         """Choose a usable key whose alias is not in ``exclude`` (the keys this request tried).
 
-        ``prefer`` names the key that holds a stored resource (a Responses API response lives
-        in the account that created it); it is taken when usable, else the strategy chooses.
-        Keys barred from ``model`` are passed over.
+        Keys barred from ``model`` are passed over. (A request about a stored object goes to
+        the key holding it, through ``acquire_exact``.)
         """
         now = self._clock()
         barred = self._barred_from(model, now) if model is not None and self._barred else ()
         if barred:
             exclude = {*barred, *(key.alias for key in self._keys if key.alias in exclude)}
-        key = self._by_alias.get(prefer) if prefer is not None else None
-        if key is None or key.alias in exclude or not _usable(key, now):
-            if self.strategy == "random":
-                key = self._pick_random(now, exclude)
-            else:
-                key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
+        if self.strategy == "random":
+            key = self._pick_random(now, exclude)
+        else:
+            key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
         if key is None and not self._in_play(now, barred):
             key = self._back_soonest(now, exclude)
         if key is None:
@@ -313,7 +308,8 @@ class KeyPool:
         """The key's account refused ``model`` (``status`` 403 or 404): bar it from the model."""
         now = self._clock()
         pair = (model, key.alias)
-        if pair not in self._barred or self._barred[pair][0] <= now:
+        barred = self._barred.get(pair)
+        if barred is None or barred[0] <= now:
             logger.warning("upstream key %s may not use model %r (%d)", key.alias, model, status)
         self._barred.remember(pair, (now + self.policy.barred_for, status))
 
@@ -465,7 +461,8 @@ class KeyPool:
                 retry_after=earliest - now,
             )
         if refused and model is not None:
-            return model_refused(model, {self._barred[(model, key.alias)][1] for key in refused})
+            statuses = {bar[1] for key in refused if (bar := self._barred.get((model, key.alias)))}
+            return model_refused(model, statuses)
         if any(key.state is KeyState.EJECTED for key in candidates):
             return UpstreamError(f"every upstream key of {self.name} is failing; retry shortly")
         if candidates and all(key.retired_reason == "no_quota" for key in candidates):

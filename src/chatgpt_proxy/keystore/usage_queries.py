@@ -13,9 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from chatgpt_proxy.keystore.models import UsageEvent, UsageRow
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_daily, usage_events
 from chatgpt_proxy.keystore.text import storable
+from chatgpt_proxy.keystore.values import UsageEvent, UsageRow
 
 # The model name comes from the client; PostgreSQL would refuse an over-long one, or one with a
 # NUL, and with it the whole batch, so text is made storable and clipped to the column widths.

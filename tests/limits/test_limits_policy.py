@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from chatgpt_proxy.keystore import KeyPolicy
-from chatgpt_proxy.limits.rules import Limits, default_policy, duration, limits_of, rate_headers
+from chatgpt_proxy.limits.policy import Limits, default_policy, duration, limits_of, rate_headers
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.settings import LimitSettings, PriceSettings
-from chatgpt_proxy.usage import Usage
+from chatgpt_proxy.token_usage import Usage
 
 
 def test_a_policy_with_only_models_has_no_limits_to_enforce() -> None:

@@ -2,7 +2,8 @@
 
 Chat and legacy completions report ``prompt_tokens``/``completion_tokens``; embeddings only
 ``prompt_tokens``; the Responses API ``input_tokens``/``output_tokens``, inside the
-``response.completed`` event when streamed. All become one ``Usage``.
+``response.completed`` event when streamed. All become one ``Usage``. Before the answer,
+``estimate_tokens`` guesses a request's usage from its size, for the limits to reserve.
 """
 
 from __future__ import annotations

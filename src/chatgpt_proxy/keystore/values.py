@@ -144,9 +144,6 @@ class ClientKey:
             return "expired"
         return "active"
 
-    def is_active(self, now: datetime) -> bool:
-        return self.state(now) == "active"
-
     def public_dict(self, now: datetime | None = None) -> dict[str, Any]:
         """The key as the admin API and CLI show it: the prefix, never the hash."""
         return {

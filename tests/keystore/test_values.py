@@ -102,14 +102,13 @@ def test_allows_model_globs() -> None:
 
 
 def test_key_state() -> None:
-    assert make_key().is_active(NOW)
+    assert make_key().state(NOW) == "active"
     expiring = make_key(expires_at=NOW + timedelta(seconds=1))
-    assert expiring.is_active(NOW)
-    assert not expiring.is_active(NOW + timedelta(seconds=1))
+    assert expiring.state(NOW) == "active"
+    assert expiring.state(NOW + timedelta(seconds=1)) == "expired"
     assert expiring.state(NOW + timedelta(days=1)) == "expired"
     revoked = make_key(revoked_at=NOW, expires_at=NOW - timedelta(days=1))
     assert revoked.state(NOW) == "revoked"  # revocation wins over expiry
-    assert not revoked.is_active(NOW)
 
 
 def test_public_dict_never_shows_the_hash() -> None:
