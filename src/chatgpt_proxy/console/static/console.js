@@ -16,7 +16,13 @@
       var opts = {
         width: Math.max(el.clientWidth, 300),
         height: 220,
-        scales: { x: { time: false } },
+        scales: {
+          x: {
+            time: false,
+            // Bars are centred on their value: half a step of room at each end.
+            range: function (u, min, max) { return spec.bars ? [min - 0.5, max + 0.5] : [min, max]; },
+          },
+        },
         axes: [
           { values: function (u, ticks) { return ticks.map(function (t) { return short(spec.labels[t] || ""); }); } },
           {},
@@ -27,6 +33,7 @@
             if (spec.bars) {
               s.fill = colors[i % colors.length] + "55";
               s.paths = uPlot.paths.bars({ size: [0.6, 60] });
+              s.points = { show: false };
             }
             return s;
           })
