@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +34,7 @@ class BackgroundLoop:
 
     def __init__(self, name: str = "test-background-loop") -> None:
         self._loop = asyncio.new_event_loop()
-        self._runners: dict[str, web.AppRunner] = {}
+        self._runners: dict[str, web.BaseRunner] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run_forever, name=name, daemon=True)
@@ -66,7 +66,7 @@ class BackgroundLoop:
         *,
         handler_cancellation: bool = True,
         shutdown_timeout: float = 1.0,
-        runner_class: type[web.AppRunner] = web.AppRunner,
+        runner_class: Callable[..., web.BaseRunner] = web.AppRunner,
     ) -> str:
         """Serve `app` on 127.0.0.1 with a free port; returns its base URL "http://127.0.0.1:PORT".
 
@@ -74,7 +74,7 @@ class BackgroundLoop:
         is how servers here notice disconnects.
         """
 
-        async def start() -> tuple[web.AppRunner, str]:
+        async def start() -> tuple[web.BaseRunner, str]:
             runner = runner_class(
                 app,
                 handler_cancellation=handler_cancellation,
@@ -153,15 +153,59 @@ def is_serving(url: str) -> bool:
         return False
 
 
+POLL_SECONDS = 0.01
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 5.0, message: str = "") -> T:
+    """Poll ``condition()`` until it is truthy and return that value; fail after ``timeout`` s.
+
+    For a test that waits on something happening elsewhere (a thread, a server, a background
+    task) instead of sleeping a fixed time and hoping::
+
+        wait_for(lambda: len(fake.requests_to("/v1/models")) >= 2, message="no probes")
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, message or f"not within {timeout} s"
+        time.sleep(POLL_SECONDS)
+    return value
+
+
+async def wait_for_async(
+    condition: Callable[[], T | Awaitable[T]], timeout: float = 5.0, message: str = ""
+) -> T:
+    """`wait_for` inside a running event loop: polls without blocking it, and awaits a
+    condition that returns an awaitable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, message or f"not within {timeout} s"
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def refuses_connections(url: str) -> bool:
+    """Whether nothing listens at ``url`` any more (a server stopping closes its socket)."""
+    try:
+        httpx2.get(url + "/healthz", timeout=2)
+    except httpx2.ConnectError:
+        return True
+    return False
+
+
 def wait_until_serving(
     url: str, process: subprocess.Popen[str] | None = None, timeout: float = 20.0
 ) -> None:
     """Wait for a proxy started as a subprocess to answer; fail if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    while not is_serving(url):
+
+    def serving() -> bool:
         assert process is None or process.poll() is None, "the proxy exited before serving"
-        assert time.monotonic() < deadline, f"the proxy never came up at {url}"
-        time.sleep(0.05)
+        return is_serving(url)
+
+    wait_for(serving, timeout, f"the proxy never came up at {url}")
 
 
 class Lines:

@@ -530,7 +530,7 @@ def test_wait_for_disconnect_times_out(fake: FakeOpenAI) -> None:
 
 def test_wait_for_requests_across_threads(fake: FakeOpenAI) -> None:
     def later() -> None:
-        time.sleep(0.1)
+        time.sleep(0.1)  # the point: the request arrives while the test is already waiting
         with openai.OpenAI(base_url=fake.base_url, api_key=KEY, max_retries=0) as c:
             chat(c, "hi")
 

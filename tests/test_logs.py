@@ -9,6 +9,7 @@ import re
 
 from chatgpt_proxy.logs import AccessLog, DeferredFlushHandler, RedactingFilter
 from chatgpt_proxy.redaction import Redactor
+from servers import wait_for_async
 
 SECRET = "local-upstream-secret-0123"
 
@@ -92,7 +93,7 @@ def test_access_lines_have_the_log_format_are_scrubbed_and_written_in_batches() 
         _request(access, "req_x", "GET", f"/v1/models/{SECRET}")
         await asyncio.sleep(0)
         written_at_once = stream.getvalue()
-        await asyncio.sleep(0.1)
+        await wait_for_async(lambda: stream.flushes, message="the batch was never written")
         return written_at_once, stream.flushes
 
     written_at_once, flushes = asyncio.run(burst())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -15,6 +14,7 @@ from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent
 from chatgpt_proxy.metering import Meter
 from fake_openai import FakeOpenAI
 from harness import Proxy
+from servers import wait_for
 
 DEADLINE_S = 15.0
 
@@ -26,10 +26,7 @@ def _used(proxy: Proxy, key_id: str) -> int:
 
 def _wait_for_usage(proxy: Proxy, key_id: str) -> int:
     """Poll the store until the background writer has written ``key_id``'s usage."""
-    deadline = time.monotonic() + DEADLINE_S
-    while (used := _used(proxy, key_id)) == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return used
+    return wait_for(lambda: _used(proxy, key_id), DEADLINE_S, "the usage was never written")
 
 
 @pytest.mark.parametrize(
@@ -129,10 +126,7 @@ def _samples(proxy: Proxy) -> dict[str, float]:
 
 
 def _poll(check: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + DEADLINE_S
-    while not (ok := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return ok
+    return wait_for(check, DEADLINE_S)
 
 
 def test_a_failing_usage_writer_shows_in_readyz_and_metrics(proxy: Proxy) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -17,6 +16,7 @@ from chatgpt_proxy.errors import StoreUnavailable
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy
 from chatgpt_proxy.periodic import Periodic, TaskErrors
 from harness import Proxy
+from servers import wait_for, wait_for_async
 from services import redis_url
 
 DEADLINE_S = 10.0
@@ -35,9 +35,7 @@ def test_a_task_goes_on_after_any_exception(caplog: pytest.LogCaptureFixture) ->
         errors = TaskErrors()
         periodic = Periodic("testing", 0.01, work, errors=errors)
         periodic.start()
-        deadline = time.monotonic() + DEADLINE_S
-        while not runs and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: runs, DEADLINE_S, "the task stopped at its first exception")
         await periodic.stop()
         return errors
 
@@ -58,7 +56,7 @@ def test_a_stopped_task_stops_even_while_failing() -> None:
     async def scenario() -> None:
         periodic = Periodic("testing", 0.001, work)
         periodic.start()
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: periodic.errors.counts.get("testing"), DEADLINE_S)
         await asyncio.wait_for(periodic.stop(), DEADLINE_S)
         assert periodic.errors.counts["testing"] >= 1
 
@@ -90,13 +88,12 @@ def test_key_refresh_goes_on_after_a_store_bug(proxy: Proxy) -> None:
     try:
         # Made behind the cache's back: only the refresh loop can bring it in.
         _, secret = proxy.loop.run(store.create("later", KeyPolicy()))
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            response = proxy.http().get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
-            if response.status_code == 200:
-                break
-            time.sleep(0.05)
-        assert response.status_code == 200, response.text
+        auth = {"Authorization": f"Bearer {secret}"}
+        wait_for(
+            lambda: proxy.http().get("/v1/models", headers=auth).status_code == 200,
+            DEADLINE_S,
+            "the refresh loop never brought the key in",
+        )
         assert len(calls) >= 2
         assert _background_errors(proxy)["refreshing client keys"] == 1
     finally:
@@ -118,8 +115,5 @@ def test_sharing_upstream_key_states_goes_on_after_a_bug(make_proxy: Callable[..
         return original()
 
     shared._changes = once_broken  # type: ignore[method-assign]
-    deadline = time.monotonic() + DEADLINE_S
-    while len(calls) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(calls) >= 3, "the watcher stopped at its first unexpected exception"
+    wait_for(lambda: len(calls) >= 3, DEADLINE_S, "the watcher stopped at its first exception")
     assert _background_errors(proxy)["sharing upstream key states"] == 1

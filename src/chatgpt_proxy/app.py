@@ -12,7 +12,6 @@ import contextlib
 import sys
 from typing import TextIO
 
-import aiohttp
 from aiohttp import web
 
 from chatgpt_proxy.api import add_routes
@@ -32,6 +31,8 @@ from chatgpt_proxy.periodic import TaskErrors
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redaction import Redactor
 from chatgpt_proxy.redis_link import RedisLink
+from chatgpt_proxy.selfservice.endpoint import InteractionEndpoint
+from chatgpt_proxy.selfservice.service import SelfService
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.state import STATE, AppState
@@ -39,6 +40,7 @@ from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.idle import IdleWatch
 from chatgpt_proxy.upstream.prober import Prober
 from chatgpt_proxy.upstream.router import Router
+from chatgpt_proxy.upstream.transport import AiohttpTransport
 
 
 async def create_app(
@@ -78,18 +80,12 @@ async def _open_state(
     router = Router.from_settings(settings.upstreams, settings.pool)
     redactor = Redactor(router.secrets())
     task_errors = TaskErrors()  # failed runs of the background tasks below, for /metrics
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=settings.server.max_upstream_connections, enable_cleanup_closed=True
-        ),
-        # Upstream cookies are the account's, never the client's.
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-    stack.push_async_callback(session.close)
+    transport = AiohttpTransport(max_connections=settings.server.max_upstream_connections)
+    stack.push_async_callback(transport.close)
     idle = IdleWatch(settings.timeouts.stream_idle, errors=task_errors)
     idle.start()
     stack.push_async_callback(idle.stop)
-    client = UpstreamClient(session, settings.timeouts, settings.retries, idle=idle)
+    client = UpstreamClient(transport, settings.timeouts, settings.retries, idle=idle)
     if store is None:
         store = await KeyStore.open(settings.database_url)
         stack.push_async_callback(store.close)
@@ -154,4 +150,8 @@ async def _open_state(
     )
     state.redis = link.client if link is not None else None
     state.shared = shared
+    state.self_service = SelfService(settings, store, keys, shared, metrics)
+    if settings.discord.enabled:
+        state.interactions = InteractionEndpoint(settings.discord, store, state.self_service)
+        stack.push_async_callback(state.interactions.close)
     return state

@@ -1,4 +1,4 @@
-"""The ``chatgpt-proxy`` command: serve, keys, check, migrate.
+"""The ``chatgpt-proxy`` command: serve, keys, check, migrate, discord.
 
 Key commands call the same key store and request parsing as the admin API, so a key made
 here and one made over HTTP are the same thing.
@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
+import aiohttp
 import click
 import orjson
 
@@ -22,6 +23,8 @@ from chatgpt_proxy.keystore.requests import parse_create, parse_update
 from chatgpt_proxy.limits.policy import default_policy
 from chatgpt_proxy.logs import configure_logging
 from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.selfservice.discord_api import DiscordApi
+from chatgpt_proxy.selfservice.service import is_discord_id, owner_of
 from chatgpt_proxy.server import run
 from chatgpt_proxy.settings import Settings, load_settings
 from chatgpt_proxy.shared_state import announce_key_change
@@ -187,12 +190,14 @@ def keys_list(as_json: bool, config_path: str | None) -> None:
     if as_json:
         click.echo(orjson.dumps([key.public_dict() for key in listed]).decode())
         return
-    click.echo(f"{'ID':<22} {'NAME':<24} {'PREFIX':<12} {'STATE':<8} MODELS")
+    click.echo(f"{'ID':<22} {'NAME':<24} {'PREFIX':<12} {'STATE':<8} {'OWNER':<28} MODELS")
     for key in listed:
         public = key.public_dict()
         models = ",".join(key.policy.models) or "*"
+        owner = key.owner or "-"
         click.echo(
-            f"{key.id:<22} {key.name[:24]:<24} {key.prefix:<12} {public['state']:<8} {models}"
+            f"{key.id:<22} {key.name[:24]:<24} {key.prefix:<12} {public['state']:<8} "
+            f"{owner:<28} {models}"
         )
 
 
@@ -318,3 +323,61 @@ def console_hash_password() -> None:
     if len(password) < 12:
         raise click.ClickException("use at least 12 characters")
     click.echo(hash_password(password))
+
+
+@main.group()
+def discord() -> None:
+    """Self-service keys through a Discord application."""
+
+
+@discord.command("register")
+@config_option
+@_friendly
+def discord_register(config_path: str | None) -> None:
+    """Register the /key and /usage commands (in discord.guild_id only, when set)."""
+    settings = _settings(config_path)
+
+    async def register() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as session:
+            return await DiscordApi(session, settings.discord).register()
+
+    commands = asyncio.run(register())
+    where = f"guild {settings.discord.guild_id}" if settings.discord.guild_id else "every guild"
+    names = ", ".join(f"/{command.get('name')}" for command in commands)
+    click.echo(f"registered {names or 'no commands'} for {where}")
+
+
+@discord.command("block")
+@click.argument("user_id")
+@config_option
+@_friendly
+def discord_block(user_id: str, config_path: str | None) -> None:
+    """Block a Discord user: their keys are revoked and /key refuses them."""
+    settings = _settings(config_path)
+    _discord_user(user_id)
+
+    async def block(store: KeyStore) -> tuple[ClientKey, ...]:
+        revoked = await store.block_owner(owner_of(user_id))
+        for key in revoked:
+            await announce_key_change(settings, key.id)
+        return revoked
+
+    revoked = _with_store(settings, block)
+    click.echo(f"blocked discord user {user_id}; revoked {len(revoked)} key(s)")
+
+
+@discord.command("unblock")
+@click.argument("user_id")
+@config_option
+@_friendly
+def discord_unblock(user_id: str, config_path: str | None) -> None:
+    """Let a blocked Discord user ask for a key again (revoked keys stay revoked)."""
+    _discord_user(user_id)
+    if not _with_store(_settings(config_path), lambda s: s.unblock_owner(owner_of(user_id))):
+        raise click.ClickException(f"discord user {user_id} was not blocked")
+    click.echo(f"unblocked discord user {user_id}")
+
+
+def _discord_user(user_id: str) -> None:
+    if not is_discord_id(user_id):
+        raise click.BadParameter("a Discord user id is a number of up to 20 digits")

@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import aiohttp
+from chatgpt_proxy.upstream.transport import TransportResponse
 
 T = TypeVar("T")
 
@@ -30,14 +30,14 @@ class Drain:
     __slots__ = ("_tasks", "_timer", "draining", "ending", "streams")
 
     def __init__(self) -> None:
-        self.streams: set[aiohttp.ClientResponse] = set()
+        self.streams: set[TransportResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False  # stopping: no new upstream call starts
         self.ending = False  # the grace period is over: the streams left are being ended
         self._timer: asyncio.TimerHandle | None = None
 
     @contextmanager
-    def track(self, response: aiohttp.ClientResponse) -> Iterator[None]:
+    def track(self, response: TransportResponse) -> Iterator[None]:
         self.streams.add(response)
         try:
             yield

@@ -20,6 +20,7 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
     │   │   └── PreviousResponseNotFound    404 previous_response_not_found
     │   └── ContentPolicyViolation          400 content_policy_violation
     ├── AuthenticationFailed                401 invalid_api_key
+    │   └── InvalidSignature                401 invalid_signature (a Discord interaction's)
     ├── PermissionDenied                    403 permission_denied
     │   └── ModelNotAllowed                 403 model_not_allowed
     ├── ResourceUnavailable                 409 resource_key_unavailable (+ x-should-retry: false)
@@ -37,6 +38,11 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
 
     ConfigError                             not an HTTP error: a bad configuration at start-up
 
+    TransportError                          not an HTTP error: the wire to an upstream failed
+    ├── ConnectFailed                       no answer began (refused, DNS, TLS, dropped early)
+    ├── TransportTimeout                    nothing arrived in time (connect, headers, body)
+    └── BrokenBody                          the answer began, then broke off (reset, cut short)
+
 A class whose error a retry cannot fix (or can) says so in ``should_retry``, which becomes the
 ``x-should-retry`` header the OpenAI SDKs obey before their own rules (they retry 408, 409, 429
 and 5xx otherwise); errors of the upstream that a later retry may fix carry ``retry-after-ms``,
@@ -44,7 +50,9 @@ which the SDKs prefer to their own short backoff, so their retries do not pile o
 already failing.
 
 Foreign exceptions (aiohttp, SQLAlchemy, Redis) are translated where they are caught, with
-``raise ... from exc``; nothing else in the proxy invents an error body.
+``raise ... from exc``; nothing else in the proxy invents an error body. The upstream side's
+are caught in one place, the transport (``upstream/transport``), as a ``TransportError``,
+which the upstream client turns into a retry on another key or a 502/504.
 """
 
 from __future__ import annotations
@@ -196,6 +204,12 @@ class AuthenticationFailed(ProxyError):
     should_retry = False
 
 
+class InvalidSignature(AuthenticationFailed):
+    """A signed request (a Discord interaction) whose signature, age or id does not hold."""
+
+    code = "invalid_signature"
+
+
 class PermissionDenied(ProxyError):
     status = 403
     type = "invalid_request_error"
@@ -337,3 +351,25 @@ class StoreUnavailable(ServiceUnavailable):
     """The key store (database) could not be reached; raised at the keystore boundary."""
 
     code = "store_unavailable"
+
+
+class TransportError(Exception):
+    """The connection to an upstream failed; raised by the transport, from the HTTP client's
+    own exception. Never shown to a client as such: the upstream client retries on another key
+    or answers ``UpstreamError`` / ``UpstreamTimeout``. The message names the cause's class
+    only: the foreign exception's text stays on ``__cause__``."""
+
+
+class ConnectFailed(TransportError):
+    """No answer began: the connection could not be opened (refused, DNS, TLS) or was lost
+    before the answer's headers."""
+
+
+class TransportTimeout(TransportError):
+    """Nothing arrived in time: connecting, waiting for the headers, or for the next piece
+    of the body."""
+
+
+class BrokenBody(TransportError):
+    """The answer began and then broke off: a reset, chunked data cut short, a closed
+    connection."""

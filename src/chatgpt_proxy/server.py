@@ -18,8 +18,7 @@ from typing import Any
 
 import uvloop
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
+from aiohttp.web import BaseRequest, RequestHandler
 
 from chatgpt_proxy.app import create_app
 from chatgpt_proxy.edge import Edge
@@ -45,7 +44,7 @@ class _OpenAIErrorHandler(RequestHandler):
     Each client address may hold only so many connections.
     """
 
-    def __init__(self, manager: _Server, **kwargs: Any) -> None:
+    def __init__(self, manager: ProxyServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._edge = manager.edge
         self._edge_loop = asyncio.get_running_loop()
@@ -189,11 +188,29 @@ class _OpenAIErrorHandler(RequestHandler):
         return self._edge.response(error, close=True)
 
 
-class _Server(web.Server):
+class ProxyServer(web.Server):
+    """aiohttp's low-level server, the protocol factory a site listens with, serving the app
+    through ``edge`` on connections each served by an ``_OpenAIErrorHandler``.
+
+    aiohttp has no setting for how a connection answers a request it cannot parse (it
+    answers in plain text, from ``RequestHandler.handle_error``): a server that builds its
+    own ``RequestHandler`` subclass is its way to change that. ``ProxyRunner`` gives it the
+    app's request factory and the edge once the app has started::
+
+        server = ProxyServer(handler_cancellation=True, access_log=None)
+        server.request_factory, server.edge = app_request_factory, Edge(...)
+        runner = web.ServerRunner(server)
+    """
+
     edge: Edge
 
+    def __init__(self, *, handler_cancellation: bool = False, **kwargs: Any) -> None:
+        super().__init__(self.serve, handler_cancellation=handler_cancellation, **kwargs)
+        self._connection_loop = asyncio.get_running_loop()
+        self._connection_kwargs = kwargs  # what each connection's handler is built with
+
     def __call__(self) -> RequestHandler:
-        return _OpenAIErrorHandler(self, loop=self._loop, **self._kwargs)
+        return _OpenAIErrorHandler(self, loop=self._connection_loop, **self._connection_kwargs)
 
     async def serve(self, request: BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
@@ -213,22 +230,56 @@ class _Server(web.Server):
             protocol.request_ended(request, response)
 
 
-class ProxyRunner(web.AppRunner):
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+class ProxyRunner(web.ServerRunner):
+    """Runs ``app`` as ``web.AppRunner`` does, its connections served by a ``ProxyServer``.
+
+    A ``web.AppRunner`` of its own starts and stops the app and builds the app's request
+    handler and request factory; the ``ProxyServer`` serves them. At cleanup the listening
+    stops, idle connections close and busy ones get ``shutdown_timeout`` to finish, and then
+    the app's shutdown and cleanup hooks run::
+
+        runner = ProxyRunner(app, handler_cancellation=True, shutdown_timeout=30.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        ...
+        await runner.cleanup()
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        handle_signals: bool = False,
+        shutdown_timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
         # aiohttp refuses header fields over 8 KiB before auth runs; a long junk key must still
         # be a 401 invalid_api_key, so allow 16 KiB (auth rejects anything over 512 chars).
         kwargs.setdefault("max_field_size", 16 * 1024)
-        super().__init__(app, **kwargs)
+        self._app_runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **kwargs)
+        self._proxy_server = ProxyServer(**kwargs)
+        super().__init__(
+            self._proxy_server, handle_signals=handle_signals, shutdown_timeout=shutdown_timeout
+        )
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _Server  # same state; only the protocol it builds differs
-        assert isinstance(server, _Server)
+    @property
+    def app(self) -> web.Application:
+        return self._app_runner.app
+
+    async def setup(self) -> None:
+        await self._app_runner.setup()  # the app's start-up hooks run here
+        app_server = self._app_runner.server
+        assert app_server is not None
         state = self.app[STATE]
-        server.edge = Edge(state.settings.server, server.request_handler, state.request_ids)
+        server = self._proxy_server
+        server.request_factory = app_server.request_factory
+        server.edge = Edge(state.settings.server, app_server.request_handler, state.request_ids)
         server.edge.watch(state.metrics)
-        server.request_handler = server.serve
-        return server
+        await super().setup()
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self._app_runner.cleanup()
 
 
 async def _serve(settings: Settings, host: str, port: int, *, reuse_port: bool) -> None:

@@ -110,8 +110,7 @@ class SharedState:
 
     async def _subscribe(self) -> None:
         with redis_errors("subscribe"):
-            pubsub = self._link.client.pubsub(ignore_subscribe_messages=True)
-            try:
+            async with self._link.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(self._keys_channel, self._upstreams_channel)
                 # Subscribed first, then read: a state published in between is not missed.
                 for value in (await self._link.client.hgetall(self._states)).values():
@@ -119,8 +118,6 @@ class SharedState:
                         self._apply_upstream(orjson.loads(value), stored=True)
                 async for message in pubsub.listen():
                     await self._on_message(message)
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":

@@ -40,6 +40,8 @@ from chatgpt_proxy.metering import Meter
 from chatgpt_proxy.metrics import Metrics
 from chatgpt_proxy.moderation import Moderator
 from chatgpt_proxy.redaction import Redactor
+from chatgpt_proxy.selfservice.endpoint import InteractionEndpoint
+from chatgpt_proxy.selfservice.service import SelfService
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.sse import error_event
@@ -75,6 +77,8 @@ class AppState:
     shared: SharedState | None = None  # key changes and upstream states, with Redis
     ready: bool = False
     drain: Drain = field(default_factory=Drain)  # shutting down: streams in flight, new calls
+    self_service: SelfService | None = None  # self-service keys (Discord users, blocks)
+    interactions: InteractionEndpoint | None = None  # when discord is configured
 
 
 STATE = web.AppKey("state", AppState)

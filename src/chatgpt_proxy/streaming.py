@@ -19,12 +19,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from chatgpt_proxy.drain import Drain
-from chatgpt_proxy.errors import ProxyError, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from chatgpt_proxy.errors import (
+    ProxyError,
+    ServiceUnavailable,
+    TransportError,
+    TransportTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from chatgpt_proxy.exchange import CLIENT_CLOSED, CheckAnswer, OnCreated, Outcome, start_stream
 from chatgpt_proxy.headers import SSE_HEADERS, client_response_headers
 from chatgpt_proxy.redaction import Redactor
@@ -145,8 +151,8 @@ async def _relay_events(
     while True:
         try:
             chunk = await reply.read_chunk()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            failure = _broken(reply, type(exc).__name__, drain)
+        except TransportError as exc:
+            failure = _broken(reply, str(exc), drain, timed_out=isinstance(exc, TransportTimeout))
             chunk = held.release() if held is not None else b""  # what it had, then the error
             if chunk and (events := framer.feed(chunk)[1]):
                 sent = events
@@ -231,14 +237,16 @@ class _Held:
         return held
 
 
-def _broken(reply: Reply, cause: str, drain: Drain | None) -> ProxyError:
+def _broken(
+    reply: Reply, cause: str, drain: Drain | None, *, timed_out: bool = False
+) -> ProxyError:
     """Why a stream ended early, logged by key alias and told as an error event."""
     if drain is not None and drain.ending:
         logger.warning("stream via %s ended: the grace period of the shutdown is over", reply.alias)
         return ServiceUnavailable("The server is shutting down; retry the request.")
     logger.warning("upstream stream via %s broke off: %s", reply.alias, cause)
     reply.report_failure()
-    if reply.went_silent:
+    if timed_out or reply.went_silent:
         return UpstreamTimeout("The upstream stream stayed silent for too long.")
     return UpstreamError("The upstream stream broke off before it finished.")
 
@@ -349,9 +357,9 @@ async def _relay_body(
     while True:
         try:
             chunk = await reply.read_chunk()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TransportError as exc:
             reply.report_failure()
-            logger.warning("upstream answer via %s broke off: %s", reply.alias, type(exc).__name__)
+            logger.warning("upstream answer via %s broke off: %s", reply.alias, exc)
             # Too late for an error body: closing without the last chunk tells the client
             # the answer is incomplete, instead of handing it a truncated one as whole.
             if request.transport is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from chatgpt_proxy.upstream.pool import KeyState
 from fake_openai import DEFAULT_REPLY, FAKE_KEYS, ORGANIZATION, REDIRECT_TARGET, FakeOpenAI
 from harness import ADMIN_KEY, Proxy
+from servers import wait_for
 
 KEY1, KEY2 = FAKE_KEYS[0], FAKE_KEYS[1]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -325,16 +325,17 @@ def test_prober_readmits_a_recovered_key(
     assert _chat(proxy) == DEFAULT_REPLY
     assert _states(proxy)["openai#1"].state is KeyState.RETIRED
 
-    time.sleep(0.7)  # a few probes, all refused
-    assert _states(proxy)["openai#1"].state is KeyState.RETIRED
-    probes = [r for r in fake.requests_to("/v1/models") if r.key == KEY1]
-    assert len(probes) >= 2
+    wait_for(
+        lambda: len([r for r in fake.requests_to("/v1/models") if r.key == KEY1]) >= 2,
+        message="the prober never probed the retired key twice",
+    )
+    assert _states(proxy)["openai#1"].state is KeyState.RETIRED  # all refused
 
     fake.clear_script(KEY1)
-    deadline = time.monotonic() + 5
-    while _states(proxy)["openai#1"].state is not KeyState.ACTIVE:
-        assert time.monotonic() < deadline, "the prober never re-admitted the key"
-        time.sleep(0.05)
+    wait_for(
+        lambda: _states(proxy)["openai#1"].state is KeyState.ACTIVE,
+        message="the prober never re-admitted the key",
+    )
     assert _admin_upstreams(proxy)["openai#1"]["state"] == "active"
 
     start = len(fake.requests_to("/v1/chat/completions"))
@@ -351,9 +352,9 @@ def test_prober_readmits_a_key_back_in_quota(
     fake.script_key(KEY1, "no_quota", times=3)  # the request, then two probes
     assert _chat(proxy) == DEFAULT_REPLY
     assert _states(proxy)["openai#1"].reason == "no_quota"
-    deadline = time.monotonic() + 5
-    while _states(proxy)["openai#1"].state is not KeyState.ACTIVE:
-        assert time.monotonic() < deadline, "the prober never re-admitted the key"
-        time.sleep(0.05)
+    wait_for(
+        lambda: _states(proxy)["openai#1"].state is KeyState.ACTIVE,
+        message="the prober never re-admitted the key",
+    )
     probes = [r for r in fake.requests_to("/v1/embeddings") if r.key == KEY1]
     assert len(probes) >= 2  # quota is probed with a real (embedding) call

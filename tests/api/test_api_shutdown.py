@@ -13,7 +13,7 @@ import pytest
 
 from fake_openai import DEFAULT_REPLY, FakeOpenAI
 from harness import served_proxy
-from servers import ServedProcess
+from servers import ServedProcess, refuses_connections, wait_for
 
 GRACE_SECONDS = 5
 
@@ -58,7 +58,8 @@ def test_sigterm_lets_a_stream_in_flight_finish(served: ServedProcess) -> None:
         received = [next(chunks)]
         served.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.5)  # the server stops listening at once
+        # The server stops listening at once.
+        wait_for(lambda: refuses_connections(served.url), message="still accepting connections")
 
         with pytest.raises(httpx2.ConnectError):
             httpx2.get(served.url + "/healthz", timeout=2)

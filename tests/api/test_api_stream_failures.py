@@ -12,6 +12,7 @@ import pytest
 
 from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
 from harness import Proxy
+from servers import wait_for
 
 
 def _chat_body(text: str, *, stream: bool) -> dict[str, object]:
@@ -183,10 +184,11 @@ def test_client_leaving_a_stream_cancels_the_upstream(proxy: Proxy, fake: FakeOp
     assert when is not None, "the upstream never saw the client leave"
     assert when - closed < 0.5
     pool = proxy.state.router.upstreams[0].pool
-    deadline = time.monotonic() + 2
-    while any(status.inflight for status in pool.snapshot()):
-        assert time.monotonic() < deadline, "the key was never returned to the pool"
-        time.sleep(0.02)
+    wait_for(
+        lambda: not any(status.inflight for status in pool.snapshot()),
+        2,
+        "the key was never returned to the pool",
+    )
 
 
 def test_sdk_client_closing_a_stream_cancels_the_upstream(proxy: Proxy, fake: FakeOpenAI) -> None:

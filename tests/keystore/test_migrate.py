@@ -40,13 +40,16 @@ def test_migrated_schema_matches_the_metadata(database_url: str) -> None:
         "client_keys",
         "usage_events",
         "stored_objects",
+        "blocked_owners",
+        "seen_interactions",
+        "holder_sessions",
         "console_sessions",
         "audit_events",
         "usage_daily",
         VERSION_TABLE,
     }
     assert diff == []
-    assert heads == ["0003"]
+    assert heads == ["0004"]
 
 
 def test_migrating_twice_changes_nothing(database_url: str) -> None:
@@ -58,7 +61,7 @@ def test_migrating_twice_changes_nothing(database_url: str) -> None:
             assert await store.list() == [key]
 
     asyncio.run(scenario())
-    assert asyncio.run(inspect(database_url))[2] == ["0003"]
+    assert asyncio.run(inspect(database_url))[2] == ["0004"]
 
 
 def test_replicas_migrating_at_once_do_not_race(database_url: str) -> None:
@@ -67,4 +70,4 @@ def test_replicas_migrating_at_once_do_not_race(database_url: str) -> None:
 
     asyncio.run(scenario())
     tables, diff, heads = asyncio.run(inspect(database_url))
-    assert "client_keys" in tables and diff == [] and heads == ["0003"]
+    assert "client_keys" in tables and diff == [] and heads == ["0004"]

@@ -23,6 +23,7 @@ from chatgpt_proxy.keystore import (
     async_database_url,
     hash_secret,
 )
+from servers import wait_for_async
 
 T = TypeVar("T")
 
@@ -157,17 +158,22 @@ def test_update(database_url: str) -> None:
     run(scenario())
 
 
+async def _clock_passes(moment: datetime) -> None:
+    """Wait until the wall clock is past ``moment``, so the next write is stamped after it."""
+    await wait_for_async(lambda: datetime.now(UTC) > moment)
+
+
 def test_changed_since(database_url: str) -> None:
     async def scenario() -> None:
         async with migrated(database_url) as store:
             old, _ = await store.create("old", KeyPolicy())
-            await asyncio.sleep(0.01)
+            await _clock_passes(old.updated_at)
             mark = datetime.now(UTC)
             new, _ = await store.create("new", KeyPolicy())
             assert [k.id for k in await store.changed_since(None)] == [old.id, new.id]
             assert [k.id for k in await store.changed_since(mark)] == [new.id]
             assert [k.id for k in await store.changed_since(new.updated_at)] == [new.id]
-            await asyncio.sleep(0.01)
+            await _clock_passes(new.updated_at)
             revoked = await store.revoke(old.id)
             assert revoked is not None
             changed = await store.changed_since(mark)

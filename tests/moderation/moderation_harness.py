@@ -6,13 +6,12 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import aiohttp
-
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy
 from chatgpt_proxy.moderation import Moderator, build_moderator
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.router import Router
+from chatgpt_proxy.upstream.transport import AiohttpTransport
 from fake_openai import FAKE_KEYS, FakeOpenAI
 from servers import BackgroundLoop
 
@@ -40,12 +39,12 @@ class Harness:
     def __init__(self, loop: BackgroundLoop, fake: FakeOpenAI) -> None:
         self.loop = loop
         self.fake = fake
-        self.session = loop.run(self._session())
+        self.session = loop.run(self._transport())
         self._moderators: list[Moderator] = []
 
     @staticmethod
-    async def _session() -> aiohttp.ClientSession:
-        return aiohttp.ClientSession()
+    async def _transport() -> AiohttpTransport:
+        return AiohttpTransport()
 
     def settings(
         self, upstreams: list[dict[str, Any]] | None = None, **moderation: Any

@@ -7,7 +7,6 @@ text: that is where a 500 or 503 used to come from).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -18,6 +17,7 @@ import pytest
 from fake_openai import FakeOpenAI
 from harness import ADMIN_KEY, Proxy
 from security.sec_helpers import assert_openai_error, raw_request
+from servers import wait_for
 
 HUGE = 5_000  # past every id column and id pattern, within the server's request-line limit
 SQL = "' OR '1'='1' --"
@@ -117,12 +117,11 @@ def _request(proxy: Proxy, case: Case) -> bytes:
 
 
 def _wait_for_usage(proxy: Proxy) -> int:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    def used() -> int:
         tokens, _ = proxy.loop.run(proxy.state.store.usage_totals(proxy.key_id))
-        if tokens > 0 or time.monotonic() > deadline:
-            return tokens
-        time.sleep(0.05)
+        return tokens
+
+    return wait_for(used, DEADLINE_S, "the usage was never written")
 
 
 @pytest.mark.parametrize("name", list(CASES))

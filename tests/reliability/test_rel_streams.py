@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from chatgpt_proxy.exchange import start_stream
 from chatgpt_proxy.server import ProxyRunner
 from fake_openai import DEFAULT_REPLY, FakeOpenAI
 from harness import Proxy, Recorder, RecordingStream, proxy_settings, served_proxy
-from servers import BackgroundLoop, ServedProcess
+from servers import BackgroundLoop, ServedProcess, refuses_connections, wait_for
 
 WORDS = DEFAULT_REPLY.split()
 GRACE_SECONDS = 2.0
@@ -50,28 +49,28 @@ def _data(raw: bytes) -> list[bytes]:
 def _charged(proxy: Proxy, *, timeout: float = 5.0) -> int:
     """The tokens charged to the proxy's key, once some are (usage is recorded as a request
     ends, which may be after its client has gone)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def used() -> int:
         proxy.loop.run(proxy.state.meter.flush())
-        used, _ = proxy.loop.run(proxy.state.store.usage_totals(proxy.key_id))
-        if used or time.monotonic() > deadline:
-            return used
-        time.sleep(0.05)
+        tokens, _ = proxy.loop.run(proxy.state.store.usage_totals(proxy.key_id))
+        return tokens
+
+    return wait_for(used, timeout, "nothing was charged")
 
 
 def _access_line(proxy: Proxy, status: int, *, timeout: float = 5.0) -> str | None:
     """The access log line of a request answered (or abandoned) with ``status``."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def last_line() -> str | None:
         proxy.flush_logs()
         found = [
             line
             for line in proxy.recorder.log_lines
             if "chatgpt_proxy.access: req_" in line and f" {status} key={proxy.key_id} " in line
         ]
-        if found or time.monotonic() > deadline:
-            return found[-1] if found else None
-        time.sleep(0.05)
+        return found[-1] if found else None
+
+    return wait_for(last_line, timeout, f"no access line with status {status}")
 
 
 def _estimate(body: bytes) -> int:
@@ -374,14 +373,8 @@ def test_row_32_sigterm_ends_streams_left_after_the_grace_period_with_an_error_e
         chunks = response.iter_raw()
         received = [next(chunks)]
         served.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS
-        while True:  # the listening socket closes at once
-            try:
-                httpx2.get(served.url + "/readyz", timeout=1)
-            except httpx2.ConnectError:
-                break
-            assert time.monotonic() < deadline, "still accepting connections"
-            time.sleep(0.05)
+        # The listening socket closes at once.
+        wait_for(lambda: refuses_connections(served.url), GRACE_SECONDS, "still accepting")
         received.extend(chunks)
     raw = b"".join(received)
     assert b"[DONE]" not in raw

@@ -30,7 +30,7 @@ from chatgpt_proxy.errors import ProxyError
 from fake_openai import FakeOpenAI, Received
 from fake_openai import payloads as p
 from harness import ADMIN_KEY, Proxy
-from servers import free_port
+from servers import free_port, wait_for
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -111,10 +111,7 @@ class Replicas:
     def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> float:
         """Seconds until ``condition()`` held, polled every 10 ms; fails after ``timeout``."""
         started = time.monotonic()
-        while not condition():
-            if time.monotonic() - started > timeout:
-                raise AssertionError(f"not within {timeout}s")
-            time.sleep(0.01)
+        wait_for(condition, timeout)
         return time.monotonic() - started
 
 

@@ -110,7 +110,9 @@ def test_a_cooldown_is_published_once_and_never_echoed(
     chat(replicas.proxies[0].client())
     for proxy in replicas.proxies[1:]:
         replicas.wait_until(lambda p=proxy: _state(p, "openai#1") is KeyState.COOLING)
-    time.sleep(0.5)  # five watcher ticks on every replica
+    # An echo is an absence to prove, with no event to wait for: watch five watcher ticks
+    # (0.1 s each) of every replica, then read what was published.
+    time.sleep(0.5)
     messages = []
     while (message := listener.get_message(timeout=0.2)) is not None:
         messages.append(orjson.loads(message["data"]))

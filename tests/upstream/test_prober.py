@@ -7,13 +7,13 @@ import logging
 import re
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.prober import Health, Prober, probe_all
 from chatgpt_proxy.upstream.router import Router
+from chatgpt_proxy.upstream.transport import AiohttpTransport
 from fake_openai import FAKE_KEYS, FakeOpenAI
 from harness import proxy_settings
 
@@ -57,11 +57,14 @@ def test_the_periodic_probe_names_the_key_it_probes(
     caplog.clear()
 
     async def probe_twice() -> None:
-        async with aiohttp.ClientSession() as session:
-            client = UpstreamClient(session, settings.timeouts, settings.retries)
+        transport = AiohttpTransport()
+        try:
+            client = UpstreamClient(transport, settings.timeouts, settings.retries)
             prober = Prober(client, router, interval=60)
             await prober.run_once()  # refused: stays retired
             await prober.run_once()  # accepted: back in use
+        finally:
+            await transport.close()
 
     asyncio.run(probe_twice())
     assert pool.retired() == []

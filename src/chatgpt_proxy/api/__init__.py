@@ -4,6 +4,8 @@ from aiohttp import web
 
 from chatgpt_proxy.api.admin import admin_routes
 from chatgpt_proxy.api.health import health_routes
+from chatgpt_proxy.api.interactions import interaction_routes
+from chatgpt_proxy.api.me import me_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import proxy_routes
 from chatgpt_proxy.console import add_console
@@ -18,7 +20,7 @@ def add_routes(app: web.Application) -> None:
     settings = app[STATE].settings
     if settings.console.enabled:
         routes += add_console(app, settings)
-    for route in routes:
+    for route in [*routes, *me_routes(), *interaction_routes(settings.discord)]:
         web.route(route.method, route.path, served(route.handler), **route.kwargs).register(
             app.router
         )

@@ -23,6 +23,7 @@ from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
 from chatgpt_proxy.limits.policy import default_policy
 from chatgpt_proxy.requestbody import read_json
+from chatgpt_proxy.selfservice.service import is_discord_id, owner_of
 from chatgpt_proxy.state import STATE, AppState
 
 
@@ -178,6 +179,29 @@ def _limit(request: web.Request, default: int) -> int:
         raise InvalidRequest("`limit` must be a number.", param="limit") from exc
 
 
+async def block_discord_user(request: web.Request) -> web.Response:
+    """Block a Discord user from self-service: their keys are revoked, ``/key`` refuses them."""
+    state = _authorize(request)
+    assert state.self_service is not None
+    user_id = _discord_user(request)
+    revoked = await state.self_service.block(user_id)
+    return _json({"user_id": user_id, "blocked": True, "revoked": [key.id for key in revoked]})
+
+
+async def unblock_discord_user(request: web.Request) -> web.Response:
+    state = _authorize(request)
+    user_id = _discord_user(request)
+    await state.store.unblock_owner(owner_of(user_id))
+    return _json({"user_id": user_id, "blocked": False})
+
+
+def _discord_user(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    if not is_discord_id(user_id):
+        raise InvalidRequest("A Discord user id is a number of up to 20 digits.", param="user_id")
+    return user_id
+
+
 def _since(value: str | None) -> date | None:
     if value is None:
         return None
@@ -198,4 +222,6 @@ def admin_routes() -> list[web.RouteDef]:
         web.get("/admin/upstreams", upstreams),
         web.get("/admin/moderation", moderation_blocks),
         web.get("/admin/audit", audit_log),
+        web.post("/admin/discord/blocks/{user_id}", block_discord_user),
+        web.delete("/admin/discord/blocks/{user_id}", unblock_discord_user),
     ]

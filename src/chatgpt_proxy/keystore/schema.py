@@ -81,6 +81,8 @@ client_keys = sa.Table(
     sa.Column("total_cost_budget", sa.Float(), nullable=True),  # USD
     sa.Column("models", sa.Text(), nullable=True),  # JSON list of globs; NULL = every model
     sa.Column("moderation", sa.String(16), nullable=True),  # NULL, "exempt" or "strict"
+    # Who a self-service key was issued to ("discord:<user id>"); NULL for the operator's keys.
+    sa.Column("owner", sa.String(100), nullable=True, index=True),
 )
 
 usage_events = sa.Table(
@@ -165,6 +167,33 @@ audit_events = sa.Table(
     sa.Column("target", sa.String(200), nullable=True),  # a key id, an upstream alias
     sa.Column("address", sa.String(64), nullable=True),  # the request's source address
     sa.Column("detail", sa.Text(), nullable=True),  # e.g. which fields changed, never values
+)
+
+# Owners (Discord users) the operator blocked from self-service.
+blocked_owners = sa.Table(
+    "blocked_owners",
+    metadata,
+    sa.Column("owner", sa.String(100), primary_key=True),
+    sa.Column("blocked_at", UTCDateTime(), nullable=False),
+)
+
+# Interaction ids already answered, so a replayed signed request is refused on every replica.
+# Rows older than the freshness window are pruned: a request that old is refused anyway.
+seen_interactions = sa.Table(
+    "seen_interactions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("seen_at", UTCDateTime(), nullable=False, index=True),
+)
+
+
+# Sessions of the key holders' page: the random id is in the holder's cookie, only its hash here.
+holder_sessions = sa.Table(
+    "holder_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),  # sha256 hex of the session id
+    sa.Column("key_id", sa.String(32), sa.ForeignKey("client_keys.id"), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )
 
 

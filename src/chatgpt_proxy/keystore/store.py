@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from types import EllipsisType, TracebackType
 from typing import Any
 
@@ -20,10 +21,11 @@ from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
-from chatgpt_proxy.keystore import migrator, objects, usage_queries
+from chatgpt_proxy.keystore import migrator, objects, owners, usage_queries
 from chatgpt_proxy.keystore.audit import AuditLog
 from chatgpt_proxy.keystore.engine import create_engine, exclusive
 from chatgpt_proxy.keystore.objects import StoredObject
+from chatgpt_proxy.keystore.owners import Issue, Outcome
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
 from chatgpt_proxy.keystore.sessions import ConsoleSessions
 from chatgpt_proxy.keystore.text import is_storable
@@ -89,10 +91,15 @@ class KeyStore:
                 await conn.execute(sa.text("SELECT 1"))
 
     async def create(
-        self, name: str, policy: KeyPolicy, expires_at: datetime | None = None
+        self,
+        name: str,
+        policy: KeyPolicy,
+        expires_at: datetime | None = None,
+        *,
+        owner: str | None = None,
     ) -> tuple[ClientKey, str]:
         """A new key and its secret: the only time the secret exists outside its client."""
-        key, secret, row = _new_key(name, policy, expires_at)
+        key, secret, row = _new_key(name, policy, expires_at, owner)
         with _store_errors("create"):
             async with self._engine.begin() as conn:
                 await conn.execute(client_keys.insert().values(row))
@@ -104,7 +111,7 @@ class KeyStore:
         Once, however many replicas start together: they take turns, and only the first finds
         the table empty.
         """
-        key, secret, row = _new_key(name, policy, None)
+        key, secret, row = _new_key(name, policy, None, None)
         with _store_errors("create_if_empty"):
             async with exclusive(self._engine, _FIRST_KEY_LOCK) as conn:
                 if await conn.scalar(sa.select(client_keys.c.id).limit(1)) is not None:
@@ -280,6 +287,125 @@ class KeyStore:
                 row = (await conn.execute(objects.find_query(kind, object_id))).first()
         return None if row is None else objects.from_row(row._mapping)
 
+    async def issue_owned(
+        self,
+        owner: str,
+        name: str,
+        policy: KeyPolicy,
+        expires_at: datetime | None,
+        *,
+        rotate: bool = False,
+        hourly_cap: int | None = None,
+        daily_cap: int | None = None,
+    ) -> Issue:
+        """A key for ``owner`` unless one is active (``rotate`` revokes it first), the owner is
+        blocked, ``owner`` was issued ``daily_cap`` keys in the last 24 hours, or
+        ``hourly_cap`` self-service keys were issued in the last hour, to anyone.
+
+        Read and write are one exclusive transaction: concurrent requests of one owner, on any
+        replica, issue one key between them.
+        """
+        _checked_owner(owner)
+        key, secret, row = _new_key(name, policy, expires_at, owner)
+        now = key.created_at
+        with _store_errors("issue_owned"):
+            async with exclusive(self._engine, owners.OWNERS_LOCK) as conn:
+                if await conn.scalar(owners.blocked_query(owner)) is not None:
+                    return Issue(Outcome.BLOCKED)
+                active = (await conn.execute(owners.active_query(owner, now))).first()
+                if active is not None and not rotate:
+                    return Issue(Outcome.EXISTS, _client_key(active._mapping))
+                if daily_cap is not None:
+                    since = now - timedelta(days=1)
+                    if await conn.scalar(owners.issued_since_query(since, owner)) >= daily_cap:
+                        return Issue(Outcome.USER_CAPPED)
+                if hourly_cap is not None:
+                    since = now - timedelta(hours=1)
+                    if await conn.scalar(owners.issued_since_query(since)) >= hourly_cap:
+                        return Issue(Outcome.CAPPED)
+                revoked = await self._revoke_owned(conn, owner, now)
+                await conn.execute(client_keys.insert().values(row))
+        return Issue(Outcome.ISSUED, key, secret, revoked)
+
+    async def owned_keys(self, owner: str) -> builtins.list[ClientKey]:
+        """Every key ever issued to ``owner``, newest first."""
+        if not is_storable(owner, owners.MAX_OWNER_LENGTH):
+            return []
+        return await self._fetch_keys("owned_keys", owners.owned_query(owner))
+
+    async def block_owner(self, owner: str) -> tuple[ClientKey, ...]:
+        """Block ``owner`` from self-service and revoke their keys; return the keys revoked."""
+        _checked_owner(owner)
+        now = datetime.now(UTC)
+        with _store_errors("block_owner"):
+            async with exclusive(self._engine, owners.OWNERS_LOCK) as conn:
+                if await conn.scalar(owners.blocked_query(owner)) is None:
+                    await conn.execute(owners.block_statement(owner, now))
+                return await self._revoke_owned(conn, owner, now)
+
+    async def unblock_owner(self, owner: str) -> bool:
+        """Lift a block (revoked keys stay revoked); False if ``owner`` was not blocked."""
+        _checked_owner(owner)
+        with _store_errors("unblock_owner"):
+            async with self._engine.begin() as conn:
+                return bool((await conn.execute(owners.unblock_statement(owner))).rowcount)
+
+    async def is_blocked(self, owner: str) -> bool:
+        if not is_storable(owner, owners.MAX_OWNER_LENGTH):
+            return False
+        with _store_errors("is_blocked"):
+            async with self._engine.connect() as conn:
+                return await conn.scalar(owners.blocked_query(owner)) is not None
+
+    async def first_sighting(self, interaction_id: str, window: timedelta) -> bool:
+        """Remember ``interaction_id``; False if it was seen within ``window`` (a replay).
+
+        Ids older than ``window`` are forgotten, so the table stays bounded; the caller refuses
+        anything older than the window before asking.
+        """
+        if not is_storable(interaction_id, owners.MAX_INTERACTION_ID_LENGTH):
+            return False
+        now = datetime.now(UTC)
+        with _store_errors("first_sighting"):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(owners.prune_seen(now, window))
+                    await conn.execute(owners.seen_statement(interaction_id, now))
+            except sa.exc.IntegrityError:
+                return False
+        return True
+
+    async def start_session(self, id_hash: str, key_id: str, expires_at: datetime) -> None:
+        """Record a key holder's page session (by the hash of its id); expired ones go."""
+        with _store_errors("start_session"):
+            async with self._engine.begin() as conn:
+                await conn.execute(owners.prune_sessions(datetime.now(UTC)))
+                await conn.execute(owners.session_statement(id_hash, key_id, expires_at))
+
+    async def session_key(self, id_hash: str) -> ClientKey | None:
+        """The key of an unexpired session, or None."""
+        with _store_errors("session_key"):
+            async with self._engine.connect() as conn:
+                key_id = await conn.scalar(owners.session_query(id_hash, datetime.now(UTC)))
+                return None if key_id is None else await _fetch_key(conn, key_id)
+
+    async def end_session(self, id_hash: str) -> None:
+        with _store_errors("end_session"):
+            async with self._engine.begin() as conn:
+                await conn.execute(owners.end_session(id_hash))
+
+    async def _revoke_owned(
+        self, conn: AsyncConnection, owner: str, now: datetime
+    ) -> tuple[ClientKey, ...]:
+        rows = (await conn.execute(owners.owned_query(owner))).all()
+        live = [_client_key(row._mapping) for row in rows]
+        await conn.execute(owners.revoke_owned(owner, now))
+        return tuple(
+            dataclasses.replace(key, revoked_at=now, updated_at=now)
+            for key in live
+            if key.revoked_at is None
+        )
+
     async def _fetch_keys(self, operation: str, query: sa.Select[Any]) -> builtins.list[ClientKey]:
         with _store_errors(operation):
             async with self._engine.connect() as conn:
@@ -321,7 +447,7 @@ def _store_errors(operation: str) -> Iterator[None]:
 
 
 def _new_key(
-    name: str, policy: KeyPolicy, expires_at: datetime | None
+    name: str, policy: KeyPolicy, expires_at: datetime | None, owner: str | None
 ) -> tuple[ClientKey, str, dict[str, Any]]:
     """A new key, its secret and its row, checked before any SQL runs."""
     secret = new_secret()
@@ -336,6 +462,7 @@ def _new_key(
         expires_at=None if expires_at is None else aware_utc(expires_at, "expires_at"),
         revoked_at=None,
         policy=policy,
+        owner=owner,
     )
     row = {
         "id": key.id,
@@ -346,6 +473,7 @@ def _new_key(
         "updated_at": key.updated_at,
         "expires_at": key.expires_at,
         "revoked_at": None,
+        "owner": owner,
         **_policy_row(policy),
     }
     return key, secret, row
@@ -391,6 +519,13 @@ def _checked_name(name: str) -> str:
     return name
 
 
+def _checked_owner(owner: str) -> None:
+    if not owner or not is_storable(owner, owners.MAX_OWNER_LENGTH):
+        raise InvalidRequest(
+            f"Invalid owner: must be 1-{owners.MAX_OWNER_LENGTH} characters.", param="owner"
+        )
+
+
 def _possible_id(key_id: str) -> bool:
     # An id no row can hold (NUL, a lone surrogate, longer than the column) matches no key;
     # asked of PostgreSQL it would fail the statement, and the client would see a 503.
@@ -416,6 +551,7 @@ def _client_key(row: sa.RowMapping) -> ClientKey:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
         policy=policy,
+        owner=row["owner"],
     )
 
 

@@ -136,6 +136,7 @@ class ClientKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     policy: KeyPolicy
+    owner: str | None = None  # "discord:<user id>" for a self-service key
 
     def state(self, now: datetime) -> str:
         if self.revoked_at is not None:
@@ -143,6 +144,9 @@ class ClientKey:
         if self.expires_at is not None and now >= self.expires_at:
             return "expired"
         return "active"
+
+    def is_active(self, now: datetime) -> bool:
+        return self.state(now) == "active"
 
     def public_dict(self, now: datetime | None = None) -> dict[str, Any]:
         """The key as the admin API and CLI show it: the prefix, never the hash."""
@@ -155,6 +159,7 @@ class ClientKey:
             "expires_at": _isoformat(self.expires_at),
             "revoked_at": _isoformat(self.revoked_at),
             "state": self.state(now or _utcnow()),
+            "owner": self.owner,
             **self.policy.to_dict(),
         }
 

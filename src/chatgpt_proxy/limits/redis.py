@@ -17,12 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.keystore import ClientKey, KeyStore
 from chatgpt_proxy.limits import UNLIMITED, Admission, lua
-from chatgpt_proxy.limits.autopipe import AutoPipeline, Script
+from chatgpt_proxy.limits.autopipe import AutoPipeline
 from chatgpt_proxy.limits.policy import (
     WINDOW_SECONDS,
     Limits,
@@ -37,12 +37,12 @@ from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.pricing import Pricing
 from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable
 
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
 _WINDOW_MS = int(WINDOW_SECONDS * 1000)
 _TOTAL_TTL_MS = 35 * 86_400_000  # an idle key's counter goes; the store re-seeds it when needed
 _DAILY_TTL_MS = 2 * 86_400_000
-_ADMIT = Script(lua.ADMIT)
-_SETTLE = Script(lua.SETTLE, merges=True)  # a busy key's settlements: one call per pipeline
-_SEED = Script(lua.SEED)
 
 
 class RedisLimiter:
@@ -63,6 +63,9 @@ class RedisLimiter:
         self._lease_ms = int(lease_seconds * 1000)
         self._wall_clock = wall_clock
         self._pipe = AutoPipeline(link)
+        self._admit = link.client.register_script(lua.ADMIT)
+        self._settle = link.client.register_script(lua.SETTLE)
+        self._seed = link.client.register_script(lua.SEED)
         self._limit_strings: Memo[Limits, bytes] = Memo(1024)  # the same few policies
         self._key_names: Memo[tuple[str, datetime, date], tuple[bytes, ...]] = Memo(4096)
         # Request ids: unique across replicas without a random draw per request.
@@ -79,6 +82,7 @@ class RedisLimiter:
         keys = self._keys(key, day)
         admission = _RedisAdmission(
             self._pipe,
+            self._settle,
             keys,
             self._ids.next(),
             limits,
@@ -87,7 +91,7 @@ class RedisLimiter:
         )
         args = (admission.request_id, f"{estimated_tokens} {cost!r}", self._limit_args(limits))
         for _ in range(3):
-            answer = await self._pipe.call(_ADMIT, keys, args, admission.orphaned)
+            answer = await self._pipe.call(self._admit, keys, args, admission.orphaned)
             code, detail, requests, tokens, reset_ms = map(int, answer.split())
             if code != -1:
                 break
@@ -149,10 +153,10 @@ class RedisLimiter:
     ) -> None:
         if missing & 1:
             tokens, cost = await self._store.usage_totals(key_id)
-            await self._pipe.call(_SEED, (keys[3],), (tokens, repr(cost), _TOTAL_TTL_MS))
+            await self._pipe.call(self._seed, (keys[3],), (tokens, repr(cost), _TOTAL_TTL_MS))
         if missing & 2:
             tokens, cost = await self._store.usage_totals(key_id, day_start(day))
-            await self._pipe.call(_SEED, (keys[4],), (tokens, repr(cost), _DAILY_TTL_MS))
+            await self._pipe.call(self._seed, (keys[4],), (tokens, repr(cost), _DAILY_TTL_MS))
 
 
 class _RedisAdmission:
@@ -164,6 +168,7 @@ class _RedisAdmission:
         "_keys",
         "_pipe",
         "_released",
+        "_settle",
         "_used",
         "headers",
         "request_id",
@@ -172,6 +177,7 @@ class _RedisAdmission:
     def __init__(
         self,
         pipe: AutoPipeline,
+        settle: AsyncScript,
         keys: tuple[bytes, ...],
         request_id: str,
         limits: Limits,
@@ -179,6 +185,7 @@ class _RedisAdmission:
         estimated_cost: float,
     ) -> None:
         self._pipe = pipe
+        self._settle = settle
         self._keys = keys
         self.request_id = request_id
         self._flags = (
@@ -212,4 +219,5 @@ class _RedisAdmission:
     def _send_settlement(self) -> None:
         delta_cost = self._cost - self._estimated_cost
         fields = f"{self.request_id} {self._flags} {self._used} {self._used - self._estimate}"
-        self._pipe.send(_SETTLE, self._keys, (f"{fields} {delta_cost!r}",))
+        # A busy key's settlements that meet in one pipeline go as one call.
+        self._pipe.send(self._settle, self._keys, (f"{fields} {delta_cost!r}",), merge=True)

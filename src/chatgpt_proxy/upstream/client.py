@@ -5,7 +5,8 @@ success, or the client's own mistake (400/404/422...). Everything tied to a key 
 ``insufficient_quota``, a 403 or a ``model_not_found`` from one account) and every upstream
 failure (5xx, HTML or non-JSON where JSON belongs, redirects, connection errors, timeouts) is
 handled here, by trying another key, and becomes a ``ProxyError`` only when no key is left, the
-attempts or the deadline run out (DESIGN §4). aiohttp's exceptions never leave this module.
+attempts or the deadline run out (DESIGN §4). The network is reached through a ``Transport``
+(``upstream.transport``), whose ``TransportError`` is all this module knows of its failures.
 
 How long an attempt may wait for its answer to begin fits the request: a stream has its own,
 shorter limit, and a client that says how long it will wait (the SDKs'
@@ -21,12 +22,13 @@ import time
 from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
 from chatgpt_proxy.errors import (
     ProxyError,
+    TransportError,
+    TransportTimeout,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -38,6 +40,12 @@ from chatgpt_proxy.upstream.idle import IdleWatch, Watched
 from chatgpt_proxy.upstream.pool import UpstreamKey, model_refused
 from chatgpt_proxy.upstream.retry import RetryBudget, backoff_delay
 from chatgpt_proxy.upstream.router import Upstream
+from chatgpt_proxy.upstream.transport import (
+    Timeouts,
+    Transport,
+    TransportRequest,
+    TransportResponse,
+)
 
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_HEAD = 64 * 1024  # read of a JSON answer to see that it is JSON
@@ -72,9 +80,13 @@ class Outbound:
 
 @dataclass(slots=True)
 class Reply:
-    """An upstream answer the proxy relays. ``close()`` returns the key to the pool."""
+    """An upstream answer the proxy relays. ``close()`` returns the key to the pool.
 
-    response: aiohttp.ClientResponse
+    ``response`` is the transport's: its status, headers and content type; the body is read
+    through ``read_chunk()`` / ``read()`` here, which hand on first what was read to judge it.
+    """
+
+    response: TransportResponse
     upstream: Upstream
     key: UpstreamKey
     attempts: int
@@ -107,15 +119,18 @@ class Reply:
         return self.watched is not None and self.watched.went_silent
 
     async def read_chunk(self) -> bytes:
-        """What has arrived of the answer (waiting for something); ``b""`` at its end."""
+        """What has arrived of the answer (waiting for something); ``b""`` at its end.
+
+        A body that stops short raises the transport's ``TransportError``.
+        """
         if self._head:
             head, self._head = self._head, b""
             return head
         watched = self.watched
         if watched is None:
-            return await self.response.content.readany()
+            return await self.response.read_chunk()
         watched.wait()  # only time spent waiting here is the upstream's silence
-        chunk = await self.response.content.readany()
+        chunk = await self.response.read_chunk()
         watched.touch()
         return chunk
 
@@ -123,12 +138,12 @@ class Reply:
         """The whole answer (up to ``limit`` bytes); a broken one is an ``UpstreamError``."""
         head, self._head = self._head, b""
         try:
-            rest = await read_limited(self.response, limit - len(head))
+            rest = await self.response.read(limit - len(head))
             return head + rest if head and rest else head or rest
-        except TimeoutError as exc:  # aiohttp's read timeout: silent for `first_byte`
+        except TransportTimeout as exc:  # silent for `first_byte`
             self.report_failure()
             raise UpstreamTimeout("The upstream answer stopped before it finished.") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except TransportError as exc:
             self.report_failure()
             raise UpstreamError("The upstream answer broke off before it finished.") from exc
 
@@ -136,14 +151,14 @@ class Reply:
 class UpstreamClient:
     """Sends one request upstream, on as many keys as it takes.
 
-    >>> client = UpstreamClient(session, settings.timeouts, settings.retries)
+    >>> client = UpstreamClient(AiohttpTransport(), settings.timeouts, settings.retries)
     >>> outbound = Outbound("POST", "/chat/completions", "", request.headers, body)
     >>> reply = await client.send(router.route("gpt-4o"), outbound)
     """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         timeouts: TimeoutSettings,
         retries: RetrySettings,
         *,
@@ -151,7 +166,7 @@ class UpstreamClient:
         rng: random.Random | None = None,
         idle: IdleWatch | None = None,
     ) -> None:
-        self._session = session
+        self._transport = transport
         self._idle = idle
         self._timeouts = timeouts
         self._retries = retries
@@ -160,14 +175,20 @@ class UpstreamClient:
         self._budget = RetryBudget(
             retries.budget_ratio, retries.budget_min, window=retries.budget_window, clock=clock
         )
-        # aiohttp's read timeout bounds the wait for the headers, cheaper than a timeout
-        # context around every request; a stream is then watched for silence instead.
-        self._answer_timeout = aiohttp.ClientTimeout(
-            sock_connect=timeouts.connect, sock_read=timeouts.first_byte
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            sock_connect=timeouts.connect,
-            sock_read=min(timeouts.first_byte, timeouts.stream_first_byte),
+        # An answer that comes whole may pause as long as it took to begin. A stream has
+        # its own wait for the headers, then its silence is limited to `stream_idle`: by the
+        # watch's one sweep when there is one (no timer re-armed per chunk), otherwise by
+        # the transport, whose limit then bounds the headers too.
+        self._answer_limits = Timeouts(timeouts.connect, timeouts.first_byte, timeouts.first_byte)
+        stream_first_byte = min(timeouts.first_byte, timeouts.stream_first_byte)
+        self._stream_limits = (
+            Timeouts(timeouts.connect, stream_first_byte)
+            if idle is not None
+            else Timeouts(
+                timeouts.connect,
+                min(stream_first_byte, timeouts.stream_idle),
+                timeouts.stream_idle,
+            )
         )
 
     async def send(self, upstream: Upstream, outbound: Outbound) -> Reply:
@@ -178,7 +199,7 @@ class UpstreamClient:
             raise
 
     async def _send(self, upstream: Upstream, outbound: Outbound) -> Reply:
-        limits = self._stream_timeout if outbound.stream else self._answer_timeout
+        limits = self._stream_limits if outbound.stream else self._answer_limits
         request_time = self._timeouts.request
         client_wait = client_timeout(outbound.headers)
         margin = self._timeouts.client_margin
@@ -187,8 +208,7 @@ class UpstreamClient:
             # timing out blind. A client in more of a hurry than the margin is let go.
             patience = client_wait - margin
             request_time = min(request_time, patience)
-            if limits.sock_read is not None and patience < limits.sock_read:
-                limits = aiohttp.ClientTimeout(sock_connect=limits.sock_connect, sock_read=patience)
+            limits = limits.within(patience)
         deadline = self._clock() + request_time
         replayable = outbound.body is None or isinstance(outbound.body, bytes | ReplayableBody)
         url = upstream.settings.base_url + outbound.path
@@ -207,8 +227,8 @@ class UpstreamClient:
             outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
             if isinstance(outcome, Reply):
                 outcome.attempts = len(tried)
-                if outbound.stream:
-                    outcome.watched = self._watch_silence(outcome.response)
+                if outbound.stream and self._idle is not None:
+                    outcome.watched = self._idle.watch(outcome.response)
                 return outcome
             last = outcome
             if not isinstance(outcome, UpstreamError | UpstreamTimeout):
@@ -229,20 +249,6 @@ class UpstreamClient:
             if delay >= deadline - self._clock():
                 raise last
             await asyncio.sleep(delay)
-
-    def _watch_silence(self, response: aiohttp.ClientResponse) -> Watched | None:
-        """From the headers on, a stream may stay silent ``stream_idle``, not ``first_byte``."""
-        connection = response.connection
-        protocol = connection.protocol if connection is not None else None
-        if self._idle is None:
-            if protocol is not None:
-                protocol.read_timeout = self._timeouts.stream_idle
-            return None
-        if protocol is not None:
-            # No timer re-armed on every chunk: the watch's one sweep ends silent streams.
-            protocol.read_timeout = None
-            protocol.start_timeout()
-        return self._idle.watch(response)
 
     def _acquire(
         self, upstream: Upstream, tried: set[str], last: ProxyError | None, outbound: Outbound
@@ -274,7 +280,7 @@ class UpstreamClient:
         key: UpstreamKey,
         outbound: Outbound,
         url: str,
-        limits: aiohttp.ClientTimeout,
+        limits: Timeouts,
         remaining: float,
     ) -> Reply | ProxyError:
         """One try on one key: the answer to relay, or why it failed.
@@ -290,28 +296,20 @@ class UpstreamClient:
         )
         if isinstance(outbound.body, ReplayableBody):
             headers["Content-Length"] = str(outbound.body.size)
-        if limits.sock_read is not None and remaining < limits.sock_read:
-            limits = aiohttp.ClientTimeout(sock_connect=limits.sock_connect, sock_read=remaining)
+        request = TransportRequest(
+            outbound.method, url, headers, outbound.body, limits.within(remaining)
+        )
         handed_on = False
         try:
-            response = await self._session.request(
-                outbound.method,
-                url,
-                headers=headers,
-                data=outbound.body,
-                allow_redirects=False,
-                timeout=limits,
-            )
-        except TimeoutError:
+            response = await self._transport.send(request)
+        except TransportTimeout:
             upstream.pool.release(key)
             upstream.pool.report_failure(key)
             return UpstreamTimeout(f"The upstream {upstream.name} did not answer in time.")
-        except (aiohttp.ClientError, OSError) as exc:
+        except TransportError as exc:
             upstream.pool.release(key)
             upstream.pool.report_failure(key)
-            return UpstreamError(
-                f"The upstream {upstream.name} could not be reached ({type(exc).__name__})."
-            )
+            return UpstreamError(f"The upstream {upstream.name} could not be reached ({exc}).")
         except BaseException:
             upstream.pool.release(key)
             raise
@@ -321,14 +319,12 @@ class UpstreamClient:
                 handed_on = True
                 return Reply(response, upstream, key, attempts=0, _head=verdict)
             return verdict
-        except TimeoutError:
+        except TransportTimeout:
             upstream.pool.report_failure(key)
             return UpstreamTimeout(f"The upstream {upstream.name} did not answer in time.")
-        except (aiohttp.ClientError, OSError) as exc:
+        except TransportError as exc:
             upstream.pool.report_failure(key)
-            return UpstreamError(
-                f"The upstream {upstream.name} broke off its answer ({type(exc).__name__})."
-            )
+            return UpstreamError(f"The upstream {upstream.name} broke off its answer ({exc}).")
         finally:
             if not handed_on:
                 upstream.pool.release(key)
@@ -339,7 +335,7 @@ class UpstreamClient:
         upstream: Upstream,
         key: UpstreamKey,
         outbound: Outbound,
-        response: aiohttp.ClientResponse,
+        response: TransportResponse,
     ) -> bytes | ProxyError:
         """Whether the answer is the client's to see: a success or the client's own mistake
         (then what was read of it to judge, to hand on first), or why this try failed.
@@ -385,7 +381,7 @@ class UpstreamClient:
         return await self._failure(upstream, key, response)
 
     async def _failure(
-        self, upstream: Upstream, key: UpstreamKey, response: aiohttp.ClientResponse
+        self, upstream: Upstream, key: UpstreamKey, response: TransportResponse
     ) -> ProxyError:
         """Why this key or this try failed, for an answer not the client's to see."""
         pool = upstream.pool
@@ -414,7 +410,7 @@ class UpstreamClient:
         return UpstreamError(f"The upstream {upstream.name} failed with status {status}.")
 
 
-def _is_html(response: aiohttp.ClientResponse) -> bool:
+def _is_html(response: TransportResponse) -> bool:
     return response.content_type in ("text/html", "application/xhtml+xml")
 
 
@@ -433,24 +429,11 @@ def _error_of(detail: object) -> Mapping[str, object] | None:
     return error if isinstance(error, dict) else None
 
 
-async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body up to ``limit`` bytes (``StreamReader.read(n)`` may stop at any chunk)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-async def _json_head(response: aiohttp.ClientResponse) -> bytes | None:
+async def _json_head(response: TransportResponse) -> bytes | None:
     """The first bytes of an answer said to be JSON, if they begin like JSON; None if not."""
     head = b""
     while len(head) < _MAX_HEAD:
-        chunk = await response.content.readany()
+        chunk = await response.read_chunk()
         if not chunk:
             return None
         head += chunk
@@ -460,11 +443,11 @@ async def _json_head(response: aiohttp.ClientResponse) -> bytes | None:
     return None
 
 
-async def _error_head(response: aiohttp.ClientResponse) -> bytes:
+async def _error_head(response: TransportResponse) -> bytes:
     """An error answer, read only so far (and never for long)."""
     try:
-        return await asyncio.wait_for(read_limited(response, _MAX_ERROR_BODY), timeout=5.0)
-    except (TimeoutError, aiohttp.ClientError, OSError):
+        return await asyncio.wait_for(response.read(_MAX_ERROR_BODY), timeout=5.0)
+    except (TimeoutError, TransportError):
         return b""
 
 

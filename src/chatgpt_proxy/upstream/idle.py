@@ -1,8 +1,8 @@
 """Ending upstream streams that go silent: one sweep for all of them, not a timer per chunk.
 
-aiohttp's read timeout re-arms a timer on every chunk it receives; over a stream of many small
-chunks that costs more than relaying them. Instead each stream notes when it began waiting for
-the upstream, and one periodic sweep closes those that have waited longer than ``stream_idle``:
+A read timeout of the HTTP client (aiohttp's ``sock_read``) re-arms a timer on every chunk it
+receives. Instead each stream notes when it began waiting for the upstream, and one periodic
+sweep closes (``TransportResponse.close()``) those that have waited longer than ``stream_idle``:
 the relay then sees its upstream connection end, and tells the client with an error event. Only
 time spent waiting on the upstream counts: while the relay is held up writing to a client slow
 to read, the upstream is not silent, and its key is not to blame.
@@ -13,9 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import aiohttp
-
 from chatgpt_proxy.periodic import Periodic, TaskErrors
+from chatgpt_proxy.upstream.transport import TransportResponse
 
 
 class Watched:
@@ -25,7 +24,7 @@ class Watched:
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: TransportResponse,
         streams: dict[int, Watched],
         clock: Callable[[], float],
     ) -> None:
@@ -79,7 +78,7 @@ class IdleWatch:
     async def stop(self) -> None:
         await self._periodic.stop()
 
-    def watch(self, response: aiohttp.ClientResponse) -> Watched:
+    def watch(self, response: TransportResponse) -> Watched:
         return Watched(response, self._streams, self._clock)
 
     def __len__(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
-import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -26,6 +25,7 @@ from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.client import Outbound, UpstreamClient
 from chatgpt_proxy.upstream.pool import KeyPool, UpstreamKey
 from chatgpt_proxy.upstream.router import Router, Upstream
+from chatgpt_proxy.upstream.transport import AiohttpTransport
 
 logger = logging.getLogger("chatgpt_proxy.upstream")
 
@@ -109,9 +109,10 @@ class Prober:
 async def probe_all(settings: Settings) -> list[tuple[str, Health]]:
     """Every configured key's health, for ``chatgpt-proxy check``."""
     router = Router.from_settings(settings.upstreams, settings.pool)
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+    transport = AiohttpTransport()
+    try:
         retries = settings.retries.model_copy(update={"max_attempts": 1})
-        client = UpstreamClient(session, settings.timeouts, retries)
+        client = UpstreamClient(transport, settings.timeouts, retries)
         results = []
         for upstream in router.upstreams:
             for key in upstream.pool.keys():
@@ -120,3 +121,5 @@ async def probe_all(settings: Settings) -> list[tuple[str, Health]]:
                     health = await probe(client, upstream, key, quota=True)
                 results.append((key.alias, health))
         return results
+    finally:
+        await transport.close()

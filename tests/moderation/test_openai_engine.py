@@ -1,8 +1,8 @@
-"""The engines: local rules, and the upstream moderations endpoint (the real fake upstream)."""
+"""The upstream moderations endpoint as an engine (the real fake upstream): one call for the
+unseen texts, one per image, verdicts cached, thresholds and failures as configured."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -14,78 +14,8 @@ from chatgpt_proxy.moderation import (
     MemoryVerdictCache,
     ModerationContext,
     OpenAIModerationEngine,
-    RulesEngine,
     Verdict,
 )
-from chatgpt_proxy.settings import RuleSettings, parse_settings
-
-CONTEXT = ModerationContext("chat.completions", key_id="key_test")
-
-
-def judge_rules(rules: list[RuleSettings], items: list[Any]) -> Verdict:
-    return asyncio.run(RulesEngine(rules).judge(items, CONTEXT))
-
-
-# ---------------------------------------------------------------- rules
-
-
-def test_rules_match_whole_words_case_insensitively() -> None:
-    rules = [RuleSettings(name="secrets", words=("password", "c++", "api key"))]
-    assert judge_rules(rules, ["my PASSWORD is hunter2"]).reasons == ("secrets",)
-    assert judge_rules(rules, ["I like C++."]).blocked
-    assert judge_rules(rules, ["the API   Key here"]).blocked
-    assert not judge_rules(rules, ["passwords are plural"]).blocked
-    assert not judge_rules(rules, ["abc++ is another word"]).blocked
-
-
-def test_rules_match_patterns_and_name_every_rule_that_matched() -> None:
-    rules = [
-        RuleSettings(name="card", patterns=(r"\b\d{4}(?: ?\d{4}){3}\b",)),
-        RuleSettings(name="ticket", patterns=(r"ticket-\d+",)),
-        RuleSettings(name="unused", words=("zebra",)),
-    ]
-    verdict = judge_rules(rules, ["hello", "card 4111 1111 1111 1111", "TICKET-42"])
-    assert verdict == Verdict(True, ("card", "ticket"), "rules", (1, 2))
-
-
-def test_rules_ignore_images_and_pass_clean_text() -> None:
-    rules = [RuleSettings(name="r", words=("secret",))]
-    image = {"type": "image_url", "image_url": {"url": "https://x.test/secret.png"}}
-    assert judge_rules(rules, [image, "nothing here"]) == Verdict.allow("rules")
-
-
-def test_rule_settings_are_validated_at_load() -> None:
-    yaml_text = """
-upstreams: [{name: openai, keys: [sk-x]}]
-moderation:
-  rules:
-    - {name: broken, patterns: ["(unclosed"]}
-"""
-    with pytest.raises(ConfigError, match=r"moderation\.rules\[0\].*broken.*unclosed"):
-        parse_settings(yaml_text, {})
-    with pytest.raises(ConfigError, match="neither words nor patterns"):
-        parse_settings(
-            "upstreams: [{name: openai, keys: [sk-x]}]\nmoderation: {rules: [{name: empty}]}", {}
-        )
-
-
-@pytest.mark.parametrize(
-    ("moderation", "problem"),
-    [
-        ("{engines: [nonsense]}", "unknown engine"),
-        ("{engines: [rules, rules]}", "listed twice"),
-        ("{thresholds: {hate: 1.5}}", "between 0 and 1"),
-        ("{on_error: maybe}", "on_error"),
-        ("{rules: [{name: a, words: [x]}, {name: a, words: [y]}]}", "unique"),
-    ],
-)
-def test_moderation_settings_refuse_bad_values(moderation: str, problem: str) -> None:
-    text = f"upstreams: [{{name: openai, keys: [sk-x]}}]\nmoderation: {moderation}\n"
-    with pytest.raises(ConfigError, match=problem):
-        parse_settings(text, {})
-
-
-# ---------------------------------------------------------------- the moderations endpoint
 
 
 def make_engine(harness: Harness, **moderation: Any) -> OpenAIModerationEngine:

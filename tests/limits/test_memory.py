@@ -66,7 +66,7 @@ def test_requests_arriving_together_read_the_store_once(memory_rig: Rig) -> None
 
     async def counting(store: KeyStore, *args: object) -> tuple[int, float]:
         calls.append(args)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a slow store is the point: the others arrive meanwhile
         return await original(store, *args)  # type: ignore[arg-type]
 
     rig.store.usage_totals = counting.__get__(rig.store)  # type: ignore[method-assign]

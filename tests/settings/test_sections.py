@@ -1,0 +1,111 @@
+"""The settings sections: typed, frozen, closed to unknown keys, each value checked on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from chatgpt_proxy.settings import (
+    DEFAULT_BASE_URL,
+    LimitSettings,
+    ModerationSettings,
+    RetrySettings,
+    RuleSettings,
+    ServerSettings,
+    Settings,
+    UpstreamSettings,
+)
+
+
+def _settings(**data: Any) -> Settings:
+    return Settings.model_validate({"upstreams": [{"name": "openai", "keys": ["sk-x"]}], **data})
+
+
+def test_an_upstream_needs_only_a_name_and_keys() -> None:
+    upstream = UpstreamSettings.model_validate({"name": "openai", "keys": ["sk-x"]})
+    assert upstream.base_url == DEFAULT_BASE_URL
+    assert upstream.models == ("*",) and upstream.strategy == "round_robin"
+    assert upstream.organization is None and upstream.project is None
+    assert "sk-x" not in repr(upstream)  # keys are secrets
+
+
+def test_an_upstreams_base_url_is_an_http_url_without_its_trailing_slash() -> None:
+    made = UpstreamSettings.model_validate(
+        {"name": "local", "keys": ["k"], "base_url": "http://127.0.0.1:8080/v1/"}
+    )
+    assert made.base_url == "http://127.0.0.1:8080/v1"
+    for bad in ("api.openai.com/v1", "ftp://host/v1", "https://host/v1?x=1", "https://a b/"):
+        with pytest.raises(ValidationError, match="http"):
+            UpstreamSettings.model_validate({"name": "x", "keys": ["k"], "base_url": bad})
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        {"name": "openai", "keys": []},
+        {"name": "openai", "keys": ["  "]},
+        {"name": "has space", "keys": ["k"]},
+        {"name": "openai", "keys": ["k"], "strategy": "fastest"},
+    ],
+    ids=["no-keys", "blank-key", "bad-name", "bad-strategy"],
+)
+def test_bad_upstreams_are_refused(upstream: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        UpstreamSettings.model_validate(upstream)
+
+
+def test_upstream_names_are_unique() -> None:
+    twice = [{"name": "a", "keys": ["k"]}, {"name": "a", "keys": ["j"]}]
+    with pytest.raises(ValidationError, match="unique"):
+        Settings.model_validate({"upstreams": twice})
+
+
+def test_sections_are_frozen_and_closed_to_unknown_keys() -> None:
+    settings = _settings()
+    with pytest.raises(ValidationError):
+        settings.server.port = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="typo"):
+        ServerSettings.model_validate({"typo": 1})
+    with pytest.raises(ValidationError):
+        _settings(sevrer={})
+
+
+def test_numbers_are_kept_in_their_ranges() -> None:
+    assert ServerSettings(port=0).port == 0  # any free port
+    for bad in ({"port": 65536}, {"workers": 0}, {"workers": 65}, {"max_body_bytes": 10}):
+        with pytest.raises(ValidationError):
+            ServerSettings.model_validate(bad)
+    with pytest.raises(ValidationError):
+        RetrySettings(max_attempts=11)
+    with pytest.raises(ValidationError):
+        LimitSettings(redis_prefix="has space")
+
+
+def test_rules_need_words_or_patterns_that_compile() -> None:
+    assert RuleSettings(name="r", words=("w",)).patterns == ()
+    with pytest.raises(ValidationError, match="neither words nor patterns"):
+        RuleSettings(name="empty")
+    with pytest.raises(ValidationError, match="bad pattern"):
+        RuleSettings(name="r", patterns=("(unclosed",))
+    with pytest.raises(ValidationError, match="empty"):
+        RuleSettings(name="r", words=(" ",))
+
+
+def test_moderation_engines_thresholds_and_rules_are_checked() -> None:
+    with pytest.raises(ValidationError, match="twice"):
+        ModerationSettings.model_validate({"engines": ["rules", "rules"]})
+    with pytest.raises(ValidationError, match="between 0 and 1"):
+        ModerationSettings.model_validate({"thresholds": {"hate": 1.5}})
+    rule = {"name": "a", "words": ["x"]}
+    with pytest.raises(ValidationError, match="unique"):
+        ModerationSettings.model_validate({"rules": [rule, rule]})
+
+
+def test_the_defaults_need_no_other_service() -> None:
+    settings = _settings()
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.redis_url is None
+    assert settings.auth.admin_key is None
+    assert settings.pricing == {}

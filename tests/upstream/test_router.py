@@ -1,0 +1,49 @@
+"""The router: a model goes to the first upstream whose globs match; names and keys are listed."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatgpt_proxy.errors import ModelNotFound
+from chatgpt_proxy.settings import PoolSettings, UpstreamSettings
+from chatgpt_proxy.upstream.router import Router
+
+
+def _router() -> Router:
+    upstreams = [
+        UpstreamSettings.model_validate(
+            {"name": "azure", "keys": ["sk-a1"], "models": ["gpt-4o", "gpt-4o-*"]}
+        ),
+        UpstreamSettings.model_validate({"name": "openai", "keys": ["sk-o1", "sk-o2"]}),
+    ]
+    return Router.from_settings(upstreams, PoolSettings())
+
+
+def test_the_first_upstream_whose_globs_match_serves_the_model() -> None:
+    router = _router()
+    assert router.route("gpt-4o").name == "azure"
+    assert router.route("gpt-4o-mini").name == "azure"
+    assert router.route("o3").name == "openai"
+    assert router.route("gpt-4o").name == "azure"  # remembered, and the same
+
+
+def test_fetches_by_id_go_to_the_first_upstream() -> None:
+    assert _router().route(None).name == "azure"
+
+
+def test_a_model_no_upstream_serves_is_model_not_found() -> None:
+    only = UpstreamSettings.model_validate({"name": "x", "keys": ["k"], "models": ["gpt-*"]})
+    router = Router.from_settings([only], PoolSettings())
+    with pytest.raises(ModelNotFound) as caught:
+        router.route("claude-3")
+    assert caught.value.param == "model"
+    assert "claude-3" in caught.value.message
+
+
+def test_upstreams_are_found_by_name_and_their_keys_listed_for_redaction() -> None:
+    router = _router()
+    azure = router.get("azure")
+    assert azure is not None and azure.serves("gpt-4o-2024") and not azure.serves("o3")
+    assert router.get("missing") is None
+    assert sorted(router.secrets()) == ["sk-a1", "sk-o1", "sk-o2"]
+    assert [u.pool.name for u in router.upstreams] == ["azure", "openai"]
