@@ -1,69 +1,29 @@
-"""The Discord interactions endpoint: signed fake interactions against a running proxy."""
+"""``selfservice/service.py``: what ``/key`` and ``/usage`` do, the guild and role gates, the
+caps and blocking users, driven by signed fake interactions against a running proxy."""
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 import openai
 import orjson
 import pytest
-from discord_helpers import (
-    ROTATE,
-    FakeDiscord,
-    Signer,
-    command,
-    ping,
-)
 
-from chatgpt_proxy.keystore import ClientKey, hash_secret
+from chatgpt_proxy.keystore import hash_secret
+from chatgpt_proxy.selfservice.service import is_discord_id, owner_of
 from harness import ADMIN_KEY, Proxy
-
-USER = "900000000000000001"
-PATH = "/discord/interactions"
-SECRET = re.compile(r"pk-[A-Za-z0-9_\-]{20,}")
-
-
-def send(proxy: Proxy, signer: Signer, body: bytes, **header_changes: Any) -> Any:
-    headers = signer.headers(body)
-    for name, value in header_changes.items():
-        if value is None:
-            headers.pop(name, None)
-        else:
-            headers[name] = value
-    return proxy.http().post(PATH, content=body, headers=headers)
-
-
-def reply(proxy: Proxy, signer: Signer, body: bytes) -> dict[str, Any]:
-    answer = send(proxy, signer, body)
-    assert answer.status_code == 200, answer.text
-    document: dict[str, Any] = answer.json()
-    return document
-
-
-def owned(proxy: Proxy, user: str = USER) -> list[ClientKey]:
-    return proxy.loop.run(proxy.state.store.owned_keys(f"discord:{user}"))
-
-
-def ask_key(proxy: Proxy, signer: Signer, user: str = USER, **kwargs: Any) -> dict[str, Any]:
-    return reply(proxy, signer, command(signer, "key", user, **kwargs))
-
-
-def secret_in(message: dict[str, Any]) -> str | None:
-    found = SECRET.search(message["data"]["content"])
-    return None if found is None else found.group(0)
-
-
-def chat(proxy: Proxy, key: str) -> None:
-    proxy.client(key).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
-    )
-
-
-def test_ping_is_answered_with_pong(discord_proxy: Proxy, signer: Signer) -> None:
-    assert reply(discord_proxy, signer, ping(signer)) == {"type": 1}
+from selfservice.discord_helpers import (
+    ROTATE,
+    USER,
+    Signer,
+    ask_key,
+    chat,
+    command,
+    owned,
+    reply,
+    secret_in,
+)
 
 
 def test_key_is_issued_once_ephemeral_stored_only_as_its_hash(
@@ -188,74 +148,6 @@ def test_new_keys_per_hour_are_capped_and_refusals_counted(
     assert "chatgpt_proxy_self_service_keys_issued_total 2.0" in metrics
 
 
-def test_a_slow_command_is_deferred_and_followed_up(
-    make_discord_proxy: Callable[..., Proxy], signer: Signer, fake_discord: FakeDiscord
-) -> None:
-    # Any command takes longer than a microsecond: this one is deferred.
-    proxy = make_discord_proxy(reply_within=0.000001)
-    body = command(signer, "key", USER)
-    token = orjson.loads(body)["token"]
-    message = reply(proxy, signer, body)
-    assert message == {"type": 5, "data": {"flags": 64}}
-    [call] = fake_discord.wait_for_calls(1)
-    assert call.method == "PATCH"
-    assert call.path.endswith(
-        f"/webhooks/{orjson.loads(body)['application_id']}/{token}/messages/@original"
-    )
-    secret = SECRET.search(call.body["content"])
-    assert secret is not None
-    chat(proxy, secret.group(0))
-
-
-@pytest.mark.parametrize(
-    "spoil",
-    ["bad-signature", "tampered-body", "no-signature", "no-timestamp", "stale", "future"],
-)
-def test_unsigned_or_stale_interactions_are_refused(
-    discord_proxy: Proxy, signer: Signer, spoil: str
-) -> None:
-    body = command(signer, "key", USER)
-    headers = signer.headers(body)
-    if spoil == "bad-signature":
-        headers["X-Signature-Ed25519"] = "00" * 64
-    elif spoil == "tampered-body":
-        body = body.replace(USER.encode(), b"900000000000000002")
-    elif spoil == "no-signature":
-        del headers["X-Signature-Ed25519"]
-    elif spoil == "no-timestamp":
-        del headers["X-Signature-Timestamp"]
-    else:
-        offset = -3600 if spoil == "stale" else 3600
-        headers = signer.headers(body, timestamp=int(time.time()) + offset)
-    answer = discord_proxy.http().post(PATH, content=body, headers=headers)
-    assert answer.status_code == 401
-    assert answer.json()["error"]["code"] == "invalid_signature"
-    assert owned(discord_proxy) == [] and owned(discord_proxy, "900000000000000002") == []
-
-
-def test_a_replayed_interaction_is_refused(discord_proxy: Proxy, signer: Signer) -> None:
-    body = command(signer, "key", USER, options=ROTATE)
-    headers = signer.headers(body)
-    first = discord_proxy.http().post(PATH, content=body, headers=headers)
-    assert first.status_code == 200
-    replayed = discord_proxy.http().post(PATH, content=body, headers=headers)
-    assert replayed.status_code == 401
-    assert len(owned(discord_proxy)) == 1  # the replayed rotation issued nothing
-
-
-def test_a_signed_interaction_of_another_application_is_refused(
-    discord_proxy: Proxy, signer: Signer
-) -> None:
-    body = command(signer, "key", USER).replace(b"1100000000000000001", b"1100000000000000009")
-    assert send(discord_proxy, signer, body).status_code == 401
-    assert owned(discord_proxy) == []
-
-
-def test_the_endpoint_is_off_unless_configured(proxy: Proxy, signer: Signer) -> None:
-    body = ping(signer)
-    assert proxy.http().post(PATH, content=body, headers=signer.headers(body)).status_code == 404
-
-
 def test_rotations_per_user_are_capped(
     make_discord_proxy: Callable[..., Proxy], signer: Signer
 ) -> None:
@@ -270,8 +162,69 @@ def test_rotations_per_user_are_capped(
     assert "chatgpt_proxy_self_service_refusals_user_capped_total 1.0" in metrics
 
 
-def test_a_dot_segment_token_is_refused(discord_proxy: Proxy, signer: Signer) -> None:
-    body = command(signer, "key", USER)
-    body = body.replace(orjson.loads(body)["token"].encode(), b"..")
-    assert send(discord_proxy, signer, body).status_code == 400
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("80351110224678912", True),
+        ("1", True),
+        ("9" * 20, True),
+        ("9" * 21, False),  # longer than a snowflake
+        ("", False),
+        ("alice", False),
+        ("-1", False),
+        ("1.5", False),
+        ("\u0661\u0662\u0663", False),  # Arabic-Indic digits: isdigit(), yet no Discord id
+    ],
+)
+def test_is_discord_id_accepts_snowflakes_only(value: str, expected: bool) -> None:
+    assert is_discord_id(value) is expected
+
+
+def test_owner_of_names_the_discord_user() -> None:
+    assert owner_of("80351110224678912") == "discord:80351110224678912"
+
+
+def test_an_unknown_command_is_answered_and_issues_nothing(
+    discord_proxy: Proxy, signer: Signer
+) -> None:
+    message = reply(discord_proxy, signer, command(signer, "other", USER))
+    assert message["data"] == {"content": "Unknown command.", "flags": 64}
     assert owned(discord_proxy) == []
+
+
+def test_a_command_without_a_user_is_answered_and_issues_nothing(
+    make_discord_proxy: Callable[..., Proxy], signer: Signer
+) -> None:
+    proxy = make_discord_proxy(required_role=None)
+    interaction = orjson.loads(command(signer, "key", USER))
+    del interaction["member"]
+    message = reply(proxy, signer, orjson.dumps(interaction))
+    assert message["data"]["content"] == "This command needs a Discord user."
+    assert owned(proxy) == []
+
+
+def test_without_guild_or_role_a_direct_message_gets_a_key(
+    make_discord_proxy: Callable[..., Proxy], signer: Signer
+) -> None:
+    proxy = make_discord_proxy(guild_id=None, required_role=None)
+    secret = secret_in(ask_key(proxy, signer, guild_id=None))
+    assert secret is not None
+    [key] = owned(proxy)
+    assert key.key_hash == hash_secret(secret)
+
+
+def test_the_key_message_and_expiry_follow_the_self_service_settings(
+    make_discord_proxy: Callable[..., Proxy], signer: Signer
+) -> None:
+    proxy = make_discord_proxy(
+        self_service={"public_url": None, "expires_days": None, "rpm": 7, "models": ["gpt-4o*"]}
+    )
+    message = ask_key(proxy, signer)
+    content = message["data"]["content"]
+    assert secret_in(message) is not None
+    assert "base_url" not in content and "/usage" in content
+    [key] = owned(proxy)
+    assert key.expires_at is None
+    assert key.policy.rpm == 7 and key.policy.models == ("gpt-4o*",)
+    usage = reply(proxy, signer, command(signer, "usage", USER))["data"]["content"]
+    assert "7 requests/min" in usage and "Models: gpt-4o*" in usage and "Expires" not in usage

@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 import yaml
-from discord_helpers import APPLICATION_ID, BOT_TOKEN, GUILD_ID, FakeDiscord, Signer
 
 from chatgpt_proxy.keystore import KeyPolicy, KeyStore
 from fake_openai import FAKE_KEYS
+from selfservice.discord_helpers import APPLICATION_ID, BOT_TOKEN, GUILD_ID, FakeDiscord, Signer
 
 USER = "900000000000000077"
 

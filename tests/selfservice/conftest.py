@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from discord_helpers import APPLICATION_ID, BOT_TOKEN, GUILD_ID, ROLE_ID, FakeDiscord, Signer
 
 from harness import Proxy
+from selfservice.discord_helpers import FakeDiscord, Signer, discord_settings
 from servers import BackgroundLoop
 
 
@@ -24,18 +24,6 @@ def fake_discord(background_loop: BackgroundLoop) -> Iterator[FakeDiscord]:
     fake.url = background_loop.start_app(fake.app())
     yield fake
     background_loop.stop_app(fake.url)
-
-
-def discord_settings(signer: Signer, fake: FakeDiscord, **overrides: Any) -> dict[str, Any]:
-    return {
-        "application_id": APPLICATION_ID,
-        "public_key": signer.public_key,
-        "bot_token": BOT_TOKEN,
-        "api_base": fake.url + "/api/v10",
-        "guild_id": GUILD_ID,
-        "required_role": ROLE_ID,
-        **overrides,
-    }
 
 
 @pytest.fixture
