@@ -55,7 +55,8 @@ async def create_app(
     try:
         state = await _open_state(settings, stack, store)
         if settings.server.access_log and access_log_enabled():
-            state.access_log = AccessLog(log_stream or sys.stderr, state.redactor)
+            json = settings.server.log_format == "json"
+            state.access_log = AccessLog(log_stream or sys.stderr, state.redactor, json=json)
             stack.callback(state.access_log.flush)  # closed first: the last lines written
     except BaseException:
         await stack.aclose()

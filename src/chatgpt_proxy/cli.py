@@ -16,6 +16,7 @@ import aiohttp
 import click
 import orjson
 
+from chatgpt_proxy.console.passwords import hash_password
 from chatgpt_proxy.errors import ConfigError, ProxyError
 from chatgpt_proxy.keystore import ClientKey, KeyPolicy, KeyStore
 from chatgpt_proxy.keystore.requests import parse_create, parse_update
@@ -91,6 +92,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     configure_logging(
         settings.server.log_level,
         Redactor(Router.from_settings(settings.upstreams, settings.pool).secrets()),
+        json=settings.server.log_format == "json",
     )
 
     async def first_key(store: KeyStore) -> str | None:
@@ -145,6 +147,10 @@ def _show(key: ClientKey, as_json: bool) -> None:
             click.echo(f"{name}: {value}")
 
 
+# The audit log's actor for what the commands do.
+CLI_ACTOR = "cli"
+
+
 @keys.command("create")
 @click.option("--name", required=True, help="who or what the key is for")
 @_policy_options
@@ -162,6 +168,7 @@ def keys_create(name: str, as_json: bool, config_path: str | None, **fields: Any
 
     async def create(store: KeyStore) -> tuple[ClientKey, str]:
         created = await store.create(name, wanted.policy or KeyPolicy(), expires)
+        await store.audit.record(CLI_ACTOR, "key.create", target=created[0].id)
         await announce_key_change(settings, created[0].id)
         return created
 
@@ -205,6 +212,7 @@ def keys_revoke(key_id: str, config_path: str | None) -> None:
     async def revoke(store: KeyStore) -> ClientKey | None:
         key = await store.revoke(key_id)
         if key is not None:
+            await store.audit.record(CLI_ACTOR, "key.revoke", target=key.id)
             await announce_key_change(settings, key.id)
         return key
 
@@ -236,6 +244,10 @@ def keys_update(
             key.id, name=change.name, policy=change.policy, expires_at=change.expires_at
         )
         if updated is not None:
+            fields = ", ".join(sorted(name for name in data if name != "name")) or "-"
+            await store.audit.record(
+                CLI_ACTOR, "key.update", target=updated.id, detail=f"fields: {fields}"
+            )
             await announce_key_change(settings, updated.id)
         return updated
 
@@ -296,6 +308,21 @@ def check(config_path: str | None) -> None:
         failed = failed or health != "ok"
     if failed:
         sys.exit(1)
+
+
+@main.group()
+def console() -> None:
+    """The operator's web console at /admin/."""
+
+
+@console.command("hash-password")
+def console_hash_password() -> None:
+    """Print the hash of a console password (asked twice, never echoed) for
+    console.admin_password_hash."""
+    password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 12:
+        raise click.ClickException("use at least 12 characters")
+    click.echo(hash_password(password))
 
 
 @main.group()

@@ -14,7 +14,10 @@ import contextlib
 import logging
 import sys
 import time
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
 
 from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.redaction import Redactor
@@ -34,6 +37,26 @@ class RedactingFilter(logging.Filter):
         record.msg = self._redactor.scrub(message)
         record.args = None
         return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``server.log_format: json``): time (UTC, ISO 8601), level,
+    logger, message. The redacting filter has already scrubbed the message and folded any
+    traceback into it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(
+            {
+                "time": _iso_time(record.created),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        ).decode()
+
+
+def _iso_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
 class DeferredFlushHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -89,7 +112,9 @@ class AccessLog:
         *,
         flush_seconds: float = 0.1,
         max_pending: int = 512,
+        json: bool = False,
     ) -> None:
+        self._json = json  # one JSON object per line instead of text
         self._stream = stream
         self._redactor = redactor
         self._flush_seconds = flush_seconds
@@ -110,6 +135,7 @@ class AccessLog:
         model: str,
         upstream: str,
         elapsed: float,
+        endpoint: str = "-",
     ) -> None:
         """One request's line.
 
@@ -117,6 +143,22 @@ class AccessLog:
         sent, the configured upstream alias) is scrubbed, each remembered once scrubbed:
         scanning every whole line costs more than the rest of writing it.
         """
+        if self._json:
+            path, model, upstream = self._clean(path), self._clean(model), self._clean(upstream)
+            message = f"{method} {path} {status}"
+            fields = {
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "key_id": key_id,
+                "endpoint": endpoint,
+                "model": model,
+                "upstream": upstream,
+                "latency_ms": round(elapsed * 1000, 1),
+            }
+            self._add_json(message, fields)
+            return
         self._add(
             f"{request_id} {method} {self._clean(path)} {status} key={key_id} "
             f"model={self._clean(model)} upstream={self._clean(upstream)} {elapsed * 1000:.1f}ms"
@@ -134,10 +176,16 @@ class AccessLog:
         if second != self._second:  # one strftime per second, not per line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        self._queue(f"{self._stamp},{int((now - second) * 1000):03d} INFO {self.NAME}: {message}\n")
+
+    def _add_json(self, message: str, fields: dict[str, Any]) -> None:
+        now = time.time()
+        line = {"time": _iso_time(now), "level": "INFO", "logger": self.NAME, "message": message}
+        self._queue(orjson.dumps({**line, **fields}).decode() + "\n")
+
+    def _queue(self, line: str) -> None:
         pending = self._pending
-        pending.append(
-            f"{self._stamp},{int((now - second) * 1000):03d} INFO {self.NAME}: {message}\n"
-        )
+        pending.append(line)
         if len(pending) >= self._max_pending:
             self.flush()
         elif self._timer is None:
@@ -162,9 +210,11 @@ def access_log_enabled() -> bool:
     return logging.getLogger(AccessLog.NAME).isEnabledFor(logging.INFO)
 
 
-def configure_logging(level: str, redactor: Redactor) -> None:
+def configure_logging(level: str, redactor: Redactor, *, json: bool = False) -> None:
+    """Every log record to standard error, scrubbed; as text, or one JSON object a line."""
     handler = DeferredFlushHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if json else text)
     handler.addFilter(RedactingFilter(redactor))
     root = logging.getLogger()
     root.handlers[:] = [handler]

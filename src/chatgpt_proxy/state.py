@@ -131,6 +131,7 @@ def _observe(state: AppState, request: web.Request, ctx: RequestContext, status:
             ctx.model,
             ctx.upstream,
             elapsed,
+            endpoint=ctx.endpoint,
         )
 
 

@@ -43,6 +43,9 @@ def test_migrated_schema_matches_the_metadata(database_url: str) -> None:
         "blocked_owners",
         "seen_interactions",
         "holder_sessions",
+        "console_sessions",
+        "audit_events",
+        "usage_daily",
         VERSION_TABLE,
     }
     assert diff == []

@@ -8,16 +8,19 @@ from chatgpt_proxy.api.interactions import interaction_routes
 from chatgpt_proxy.api.me import me_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import proxy_routes
+from chatgpt_proxy.console import add_console
 from chatgpt_proxy.exchange import no_route
 from chatgpt_proxy.state import STATE, served
 
 
 def add_routes(app: web.Application) -> None:
     """Every route of ``app``, whose ``STATE`` is set: the proxy's pipelines are built here."""
-    routes = [*model_routes(), *proxy_routes(app[STATE]), *admin_routes(), *health_routes()]
     # /v1/models before /v1/models/{model}, which would not match it anyway
-    discord = app[STATE].settings.discord
-    for route in [*routes, *me_routes(), *interaction_routes(discord)]:
+    routes = [*model_routes(), *proxy_routes(app[STATE]), *admin_routes(), *health_routes()]
+    settings = app[STATE].settings
+    if settings.console.enabled:
+        routes += add_console(app, settings)
+    for route in [*routes, *me_routes(), *interaction_routes(settings.discord)]:
         web.route(route.method, route.path, served(route.handler), **route.kwargs).register(
             app.router
         )

@@ -66,6 +66,15 @@ async def _changed(state: AppState, key: ClientKey) -> None:
         await state.shared.key_changed(key.id)
 
 
+async def _audit(
+    state: AppState, request: web.Request, action: str, target: str, detail: str | None = None
+) -> None:
+    """Record an action of the admin API (the actor is "api": the admin key has no name)."""
+    await state.store.audit.record(
+        "api", action, target=target, address=request.remote, detail=detail
+    )
+
+
 async def create_key(request: web.Request) -> web.Response:
     state = _authorize(request)
     _, document = await read_json(request, 64 * 1024)
@@ -74,6 +83,7 @@ async def create_key(request: web.Request) -> web.Response:
     expires = None if wanted.expires_at is ... else wanted.expires_at
     key, secret = await state.store.create(wanted.name, wanted.policy, expires)
     await _changed(state, key)
+    await _audit(state, request, "key.create", key.id)
     return _json({**key.public_dict(), "key": secret}, status=201)
 
 
@@ -100,6 +110,8 @@ async def update_key(request: web.Request) -> web.Response:
     if updated is None:
         raise _no_such_key(key.id)
     await _changed(state, updated)
+    fields = ", ".join(sorted(name for name in document if name != "name")) or "-"
+    await _audit(state, request, "key.update", key.id, f"fields: {fields}")
     return _json(updated.public_dict())
 
 
@@ -109,6 +121,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     if key is None:
         raise _no_such_key(request.match_info["id"])
     await _changed(state, key)
+    await _audit(state, request, "key.revoke", key.id)
     return _json(key.public_dict())
 
 
@@ -141,12 +154,29 @@ async def upstreams(request: web.Request) -> web.Response:
 
 async def moderation_blocks(request: web.Request) -> web.Response:
     state = _authorize(request)
-    try:
-        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
-    except ValueError as exc:
-        raise InvalidRequest("`limit` must be a number.", param="limit") from exc
+    limit = _limit(request, 100)
     blocks = state.moderator.recent_blocks(limit)
     return _json({"object": "list", "total": state.moderator.blocks_total, "data": blocks})
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    """The audit log, newest first; ``?before=<id>`` pages to older entries."""
+    state = _authorize(request)
+    limit = _limit(request, 50)
+    before = request.query.get("before")
+    if before is not None and not (before.isdigit() and len(before) < 19):
+        raise InvalidRequest("`before` must be an entry's id.", param="before")
+    entries = await state.store.audit.page(limit=limit, before=int(before) if before else None)
+    data = [entry.to_dict() for entry in entries]
+    more = len(entries) == limit
+    return _json({"object": "list", "data": data, "has_more": more})
+
+
+def _limit(request: web.Request, default: int) -> int:
+    try:
+        return min(1000, max(1, int(request.query.get("limit", str(default)))))
+    except ValueError as exc:
+        raise InvalidRequest("`limit` must be a number.", param="limit") from exc
 
 
 async def block_discord_user(request: web.Request) -> web.Response:
@@ -191,6 +221,7 @@ def admin_routes() -> list[web.RouteDef]:
         web.get("/admin/keys/{id}/usage", key_usage),
         web.get("/admin/upstreams", upstreams),
         web.get("/admin/moderation", moderation_blocks),
+        web.get("/admin/audit", audit_log),
         web.post("/admin/discord/blocks/{user_id}", block_discord_user),
         web.delete("/admin/discord/blocks/{user_id}", unblock_discord_user),
     ]

@@ -128,6 +128,47 @@ stored_objects = sa.Table(
 )
 
 
+# Usage summed per UTC day, client key, model and upstream key, kept with every write of
+# usage_events: reports over weeks read a few rows per key and day instead of every event.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),  # "2026-11-30", UTC
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("upstream", sa.String(100), primary_key=True),
+    sa.Column("requests", sa.BigInteger(), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cost", sa.Float(), nullable=False),
+)
+
+# The console's sign-ins (DESIGN §3.9): only a hash of the session id is stored, so a copy of
+# the database opens no session; every replica shares the table, so any of them serves a session.
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),  # sha256 hex of the cookie's value
+    sa.Column("created_at", UTCDateTime(), nullable=False),  # for the absolute expiry
+    sa.Column("seen_at", UTCDateTime(), nullable=False),  # for the idle expiry
+    sa.Column("address", sa.String(64), nullable=False),  # where it signed in from
+    sa.Index("ix_console_sessions_seen_at", "seen_at"),  # sweeping idle sessions
+)
+
+# Every admin action, from the console, the admin API or the CLI: never a secret.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", _EventId, primary_key=True, autoincrement=True),  # newest first = id desc
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),  # "console:<session>", "api", "cli"
+    sa.Column("action", sa.String(64), nullable=False),  # "key.create", "login.failed"...
+    sa.Column("target", sa.String(200), nullable=True),  # a key id, an upstream alias
+    sa.Column("address", sa.String(64), nullable=True),  # the request's source address
+    sa.Column("detail", sa.Text(), nullable=True),  # e.g. which fields changed, never values
+)
+
 # Owners (Discord users) the operator blocked from self-service.
 blocked_owners = sa.Table(
     "blocked_owners",

@@ -22,10 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
 from chatgpt_proxy.keystore import migrator, objects, owners, usage_queries
+from chatgpt_proxy.keystore.audit import AuditLog
 from chatgpt_proxy.keystore.engine import create_engine, exclusive
 from chatgpt_proxy.keystore.objects import StoredObject
 from chatgpt_proxy.keystore.owners import Issue, Outcome
 from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_events
+from chatgpt_proxy.keystore.sessions import ConsoleSessions
 from chatgpt_proxy.keystore.text import is_storable
 from chatgpt_proxy.keystore.tokens import display_prefix, hash_secret, new_secret
 from chatgpt_proxy.keystore.values import ClientKey, KeyPolicy, UsageEvent, UsageRow
@@ -34,6 +36,7 @@ MAX_NAME_LENGTH = 200
 MAX_ID_LENGTH = 32  # the client_keys.id column
 # Any fixed 64-bit number, the same in every replica: it names the lock, nothing more.
 _FIRST_KEY_LOCK = 0x6367705F66697273  # b"cgp_firs"
+SORTABLE = ("created_at", "updated_at", "name", "prefix", "expires_at")
 _POLICY_COLUMNS = tuple(name for name in KeyPolicy.field_names() if name != "models")
 
 
@@ -54,6 +57,8 @@ class KeyStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self.sessions = ConsoleSessions(engine, _store_errors)  # the console's sign-ins
+        self.audit = AuditLog(engine, _store_errors)  # every admin action
 
     @classmethod
     async def open(cls, database_url: str) -> KeyStore:
@@ -126,6 +131,49 @@ class KeyStore:
         query = sa.select(client_keys).order_by(client_keys.c.created_at, client_keys.c.id)
         return await self._fetch_keys("list", query)
 
+    async def page(
+        self,
+        *,
+        search: str = "",
+        sort: str = "created_at",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[ClientKey], int]:
+        """One page of keys whose name contains ``search`` or whose prefix starts with it,
+        sorted by ``sort`` (a column in ``SORTABLE``), and how many keys match in all."""
+        column = client_keys.c[sort if sort in SORTABLE else "created_at"]
+        order = (
+            [column.desc(), client_keys.c.id.desc()] if descending else [column, client_keys.c.id]
+        )
+        where = usage_queries.key_search(search)
+        query = sa.select(client_keys).where(where).order_by(*order).offset(offset).limit(limit)
+        keys = await self._fetch_keys("page", query)
+        with _store_errors("page"):
+            async with self._engine.connect() as conn:
+                total = await conn.scalar(
+                    sa.select(sa.func.count()).select_from(client_keys).where(where)
+                )
+        return keys, int(total or 0)
+
+    async def usage_report(
+        self, since: date, until: date, by: str
+    ) -> builtins.list[dict[str, Any]]:
+        """Requests, tokens and cost of every key on the UTC days ``since`` to ``until``,
+        grouped ``by`` one of ``usage_queries.REPORT_GROUPS`` (day, model, key, upstream)."""
+        with _store_errors("usage_report"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(usage_queries.report_query(since, until, by))).all()
+        return [dict(row._mapping) for row in rows]
+
+    async def usage_by_minute(self, since: datetime) -> builtins.list[dict[str, Any]]:
+        """Every key's requests, errors, tokens and latency per UTC minute (the overview's)."""
+        with _store_errors("usage_by_minute"):
+            async with self._engine.connect() as conn:
+                query = usage_queries.minutes_query(conn.dialect.name, since)
+                rows = (await conn.execute(query)).all()
+        return [dict(row._mapping) for row in rows]
+
     async def changed_since(self, since: datetime | None) -> builtins.list[ClientKey]:
         """Keys created or changed at or after ``since`` (every key for ``None``), by updated_at.
 
@@ -186,6 +234,7 @@ class KeyStore:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(usage_events.insert(), rows)
+                    await _add_daily(conn, rows)
             except _ROW_FAILURES as exc:
                 if not _refused_for_its_data(exc):
                     raise
@@ -197,6 +246,7 @@ class KeyStore:
                     try:
                         async with conn.begin_nested():
                             await conn.execute(usage_events.insert(), row)
+                            await _add_daily(conn, [row])
                     except _ROW_FAILURES as exc:
                         if not _refused_for_its_data(exc):
                             raise
@@ -503,6 +553,12 @@ def _client_key(row: sa.RowMapping) -> ClientKey:
         policy=policy,
         owner=row["owner"],
     )
+
+
+async def _add_daily(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Add the rows just written to usage_events to the per-day sums, in the same transaction."""
+    for statement in usage_queries.daily_upserts(conn.dialect.name, rows):
+        await conn.execute(statement)
 
 
 async def _fetch_key(conn: AsyncConnection, key_id: str) -> ClientKey | None:

@@ -11,8 +11,9 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
-from chatgpt_proxy.keystore.schema import aware_utc, usage_events
+from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_daily, usage_events
 from chatgpt_proxy.keystore.text import storable
 from chatgpt_proxy.keystore.values import UsageEvent, UsageRow
 
@@ -45,6 +46,41 @@ def _event_row(event: UsageEvent) -> dict[str, Any]:
     for name, limit in _TEXT_LIMITS.items():
         row[name] = storable(getattr(event, name), limit)
     return row
+
+
+_DAILY_SUMS = ("requests", *_TOKEN_COLUMNS, "cost")
+_DAILY_BATCH = 500  # rows per statement: well under SQLite's limit of bound parameters
+
+
+def daily_upserts(dialect: str, rows: Sequence[dict[str, Any]]) -> list[sa.Executable]:
+    """Statements that add ``rows`` (from ``event_rows``) to ``usage_daily``'s sums.
+
+    The rows are summed per group first: one statement may not touch a row twice.
+    """
+    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for row in rows:
+        day = row["created_at"].astimezone(UTC).date().isoformat()
+        group = (day, row["key_id"], row["model"], row["upstream"])
+        summed = groups.get(group)
+        if summed is None:
+            summed = groups[group] = dict(
+                zip(("day", "key_id", "model", "upstream"), group, strict=True)
+            )
+            summed.update(dict.fromkeys(_DAILY_SUMS, 0))
+        for name in _DAILY_SUMS:
+            summed[name] += row[name] or 0
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = list(groups.values())
+    statements: list[sa.Executable] = []
+    for start in range(0, len(values), _DAILY_BATCH):
+        statement = insert(usage_daily).values(values[start : start + _DAILY_BATCH])
+        statements.append(
+            statement.on_conflict_do_update(
+                index_elements=["day", "key_id", "model", "upstream"],
+                set_={name: usage_daily.c[name] + statement.excluded[name] for name in _DAILY_SUMS},
+            )
+        )
+    return statements
 
 
 def summary_query(dialect: str, key_id: str, since: date | None) -> sa.Select[Any]:
@@ -93,6 +129,72 @@ def totals_query(key_id: str, since: datetime | None) -> sa.Select[Any]:
     if since is not None:
         query = query.where(usage_events.c.created_at >= aware_utc(since, "since"))
     return query
+
+
+REPORT_GROUPS = ("day", "model", "key", "upstream")
+
+
+def report_query(since: date, until: date, by: str) -> sa.Select[Any]:
+    """Every key's requests, tokens and cost on the UTC days ``since`` to ``until`` included,
+    per day, model, key or upstream key: one row per group, as ``group`` (a day as text),
+    largest first except days, which come in order. At most 1000 groups.
+
+    From ``usage_daily``: a few rows per key and day, however many requests they stand for.
+    """
+    columns = {"day": "day", "model": "model", "key": "key_id", "upstream": "upstream"}
+    if by not in columns:
+        raise ValueError(f"by must be one of {REPORT_GROUPS}")
+    group = usage_daily.c[columns[by]]
+    tokens = sa.func.sum(usage_daily.c.total_tokens)
+    query = (
+        sa.select(
+            group.label("group"),
+            sa.func.sum(usage_daily.c.requests).label("requests"),
+            sa.func.sum(usage_daily.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(usage_daily.c.completion_tokens).label("completion_tokens"),
+            tokens.label("total_tokens"),
+            sa.func.sum(usage_daily.c.cost).label("cost"),
+        )
+        .where(usage_daily.c.day >= since.isoformat())
+        .where(usage_daily.c.day <= until.isoformat())
+        .group_by(group)
+    )
+    return query.order_by(group if by == "day" else tokens.desc()).limit(1000)
+
+
+def minutes_query(dialect: str, since: datetime) -> sa.Select[Any]:
+    """Every key's requests, failed requests, tokens and latency per UTC minute since ``since``."""
+    column = usage_events.c.created_at
+    if dialect == "postgresql":
+        utc = sa.func.timezone(sa.literal_column("'UTC'"), column)
+        minute: sa.ColumnElement[Any] = sa.func.to_char(
+            utc, sa.literal_column("'YYYY-MM-DD\"T\"HH24:MI'")
+        )
+    else:
+        minute = sa.func.strftime(sa.literal_column("'%Y-%m-%dT%H:%M'"), column)
+    failed = sa.case((usage_events.c.status >= 400, usage_events.c.requests), else_=0)
+    return (
+        sa.select(
+            minute.label("minute"),
+            sa.func.sum(usage_events.c.requests).label("requests"),
+            sa.func.sum(failed).label("errors"),
+            sa.func.sum(usage_events.c.total_tokens).label("tokens"),
+            sa.func.sum(usage_events.c.latency_ms).label("latency_ms"),
+        )
+        .where(column >= aware_utc(since, "since"))
+        .group_by(minute)
+        .order_by(minute)
+    )
+
+
+def key_search(search: str) -> sa.ColumnElement[bool]:
+    """Keys whose name contains ``search`` or whose prefix starts with it (any key for "")."""
+    if not search:
+        return sa.true()
+    # The text is a pattern's literal part: LIKE's wildcards in it match themselves.
+    literal = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    name = sa.func.lower(client_keys.c.name).like(f"%{literal.lower()}%", escape="\\")
+    return sa.or_(name, client_keys.c.prefix.like(f"{literal}%", escape="\\"))
 
 
 def _utc_day(dialect: str, column: sa.ColumnElement[datetime]) -> sa.Label[Any]:

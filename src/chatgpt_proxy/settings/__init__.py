@@ -15,6 +15,7 @@ from chatgpt_proxy.settings.loading import load_settings, parse_settings
 from chatgpt_proxy.settings.sections import (
     DEFAULT_BASE_URL,
     AuthSettings,
+    ConsoleSettings,
     DiscordSettings,
     LimitSettings,
     ModerationSettings,
@@ -32,6 +33,7 @@ from chatgpt_proxy.settings.sections import (
 __all__ = [
     "DEFAULT_BASE_URL",
     "AuthSettings",
+    "ConsoleSettings",
     "DiscordSettings",
     "LimitSettings",
     "ModerationSettings",

@@ -57,6 +57,17 @@ class ServerSettings(_Section):
         True, description="log one line per request (written in batches, at most 0.1 s late)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text lines, or one JSON object per line (time, level, logger, message; "
+        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms)",
+    )
+    root_path: str = Field(
+        "",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="path prefix a reverse proxy serves this proxy under (e.g. /llm): the "
+        "console's links and cookie carry it",
+    )
     header_timeout: float = Field(
         10.0, gt=0, description="seconds a client may take to send a request's line and headers"
     )
@@ -348,6 +359,44 @@ class LimitSettings(_Section):
     )
 
 
+class ConsoleSettings(_Section):
+    enabled: bool = Field(
+        True,
+        description="serve the operator's web console at /admin/ (it opens only with "
+        "auth.admin_key set)",
+    )
+    admin_password_hash: SecretStr | None = Field(
+        None,
+        description="sign in with this password as well as the admin key: its scrypt hash, "
+        "from `chatgpt-proxy console hash-password`",
+    )
+    session_idle_minutes: float = Field(
+        30.0, gt=0, description="a console session unused this long ends"
+    )
+    session_max_hours: float = Field(
+        12.0, gt=0, description="a console session ends this long after sign-in, however used"
+    )
+    secure_cookie: bool | None = Field(
+        None,
+        description="mark the session cookie Secure (HTTPS only); default: when the request "
+        "came over HTTPS (set true behind a reverse proxy that terminates TLS)",
+    )
+    failed_login_limit: int = Field(
+        5, ge=1, description="failed sign-ins from one address within a minute before it waits"
+    )
+    failed_login_block_seconds: float = Field(
+        300.0, gt=0, description="how long an address that failed too often waits to sign in"
+    )
+
+    @field_validator("admin_password_hash")
+    @classmethod
+    def _a_hash(cls, value: SecretStr | None) -> SecretStr | None:
+        parts = value.get_secret_value().split("$") if value is not None else []
+        if value is not None and (len(parts) != 6 or parts[0] != "scrypt"):
+            raise ValueError("not a hash from `chatgpt-proxy console hash-password`")
+        return value
+
+
 class PriceSettings(_Section):
     prompt: float = Field(ge=0, description="USD per 1M prompt (input) tokens")
     completion: float = Field(ge=0, description="USD per 1M completion (output) tokens")
@@ -487,6 +536,10 @@ class Settings(_Section):
     auth: AuthSettings = Field(
         default_factory=AuthSettings,  # type: ignore[arg-type]
         description="the admin API's key and the client key cache",
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings,  # type: ignore[arg-type]
+        description="the operator's web console at /admin/: sessions and sign-in",
     )
     database_url: str = Field(
         "sqlite:///./chatgpt-proxy.db", description="sqlite:///FILE or postgresql://..."
