@@ -54,6 +54,18 @@ def client_errors() -> tuple[type[BaseException], ...]:
     return (RedisError, OSError, TimeoutError)
 
 
+def raise_lost_cancellation() -> None:
+    """Raise the cancellation the Redis client lost, if it lost one.
+
+    redis-py writes each command under ``asyncio.wait_for``, which before Python 3.12 drops a
+    cancellation arriving as the write completes (CPython gh-86296): the task stays cancelled
+    but runs on. A loop of Redis calls checks this each turn, or it could never be stopped.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 @contextlib.contextmanager
 def redis_errors(operation: str = "call") -> Iterator[None]:
     """Translate the Redis client's failures into ``RedisUnavailable`` (chained with ``from``)."""
@@ -141,8 +153,8 @@ class RedisLink:
     async def close(self) -> None:
         if self._pinger is not None:
             self._pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pinger
+            # wait() neither raises the task's CancelledError nor swallows our own.
+            await asyncio.wait({self._pinger})
             self._pinger = None
         with contextlib.suppress(RedisUnavailable), redis_errors("close"):
             await self.client.aclose()
@@ -151,6 +163,7 @@ class RedisLink:
         # A bug in a ping must not leave the limits per process for good: keep checking.
         streak = FailureStreak("checking whether Redis answers again", TaskErrors())
         while not self.up:
+            raise_lost_cancellation()
             await asyncio.sleep(self._recheck_seconds)
             try:
                 await self.ping()

@@ -34,7 +34,12 @@ import orjson
 from chatgpt_proxy.auth import KeyCache
 from chatgpt_proxy.errors import ProxyError
 from chatgpt_proxy.periodic import FailureStreak, TaskErrors
-from chatgpt_proxy.redis_link import RedisLink, RedisUnavailable, redis_errors
+from chatgpt_proxy.redis_link import (
+    RedisLink,
+    RedisUnavailable,
+    raise_lost_cancellation,
+    redis_errors,
+)
 from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.pool import KeyState
 from chatgpt_proxy.upstream.router import Router
@@ -44,6 +49,9 @@ logger = logging.getLogger("chatgpt_proxy.shared_state")
 _STATES_TTL_MS = 86_400_000
 _EARLY = 0.5  # seconds: a state that ends this much before its time ended on purpose
 _RESUBSCRIBE_SECONDS = 0.5
+# A read ends this often with nothing, so that a lost cancellation is noticed (see _subscribe).
+_READ_SECONDS = 1.0
+_STOP_SECONDS = 5.0  # a backstop: each task ends within a read once cancelled
 
 
 class SharedState:
@@ -81,9 +89,13 @@ class SharedState:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # wait() neither raises the tasks' CancelledError nor swallows our own.
+            _, pending = await asyncio.wait(self._tasks, timeout=_STOP_SECONDS)
+            for task in pending:
+                logger.warning(
+                    "%s did not stop within %s s; left behind", task.get_name(), _STOP_SECONDS
+                )
         self._tasks = []
 
     async def key_changed(self, key_id: str) -> None:
@@ -99,6 +111,7 @@ class SharedState:
 
     async def _listen(self) -> None:
         while True:
+            raise_lost_cancellation()
             if self._link.up:
                 try:
                     await self._subscribe()
@@ -116,8 +129,13 @@ class SharedState:
                 for value in (await self._link.client.hgetall(self._states)).values():
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         self._apply_upstream(orjson.loads(value), stored=True)
-                async for message in pubsub.listen():
-                    await self._on_message(message)
+                # Not listen(): its read never ends, so a cancellation the client lost while
+                # subscribing (see raise_lost_cancellation) would leave stop() waiting for good.
+                while True:
+                    raise_lost_cancellation()
+                    message = await pubsub.get_message(timeout=_READ_SECONDS)
+                    if message is not None:
+                        await self._on_message(message)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
@@ -131,7 +149,11 @@ class SharedState:
             except (ValueError, KeyError, TypeError):  # another version, or not ours at all
                 logger.debug("ignored a malformed upstream state on %s", channel)
             return
-        text = data.decode() if isinstance(data, bytes) else str(data)
+        try:
+            text = data.decode() if isinstance(data, bytes) else str(data)
+        except UnicodeDecodeError:
+            logger.debug("ignored a malformed key change on %s", channel)
+            return
         replica, _, key_id = text.partition(":")
         if replica == self._replica:
             return
@@ -140,7 +162,9 @@ class SharedState:
         except ProxyError as exc:  # the store is down: the poll catches up
             logger.debug("client key %s not re-read: %s", key_id, exc.message)
 
-    def _apply_upstream(self, change: dict[str, Any], *, stored: bool) -> None:
+    def _apply_upstream(self, change: object, *, stored: bool) -> None:
+        if not isinstance(change, dict):  # JSON, but not an object: not ours
+            raise TypeError("not an object")
         if change.get("replica") == self._replica and not stored:
             return
         alias = str(change["alias"])
@@ -162,6 +186,7 @@ class SharedState:
 
     async def _watch(self) -> None:
         while True:
+            raise_lost_cancellation()
             await asyncio.sleep(self._tick)
             if not self._link.up:
                 continue  # what changed meanwhile is published once Redis is back
