@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 from aiohttp import web
 
@@ -69,7 +70,7 @@ async def _report(request: web.Request) -> tuple[date, date, str, list[dict[str,
 @page
 async def usage(request: web.Request, signed: Signed) -> web.StreamResponse:
     since, until, by, rows = await _report(request)
-    tokens = {str(row["group"]): int(row["total_tokens"]) for row in rows}  # type: ignore[call-overload]
+    tokens = {str(row["group"]): _int(row["total_tokens"]) for row in rows}
     labels = list(tokens)
     if by == "day" and (until - since).days < 400:  # every day of the period, used or not
         labels = [str(since + timedelta(days=n)) for n in range((until - since).days + 1)]
@@ -133,3 +134,8 @@ async def audit(request: web.Request, signed: Signed) -> web.StreamResponse:
     older = entries[-1].id if len(entries) == AUDIT_PAGE else None
     context = {"entries": entries, "older": older}
     return render(request, "audit.html", context, signed=signed)
+
+
+def _int(value: object) -> int:
+    """A sum the database returned (an int, a Decimal on PostgreSQL, or None for no rows)."""
+    return int(value) if isinstance(value, int | float | Decimal | str) else 0

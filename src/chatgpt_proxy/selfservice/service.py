@@ -11,6 +11,7 @@ refusals are logged and counted for ``/metrics``::
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -70,8 +71,11 @@ class SelfService:
             metrics.watch(
                 f"chatgpt_proxy_self_service_refusals_{reason}_total",
                 f"self-service requests refused: {reason.replace('_', ' ')}",
-                lambda reason=reason: float(self.refusals[reason]),  # type: ignore[misc]
+                functools.partial(self._refused, reason),
             )
+
+    def _refused(self, reason: str) -> float:
+        return float(self.refusals[reason])
 
     async def answer(self, interaction: Interaction) -> str:
         """The reply to a slash command; failures become a message, never an exception."""
