@@ -10,20 +10,18 @@ two cannot drift apart::
 Errors name the field and, for a file, the line it stands on.
 """
 
+from chatgpt_proxy.settings.community import DiscordSettings, SelfServiceSettings
+from chatgpt_proxy.settings.console import ConsoleSettings
 from chatgpt_proxy.settings.example import example_yaml
 from chatgpt_proxy.settings.loading import load_settings, parse_settings
+from chatgpt_proxy.settings.moderation import ModerationSettings, RuleSettings
 from chatgpt_proxy.settings.sections import (
     DEFAULT_BASE_URL,
     AuthSettings,
-    ConsoleSettings,
-    DiscordSettings,
     LimitSettings,
-    ModerationSettings,
     PoolSettings,
     PriceSettings,
     RetrySettings,
-    RuleSettings,
-    SelfServiceSettings,
     ServerSettings,
     Settings,
     TimeoutSettings,

@@ -1,8 +1,8 @@
-"""The settings themselves: every section, field, type, default and description.
+"""The settings themselves: the root ``Settings`` and the sections of serving and upstreams.
 
-This is the one table of configuration: validation, the documentation and
-``config.example.yaml`` all come from it. Reading it from files and the environment is
-``loading``'s job.
+With the sections in ``moderation``, ``console`` and ``community``, this is the one table of
+configuration: validation, the documentation and ``config.example.yaml`` all come from it.
+Reading it from files and the environment is ``loading``'s job.
 """
 
 from __future__ import annotations
@@ -10,20 +10,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator
+
+from chatgpt_proxy.settings.base import _Section
+from chatgpt_proxy.settings.community import DiscordSettings, SelfServiceSettings
+from chatgpt_proxy.settings.console import ConsoleSettings
+from chatgpt_proxy.settings.moderation import ModerationSettings
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ServerSettings(_Section):
@@ -198,125 +192,6 @@ class PoolSettings(_Section):
     )
 
 
-class RuleSettings(_Section):
-    name: str = Field(
-        description="name of the rule: the reason a blocked client is told",
-        pattern=r"^[A-Za-z0-9_.:/ -]{1,60}$",
-    )
-    # default= by keyword: rules are built in code too, and mypy reads only that spelling.
-    words: tuple[str, ...] = Field(
-        default=(), description="words or phrases that block, as whole words, case-insensitive"
-    )
-    patterns: tuple[str, ...] = Field(
-        default=(), description="regular expressions (Python syntax) that block, case-insensitive"
-    )
-
-    @field_validator("words")
-    @classmethod
-    def _no_blank_words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not word.strip() for word in value):
-            raise ValueError("a word is empty")
-        return value
-
-    @model_validator(mode="after")
-    def _compiles(self) -> RuleSettings:
-        if not self.words and not self.patterns:
-            raise ValueError(f"rule {self.name!r} has neither words nor patterns")
-        for pattern in self.patterns:
-            try:
-                re.compile(pattern, re.IGNORECASE)
-            except re.error as exc:
-                raise ValueError(f"rule {self.name!r}: bad pattern {pattern!r}: {exc}") from exc
-        return self
-
-
-_BUILTIN_ENGINES = ("rules", "openai")
-_ENGINE_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-class ModerationSettings(_Section):
-    enabled: bool = Field(True, description="check inputs before forwarding them")
-    engines: tuple[str, ...] = Field(
-        ("rules", "openai"),
-        description='engines in the order they run, the first block wins: "rules", "openai", '
-        'or "package.module:factory" for a third-party engine',
-    )
-    upstream: str | None = Field(
-        None,
-        description="upstream whose keys serve moderation calls; null: the upstream that "
-        "serves the moderation model",
-    )
-    model: str = Field("omni-moderation-latest", description="model of the moderation endpoint")
-    timeout: float = Field(
-        10.0, gt=0, description="seconds one moderation check may take, retries included"
-    )
-    on_error: Literal["block", "allow"] = Field(
-        "block",
-        description="when the moderation endpoint fails: block (503 moderation_unavailable) "
-        "or allow (logged)",
-    )
-    retry_after: float = Field(
-        5.0, gt=0, description="retry-after sent with moderation_unavailable, seconds"
-    )
-    categories: tuple[str, ...] | None = Field(
-        None, description="categories that block; null: every category the endpoint flags"
-    )
-    thresholds: dict[str, float] = Field(
-        {},
-        description='category -> score at or above which it blocks even if not flagged; "*" '
-        "for every category",
-    )
-    strict_thresholds: dict[str, float] = Field(
-        {"*": 0.5},
-        description='thresholds added for keys whose policy is moderation: strict; "*" for '
-        "every category (the lower of the two thresholds applies)",
-    )
-    rules: tuple[RuleSettings, ...] = Field(
-        (), description="local rules: each a name with words and/or regular expressions"
-    )
-    check_embeddings: bool = Field(False, description="also check the input of embeddings")
-    check_moderations: bool = Field(
-        False, description="also check the input of moderations requests themselves"
-    )
-    check_output: bool = Field(
-        False, description="also check non-streamed answers; a flagged answer becomes a 400"
-    )
-    log_inputs: bool = Field(
-        False, description="keep the flagged input in the block records (privacy: off)"
-    )
-    cache_size: int = Field(100_000, ge=0, description="verdicts cached in memory, at most")
-    cache_ttl: float = Field(86400.0, gt=0, description="seconds a cached verdict is trusted")
-    recent_blocks: int = Field(1000, ge=0, description="blocks kept for GET /admin/moderation")
-
-    @field_validator("engines")
-    @classmethod
-    def _known_engines(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if name not in _BUILTIN_ENGINES and not _ENGINE_FACTORY.match(name):
-                raise ValueError(
-                    f"unknown engine {name!r}: use rules, openai or package.module:factory"
-                )
-        if len(value) != len(set(value)):
-            raise ValueError("an engine is listed twice")
-        return value
-
-    @field_validator("thresholds", "strict_thresholds")
-    @classmethod
-    def _scores(cls, value: dict[str, float]) -> dict[str, float]:
-        for category, score in value.items():
-            if not 0.0 <= score <= 1.0:
-                raise ValueError(f"threshold of {category!r} must be between 0 and 1")
-        return value
-
-    @field_validator("rules")
-    @classmethod
-    def _unique_rules(cls, value: tuple[RuleSettings, ...]) -> tuple[RuleSettings, ...]:
-        names = [rule.name for rule in value]
-        if len(names) != len(set(names)):
-            raise ValueError("rule names must be unique")
-        return value
-
-
 class LimitSettings(_Section):
     default_rpm: int | None = Field(None, ge=1, description="requests per minute of a new key")
     default_tpm: int | None = Field(None, ge=1, description="tokens per minute of a new key")
@@ -359,44 +234,6 @@ class LimitSettings(_Section):
     )
 
 
-class ConsoleSettings(_Section):
-    enabled: bool = Field(
-        True,
-        description="serve the operator's web console at /admin/ (it opens only with "
-        "auth.admin_key set)",
-    )
-    admin_password_hash: SecretStr | None = Field(
-        None,
-        description="sign in with this password as well as the admin key: its scrypt hash, "
-        "from `chatgpt-proxy console hash-password`",
-    )
-    session_idle_minutes: float = Field(
-        30.0, gt=0, description="a console session unused this long ends"
-    )
-    session_max_hours: float = Field(
-        12.0, gt=0, description="a console session ends this long after sign-in, however used"
-    )
-    secure_cookie: bool | None = Field(
-        None,
-        description="mark the session cookie Secure (HTTPS only); default: when the request "
-        "came over HTTPS (set true behind a reverse proxy that terminates TLS)",
-    )
-    failed_login_limit: int = Field(
-        5, ge=1, description="failed sign-ins from one address within a minute before it waits"
-    )
-    failed_login_block_seconds: float = Field(
-        300.0, gt=0, description="how long an address that failed too often waits to sign in"
-    )
-
-    @field_validator("admin_password_hash")
-    @classmethod
-    def _a_hash(cls, value: SecretStr | None) -> SecretStr | None:
-        parts = value.get_secret_value().split("$") if value is not None else []
-        if value is not None and (len(parts) != 6 or parts[0] != "scrypt"):
-            raise ValueError("not a hash from `chatgpt-proxy console hash-password`")
-        return value
-
-
 class PriceSettings(_Section):
     prompt: float = Field(ge=0, description="USD per 1M prompt (input) tokens")
     completion: float = Field(ge=0, description="USD per 1M completion (output) tokens")
@@ -421,91 +258,6 @@ class AuthSettings(_Section):
     )
     failed_auth_block_seconds: float = Field(
         60.0, gt=0, description="seconds a blocked address is answered 429, whatever its key"
-    )
-
-
-DISCORD_API_BASE = "https://discord.com/api/v10"
-
-
-class DiscordSettings(_Section):
-    application_id: str | None = Field(
-        None, description="the Discord application's id; with `public_key`, turns the endpoint on"
-    )
-    public_key: str | None = Field(
-        None,
-        description="the application's public key, in hex as the Developer Portal shows it; "
-        "every interaction's Ed25519 signature is checked against it",
-    )
-    bot_token: SecretStr | None = Field(
-        None, description="the bot's token, used only by `chatgpt-proxy discord register`"
-    )
-    api_base: str = Field(DISCORD_API_BASE, description="Discord's API root, with its version")
-    path: str = Field(
-        "/discord/interactions", description="the interactions endpoint URL's path on this proxy"
-    )
-    guild_id: str | None = Field(
-        None, description="only members of this server (guild) may use the commands"
-    )
-    required_role: str | None = Field(
-        None, description="only members holding this role id may use the commands"
-    )
-    max_age_seconds: float = Field(
-        300.0, gt=0, description="an interaction signed longer ago than this is refused (401)"
-    )
-    reply_within: float = Field(
-        2.0,
-        gt=0,
-        lt=3,
-        description="seconds to answer in before deferring and following up (Discord allows 3)",
-    )
-
-    @property
-    def enabled(self) -> bool:
-        return self.application_id is not None and self.public_key is not None
-
-    @field_validator("public_key")
-    @classmethod
-    def _hex_key(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            raise ValueError("must be the 64 hex digits of an Ed25519 public key")
-        return value
-
-    @field_validator("path")
-    @classmethod
-    def _outside_v1(cls, value: str) -> str:
-        if not value.startswith("/") or value.startswith(("/v1/", "/admin/", "/me")):
-            raise ValueError("must start with / and lie outside /v1, /admin and /me")
-        return value
-
-
-class SelfServiceSettings(_Section):
-    rpm: int | None = Field(20, ge=1, description="requests per minute of a self-service key")
-    tpm: int | None = Field(40_000, ge=1, description="tokens per minute of a self-service key")
-    daily_token_budget: int | None = Field(
-        200_000, ge=0, description="tokens per UTC day of a self-service key"
-    )
-    models: tuple[str, ...] = Field(
-        (), description="glob patterns of the models a self-service key may use (empty: all)"
-    )
-    expires_days: int | None = Field(
-        30, ge=1, description="days a self-service key lasts; then its owner asks for a new one"
-    )
-    max_new_keys_per_hour: int | None = Field(
-        30,
-        ge=0,
-        description="self-service keys issued per hour across the server, at most (null: no "
-        "cap); refusals are logged and counted in /metrics",
-    )
-    max_keys_per_user_per_day: int | None = Field(
-        3,
-        ge=1,
-        description="keys one user may be issued in 24 hours, rotations included (null: no "
-        "cap); each new key starts a fresh daily budget",
-    )
-    public_url: str | None = Field(
-        None,
-        description="this proxy's public URL, told to new key holders as their SDK's base URL "
-        "(with /v1 added)",
     )
 
 
