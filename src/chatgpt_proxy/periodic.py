@@ -7,7 +7,6 @@ name in ``TaskErrors`` (exported in ``/metrics``), and the task runs again at it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -65,8 +64,9 @@ class Periodic:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait(), not `await task`: the task's own cancellation is not raised here, and a
+            # cancellation of the caller still is (suppressing CancelledError would eat both).
+            await asyncio.wait({self._task})
             self._task = None
 
     async def _run(self) -> None:
