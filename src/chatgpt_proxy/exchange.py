@@ -151,22 +151,26 @@ class Pipeline:
         self.stages = tuple(stages)
         forward: Next = _unanswered
         for stage in reversed(self.stages):
-            forward = _Link(stage, forward)
+            forward = _link(stage, forward)
         self._first = forward
 
     def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, web.StreamResponse]:
         return self._first(exchange)
 
 
-class _Link:
-    __slots__ = ("forward", "stage")
+def _link(stage: Stage, forward: Next) -> Next:
+    """``stage`` with the stages after it, as one call.
 
-    def __init__(self, stage: Stage, forward: Next) -> None:
-        self.stage = stage
-        self.forward = forward
+    A closure over the stage's bound ``__call__`` rather than an object with a ``__call__``
+    of its own: the interpreter calls a plain function and a bound method directly, where
+    calling an object goes through its type's slot, and a request crosses every link.
+    """
+    call = stage.__call__
 
-    def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, web.StreamResponse]:
-        return self.stage(exchange, self.forward)
+    def link(exchange: Exchange) -> Coroutine[Any, Any, web.StreamResponse]:
+        return call(exchange, forward)
+
+    return link
 
 
 async def _unanswered(exchange: Exchange) -> web.StreamResponse:
