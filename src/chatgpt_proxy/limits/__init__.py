@@ -67,6 +67,8 @@ class Admit:
 
     async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
         admission = await self._limiter.admit(exchange.key, exchange.estimate, exchange.model)
+        if admission is UNLIMITED:  # a key without limits: nothing to settle or release
+            return await forward(exchange)
         exchange.context.headers = admission.headers
         try:
             return await forward(exchange)
