@@ -15,7 +15,8 @@ endpoint at start-up); each is a ``Stage`` (``exchange``) in the module that own
     Send              here                  upstream: key pool, retries, timeouts
     Relay             here                  the answer back, as it arrives (streaming.py)
 
-Stages that only some endpoints need (ownership, background) are in only their lists. Bodies
+Stages that only some endpoints need (ownership, background) are in only their lists, and
+moderation only when it is enabled. Bodies
 go upstream byte for byte; the proxy re-encodes one only to ask a stream for its usage, and
 strips that extra chunk again on the way back.
 """
@@ -59,6 +60,7 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
 _PATH_SAFE = "!$&'()*+,;=:@"
 # Fields with which an SDK would reach another host or account; never sent upstream.
 _FOREIGN_FIELDS = ("api_base", "base_url", "api_key", "organization", "extra_headers")
+_FOREIGN_FIELD_SET = frozenset(_FOREIGN_FIELDS)  # to test a document against all at once
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
 _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
@@ -139,8 +141,9 @@ def forward_stages(endpoint: Endpoint, state: AppState) -> list[Stage]:
         stages.append(
             Ownership(state.objects, state.router, state.redactor, kind=kind, records=records)
         )
+    if state.settings.moderation.enabled:  # off, the stage would do nothing for any request
+        stages.append(Moderate(state.moderator, answers=check_answers))
     stages += [
-        Moderate(state.moderator, answers=check_answers),
         Metering(state.meter),
         Send(state.client, state.drain, usage_stream=name in _USAGE_STREAMS),
         Relay(state.redactor, state.drain, typed_events=family == "responses"),
@@ -249,7 +252,7 @@ def _strip_foreign_fields(exchange: Exchange, raw: bytes) -> bytes:
     """Drop the body fields that name another host or credential (DESIGN §3.2).
 
     The proxy never acts on them, and the upstream must not see them either. A body without
-    them (the usual one) goes up byte for byte: looking them up costs a few dict lookups.
+    them (the usual one) goes up byte for byte: looking them up costs one set operation.
     """
     document = exchange.document
     if not any(name in document for name in _FOREIGN_FIELDS):
