@@ -152,23 +152,22 @@ class Edge:
                 request.transport.write(self.raw_response(refusal))
                 request.transport.close()
             return self.response(refusal, close=True)
+        # One coroutine for the gate and the handler both: every resumption of the request
+        # passes through each coroutine around it.
         gate = self._gate
-        if gate is None or request.path in _UNGATED:
-            return await self._run(request)
-        if not (gate.try_enter() or await gate.enter()):
+        if gate is not None and request.path in _UNGATED:
+            gate = None
+        if gate is not None and not (gate.try_enter() or await gate.enter()):
             self.overloaded += 1
             return self.response(Overloaded("The server is overloaded. Retry shortly."))
-        try:
-            return await self._run(request)
-        finally:
-            gate.leave()
-
-    async def _run(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._handler(request)
         except web.HTTPException as exc:
             # Raised by aiohttp before any route runs (no resource for a CONNECT target...).
             return self.response(http_error(request, exc))
+        finally:
+            if gate is not None:
+                gate.leave()
 
     def watch(self, metrics: Metrics) -> None:
         """Export the edge's counts at /metrics."""

@@ -132,14 +132,23 @@ class Exchange:
         return Usage(self.estimate, 0, self.estimate)
 
 
+# An answer on its way: the coroutine of the stages after the current one, not yet awaited.
+Answering = Coroutine[Any, Any, web.StreamResponse]
 # The stages after the current one, as one call.
-Next = Callable[[Exchange], Coroutine[Any, Any, web.StreamResponse]]
+Next = Callable[[Exchange], Answering]
 
 
 class Stage(Protocol):
     """One step of the request flow: reads and fills in ``exchange``, then returns what
     ``forward(exchange)`` answers (work after it, in a ``finally``, runs however the rest
-    ends), or answers itself, or raises the ``ProxyError`` the client gets."""
+    ends), or answers itself, or raises the ``ProxyError`` the client gets.
+
+    A stage whose work is all done before the rest, without awaiting anything, may be a
+    plain method that returns ``forward(exchange)`` unawaited (a tail call): every request
+    then runs one coroutine fewer, whose frame every resumption of the stages after it
+    would pass through. What it raises, it raises as it is called, where the stage before
+    it awaits it.
+    """
 
     async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse: ...
 
@@ -154,7 +163,7 @@ class Pipeline:
             forward = _link(stage, forward)
         self._first = forward
 
-    def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, web.StreamResponse]:
+    def __call__(self, exchange: Exchange) -> Answering:
         return self._first(exchange)
 
 
@@ -167,7 +176,7 @@ def _link(stage: Stage, forward: Next) -> Next:
     """
     call = stage.__call__
 
-    def link(exchange: Exchange) -> Coroutine[Any, Any, web.StreamResponse]:
+    def link(exchange: Exchange) -> Answering:
         return call(exchange, forward)
 
     return link

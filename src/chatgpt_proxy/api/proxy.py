@@ -38,7 +38,7 @@ from aiohttp import web
 from chatgpt_proxy.auth import Authenticate, ModelPolicy
 from chatgpt_proxy.drain import Drain
 from chatgpt_proxy.errors import InvalidRequest, ProxyError, ServiceUnavailable, UnknownRoute
-from chatgpt_proxy.exchange import Exchange, Next, Outcome, Pipeline, Stage, context
+from chatgpt_proxy.exchange import Answering, Exchange, Next, Outcome, Pipeline, Stage, context
 from chatgpt_proxy.keystore.objects import OBJECT_ID, RESPONSE, Ownership
 from chatgpt_proxy.limits import Admit
 from chatgpt_proxy.metering import Metering
@@ -158,10 +158,10 @@ class Forward:
         self.endpoint = endpoint
         self.pipeline = pipeline
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def handle(self, request: web.Request) -> Answering:  # a tail call, as a stage's may be
         ctx = context(request)
         ctx.endpoint = self.endpoint.name
-        return await self.pipeline(Exchange(request, ctx, self.endpoint.name))
+        return self.pipeline(Exchange(request, ctx, self.endpoint.name))
 
 
 class ReadBody:
@@ -269,9 +269,9 @@ class Route:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+    def __call__(self, exchange: Exchange, forward: Next) -> Answering:  # a tail call
         exchange.upstream = self._router.route(exchange.model)
-        return await forward(exchange)
+        return forward(exchange)
 
 
 class KeepInBackground:
