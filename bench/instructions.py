@@ -201,7 +201,8 @@ def main(argv: list[str]) -> int:
             proxy_argv = [str(cgp), "serve", "--config", str(config)]
             full = measure("chatgpt-proxy", proxy_argv, proxy_port, key, args, tmp)
         if bare is not None:
-            print(f"pass-through ÷ chatgpt-proxy: {bare / full:.3f} (the share of its efficiency kept)")
+            kept = bare / full
+            print(f"pass-through ÷ chatgpt-proxy: {kept:.3f} (the share of its efficiency kept)")
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
