@@ -16,9 +16,8 @@ endpoint at start-up); each is a ``Stage`` (``exchange``) in the module that own
     Relay             here                  the answer back, as it arrives (streaming.py)
 
 Stages that only some endpoints need (ownership, background) are in only their lists, and
-moderation only when it is enabled. Bodies
-go upstream byte for byte; the proxy re-encodes one only to ask a stream for its usage, and
-strips that extra chunk again on the way back.
+moderation only when it is enabled. Bodies go upstream byte for byte; the proxy re-encodes one
+only to ask a stream for its usage, and strips that extra chunk again on the way back.
 """
 
 from __future__ import annotations

@@ -3,11 +3,10 @@
 A request is *admitted* before it is forwarded, with an estimate of its tokens (and, for a key
 with a cost budget, of their price for ``model``) reserved, and *settled* once the upstream
 reports what it really used; ``release`` ends its concurrency slot and must always be called,
-after ``settle`` (a limiter may apply both at once, then). A key without limits
-(``policy.limits_of`` is None) is admitted as ``UNLIMITED`` by every limiter, which is why
-``Admit`` does not ask. ``headers`` are the
+after ``settle`` (a limiter may apply both at once, then). ``headers`` are the
 ``x-ratelimit-*`` headers the client sees. ``admit`` raises the refusal (``RateLimited``,
-``QuotaExceeded``) itself.
+``QuotaExceeded``) itself. A key without limits (``policy.limits_of`` is None) is admitted as
+``UNLIMITED`` by every limiter, which is why ``Admit`` does not ask about one.
 
 The limiters, all following the rules in ``limits.policy``:
 
@@ -71,7 +70,8 @@ class Admit:
     def __call__(self, exchange: Exchange, forward: Next) -> Answering:
         if limits_of(exchange.key.policy) is None:
             # Every limiter admits a key without limits at once, with nothing to settle
-            # (``UNLIMITED``): asking it would only cost two coroutines (a tail call).
+            # (``UNLIMITED``): the rest is returned unawaited (a tail call), as asking the
+            # limiter would only cost two coroutines.
             return forward(exchange)
         return self._admitted(exchange, forward)
 
