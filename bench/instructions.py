@@ -161,6 +161,7 @@ def main(argv: list[str]) -> int:
     python = Path(sys.executable)
     cgp = python.with_name("chatgpt-proxy")
     tmp = Path(tempfile.mkdtemp(prefix="cgp-instr-"))
+    tmp.chmod(0o755)  # nginx workers run as nobody when started as root: the SSE file is here
     try:
         json_port, sse_port, pass_port, proxy_port = lib.free_ports(4)
         (tmp / "upstream.conf").write_text(lib.upstream_conf(tmp, json_port, sse_port))
