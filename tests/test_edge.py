@@ -72,6 +72,32 @@ def test_the_gate_admits_its_limit_queues_its_pending_and_refuses_the_rest() -> 
     assert asyncio.run(scenario()) == [False, True]
 
 
+def test_a_freed_slot_goes_to_the_oldest_waiter_not_a_newcomer() -> None:
+    async def scenario() -> list[bool]:
+        gate = InFlightGate(limit=1, pending=2, wait=5.0)
+        assert gate.try_enter()
+        queued = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)  # it now waits in the queue
+        gate.leave()  # the slot is the queued one's, before it even runs again
+        newcomer = gate.try_enter()
+        admitted = await queued
+        gate.leave()
+        return [newcomer, admitted, gate.try_enter()]  # then free for whoever comes
+
+    assert asyncio.run(scenario()) == [False, True, True]
+
+
+def test_a_wait_that_timed_out_leaves_no_slot_taken() -> None:
+    async def scenario() -> bool:
+        gate = InFlightGate(limit=1, pending=5, wait=0.01)
+        assert await gate.enter()
+        assert not await gate.enter()  # timed out in the queue
+        gate.leave()
+        return gate.try_enter()
+
+    assert asyncio.run(scenario()) is True
+
+
 def test_a_wait_in_the_queue_is_bounded() -> None:
     async def scenario() -> bool:
         gate = InFlightGate(limit=1, pending=5, wait=0.01)

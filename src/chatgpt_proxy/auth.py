@@ -17,10 +17,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from aiohttp import web
-
 from chatgpt_proxy.errors import AuthenticationFailed, ModelNotAllowed, RateLimited
-from chatgpt_proxy.exchange import Exchange, Next
+from chatgpt_proxy.exchange import Answering, Exchange, Next
 from chatgpt_proxy.keystore import ClientKey, KeyStore, hash_secret, looks_like_key
 from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.periodic import Periodic, TaskErrors
@@ -205,21 +203,21 @@ class Authenticate:
     def __init__(self, keys: KeyCache) -> None:
         self._keys = keys
 
-    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+    def __call__(self, exchange: Exchange, forward: Next) -> Answering:  # a tail call
         request = exchange.request
         key = self._keys.authenticate(request.headers.get("Authorization"), request.remote)
         exchange.key = key
         exchange.context.key_id = key.id
-        return await forward(exchange)
+        return forward(exchange)
 
 
 class ModelPolicy:
     """The pipeline's policy stage: 403 for a model the client key may not use."""
 
-    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+    def __call__(self, exchange: Exchange, forward: Next) -> Answering:  # a tail call
         model = exchange.model
         if model is not None:
             exchange.context.model = model
             if not exchange.key.policy.allows_model(model):
                 raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
-        return await forward(exchange)
+        return forward(exchange)

@@ -15,6 +15,7 @@ holding requests for seconds), and open connections per client address::
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from urllib.parse import unquote
@@ -47,36 +48,55 @@ class InFlightGate:
     """At most ``limit`` requests at once; up to ``pending`` more wait ``wait`` seconds each.
 
     >>> gate = InFlightGate(limit=2, pending=1, wait=1.0)
-    >>> if await gate.enter():
+    >>> if gate.try_enter() or await gate.enter():
     ...     try: ...
     ...     finally: gate.leave()
+
+    A counter rather than an ``asyncio.Semaphore``: a request that finds a free slot (nearly
+    all of them) takes it with one comparison, without a coroutine; a freed slot passes
+    straight to the oldest waiter, so one that just arrived cannot overtake the queue.
     """
 
     def __init__(self, limit: int, pending: int, wait: float) -> None:
-        self._slots = asyncio.Semaphore(limit)
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._pending_limit = pending
-        self._pending = 0
         self._wait = wait
+
+    def try_enter(self) -> bool:
+        """Take a free slot at once, if there is one (then no request is waiting)."""
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
 
     async def enter(self) -> bool:
         """Take a slot, waiting a bounded time in a bounded queue; False when full."""
-        if not self._slots.locked():
-            await self._slots.acquire()  # a free slot: taken without waiting
+        if self.try_enter():
             return True
-        if self._pending >= self._pending_limit:
+        if len(self._waiters) >= self._pending_limit:
             return False
-        self._pending += 1
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
             async with asyncio.timeout(self._wait):
-                await self._slots.acquire()
+                await waiter
         except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # the slot came as the time ran out: pass it on
             return False
         finally:
-            self._pending -= 1
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
         return True
 
     def leave(self) -> None:
-        self._slots.release()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot is the waiter's now
+                return
+        self._free += 1
 
 
 class ConnectionCounts:
@@ -132,23 +152,22 @@ class Edge:
                 request.transport.write(self.raw_response(refusal))
                 request.transport.close()
             return self.response(refusal, close=True)
+        # One coroutine for the gate and the handler both: every resumption of the request
+        # passes through each coroutine around it.
         gate = self._gate
-        if gate is None or request.path in _UNGATED:
-            return await self._run(request)
-        if not await gate.enter():
+        if gate is not None and request.path in _UNGATED:
+            gate = None
+        if gate is not None and not (gate.try_enter() or await gate.enter()):
             self.overloaded += 1
             return self.response(Overloaded("The server is overloaded. Retry shortly."))
-        try:
-            return await self._run(request)
-        finally:
-            gate.leave()
-
-    async def _run(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             return await self._handler(request)
         except web.HTTPException as exc:
             # Raised by aiohttp before any route runs (no resource for a CONNECT target...).
             return self.response(http_error(request, exc))
+        finally:
+            if gate is not None:
+                gate.leave()
 
     def watch(self, metrics: Metrics) -> None:
         """Export the edge's counts at /metrics."""

@@ -132,14 +132,23 @@ class Exchange:
         return Usage(self.estimate, 0, self.estimate)
 
 
+# An answer on its way: the coroutine of the stages after the current one, not yet awaited.
+Answering = Coroutine[Any, Any, web.StreamResponse]
 # The stages after the current one, as one call.
-Next = Callable[[Exchange], Coroutine[Any, Any, web.StreamResponse]]
+Next = Callable[[Exchange], Answering]
 
 
 class Stage(Protocol):
     """One step of the request flow: reads and fills in ``exchange``, then returns what
     ``forward(exchange)`` answers (work after it, in a ``finally``, runs however the rest
-    ends), or answers itself, or raises the ``ProxyError`` the client gets."""
+    ends), or answers itself, or raises the ``ProxyError`` the client gets.
+
+    A stage whose work is all done before the rest, without awaiting anything, may be a
+    plain method that returns ``forward(exchange)`` unawaited (a tail call): every request
+    then runs one coroutine fewer, whose frame every resumption of the stages after it
+    would pass through. What it raises, it raises as it is called, where the stage before
+    it awaits it.
+    """
 
     async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse: ...
 
@@ -151,22 +160,26 @@ class Pipeline:
         self.stages = tuple(stages)
         forward: Next = _unanswered
         for stage in reversed(self.stages):
-            forward = _Link(stage, forward)
+            forward = _link(stage, forward)
         self._first = forward
 
-    def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, web.StreamResponse]:
+    def __call__(self, exchange: Exchange) -> Answering:
         return self._first(exchange)
 
 
-class _Link:
-    __slots__ = ("forward", "stage")
+def _link(stage: Stage, forward: Next) -> Next:
+    """``stage`` with the stages after it, as one call.
 
-    def __init__(self, stage: Stage, forward: Next) -> None:
-        self.stage = stage
-        self.forward = forward
+    A closure over the stage's bound ``__call__`` rather than an object with a ``__call__``
+    of its own: the interpreter calls a plain function and a bound method directly, where
+    calling an object goes through its type's slot, and a request crosses every link.
+    """
+    call = stage.__call__
 
-    def __call__(self, exchange: Exchange) -> Coroutine[Any, Any, web.StreamResponse]:
-        return self.stage(exchange, self.forward)
+    def link(exchange: Exchange) -> Answering:
+        return call(exchange, forward)
+
+    return link
 
 
 async def _unanswered(exchange: Exchange) -> web.StreamResponse:

@@ -51,7 +51,12 @@ class _OpenAIErrorHandler(RequestHandler):
         self._edge_address: str | None = None
         self._edge_busy = False  # a request is being served
         self._edge_request: BaseRequest | None = None  # the request whose body is awaited
+        # One timer per connection, for the header and body-idle timeouts alike: arming only
+        # moves ``_edge_deadline`` (and disarming clears it), and the timer, when it fires,
+        # compares the deadline and sleeps on if it moved. Arming and cancelling a loop timer
+        # for every request cost more than anything else the edge did per request.
         self._edge_timer: asyncio.TimerHandle | None = None
+        self._edge_deadline: float | None = None
         self._edge_partial = False  # bytes of a request not yet begun have arrived
         self._edge_last_data = 0.0
         self._edge_send_timer: asyncio.TimerHandle | None = None
@@ -71,6 +76,9 @@ class _OpenAIErrorHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._edge_timer is not None:
+            self._edge_timer.cancel()
+            self._edge_timer = None
         self._stop_send_timer()
         if self._edge_address is not None:
             self._edge.connections.release(self._edge_address)
@@ -81,7 +89,7 @@ class _OpenAIErrorHandler(RequestHandler):
         if self._edge_busy:
             self._edge_last_data = self._edge_loop.time()
         elif data:  # (aiohttp replays its buffer with b"" when reading resumes)
-            if self._edge_timer is None:  # the first bytes of the next request
+            if self._edge_deadline is None:  # the first bytes of the next request
                 self._arm(self._edge.settings.header_timeout)
             self._edge_partial = True
         super().data_received(data)
@@ -132,16 +140,28 @@ class _OpenAIErrorHandler(RequestHandler):
             self.transport.abort()
 
     def _arm(self, delay: float) -> None:
-        self._disarm()
-        self._edge_timer = self._edge_loop.call_later(delay, self._expired)
+        deadline = self._edge_deadline = self._edge_loop.time() + delay
+        timer = self._edge_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._edge_timer = self._edge_loop.call_at(deadline, self._fire)
 
     def _disarm(self) -> None:
-        if self._edge_timer is not None:
-            self._edge_timer.cancel()
-            self._edge_timer = None
+        self._edge_deadline = None  # a pending timer finds nothing due when it fires
+
+    def _fire(self) -> None:
+        self._edge_timer = None
+        deadline = self._edge_deadline
+        if deadline is None:
+            return
+        if deadline > self._edge_loop.time():  # re-armed since the timer was set
+            self._edge_timer = self._edge_loop.call_at(deadline, self._fire)
+            return
+        self._edge_deadline = None
+        self._expired()
 
     def _expired(self) -> None:
-        self._edge_timer = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return

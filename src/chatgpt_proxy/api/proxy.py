@@ -15,9 +15,9 @@ endpoint at start-up); each is a ``Stage`` (``exchange``) in the module that own
     Send              here                  upstream: key pool, retries, timeouts
     Relay             here                  the answer back, as it arrives (streaming.py)
 
-Stages that only some endpoints need (ownership, background) are in only their lists. Bodies
-go upstream byte for byte; the proxy re-encodes one only to ask a stream for its usage, and
-strips that extra chunk again on the way back.
+Stages that only some endpoints need (ownership, background) are in only their lists, and
+moderation only when it is enabled. Bodies go upstream byte for byte; the proxy re-encodes one
+only to ask a stream for its usage, and strips that extra chunk again on the way back.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from aiohttp import web
 from chatgpt_proxy.auth import Authenticate, ModelPolicy
 from chatgpt_proxy.drain import Drain
 from chatgpt_proxy.errors import InvalidRequest, ProxyError, ServiceUnavailable, UnknownRoute
-from chatgpt_proxy.exchange import Exchange, Next, Outcome, Pipeline, Stage, context
+from chatgpt_proxy.exchange import Answering, Exchange, Next, Outcome, Pipeline, Stage, context
 from chatgpt_proxy.keystore.objects import OBJECT_ID, RESPONSE, Ownership
 from chatgpt_proxy.limits import Admit
 from chatgpt_proxy.metering import Metering
@@ -59,6 +59,7 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
 _PATH_SAFE = "!$&'()*+,;=:@"
 # Fields with which an SDK would reach another host or account; never sent upstream.
 _FOREIGN_FIELDS = ("api_base", "base_url", "api_key", "organization", "extra_headers")
+_FOREIGN_FIELD_SET = frozenset(_FOREIGN_FIELDS)  # to test a document against all at once
 _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
 _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
@@ -139,8 +140,9 @@ def forward_stages(endpoint: Endpoint, state: AppState) -> list[Stage]:
         stages.append(
             Ownership(state.objects, state.router, state.redactor, kind=kind, records=records)
         )
+    if state.settings.moderation.enabled:  # off, the stage would do nothing for any request
+        stages.append(Moderate(state.moderator, answers=check_answers))
     stages += [
-        Moderate(state.moderator, answers=check_answers),
         Metering(state.meter),
         Send(state.client, state.drain, usage_stream=name in _USAGE_STREAMS),
         Relay(state.redactor, state.drain, typed_events=family == "responses"),
@@ -155,10 +157,10 @@ class Forward:
         self.endpoint = endpoint
         self.pipeline = pipeline
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def handle(self, request: web.Request) -> Answering:  # a tail call, as a stage's may be
         ctx = context(request)
         ctx.endpoint = self.endpoint.name
-        return await self.pipeline(Exchange(request, ctx, self.endpoint.name))
+        return self.pipeline(Exchange(request, ctx, self.endpoint.name))
 
 
 class ReadBody:
@@ -249,10 +251,10 @@ def _strip_foreign_fields(exchange: Exchange, raw: bytes) -> bytes:
     """Drop the body fields that name another host or credential (DESIGN §3.2).
 
     The proxy never acts on them, and the upstream must not see them either. A body without
-    them (the usual one) goes up byte for byte: looking them up costs a few dict lookups.
+    them (the usual one) goes up byte for byte: looking them up costs one set operation.
     """
     document = exchange.document
-    if not any(name in document for name in _FOREIGN_FIELDS):
+    if _FOREIGN_FIELD_SET.isdisjoint(document):
         return raw
     kept = {name: value for name, value in document.items() if name not in _FOREIGN_FIELDS}
     exchange.document = kept
@@ -266,9 +268,9 @@ class Route:
     def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+    def __call__(self, exchange: Exchange, forward: Next) -> Answering:  # a tail call
         exchange.upstream = self._router.route(exchange.model)
-        return await forward(exchange)
+        return forward(exchange)
 
 
 class KeepInBackground:
@@ -354,7 +356,7 @@ class Relay:
         self._drain = drain
         self._typed_events = typed_events
 
-    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+    def __call__(self, exchange: Exchange, forward: Next) -> Answering:  # a tail call
         reply = exchange.reply
         exchange.outcome = outcome = Outcome(reply.response.status)
         style = StreamStyle(
@@ -362,7 +364,7 @@ class Relay:
             typed_events=self._typed_events,
             keep_reading=exchange.background,
         )
-        return await relay(
+        return relay(
             exchange.request,
             reply,
             self._redactor,

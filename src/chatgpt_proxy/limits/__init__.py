@@ -5,7 +5,8 @@ with a cost budget, of their price for ``model``) reserved, and *settled* once t
 reports what it really used; ``release`` ends its concurrency slot and must always be called,
 after ``settle`` (a limiter may apply both at once, then). ``headers`` are the
 ``x-ratelimit-*`` headers the client sees. ``admit`` raises the refusal (``RateLimited``,
-``QuotaExceeded``) itself.
+``QuotaExceeded``) itself. A key without limits (``policy.limits_of`` is None) is admitted as
+``UNLIMITED`` by every limiter, which is why ``Admit`` does not ask about one.
 
 The limiters, all following the rules in ``limits.policy``:
 
@@ -24,8 +25,9 @@ from typing import Protocol
 
 from aiohttp import web
 
-from chatgpt_proxy.exchange import Exchange, Next
+from chatgpt_proxy.exchange import Answering, Exchange, Next
 from chatgpt_proxy.keystore import ClientKey
+from chatgpt_proxy.limits.policy import limits_of
 
 
 class Admission(Protocol):
@@ -65,7 +67,15 @@ class Admit:
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
 
-    async def __call__(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+    def __call__(self, exchange: Exchange, forward: Next) -> Answering:
+        if limits_of(exchange.key.policy) is None:
+            # Every limiter admits a key without limits at once, with nothing to settle
+            # (``UNLIMITED``): the rest is returned unawaited (a tail call), as asking the
+            # limiter would only cost two coroutines.
+            return forward(exchange)
+        return self._admitted(exchange, forward)
+
+    async def _admitted(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
         admission = await self._limiter.admit(exchange.key, exchange.estimate, exchange.model)
         exchange.context.headers = admission.headers
         try:

@@ -210,6 +210,11 @@ class UpstreamClient:
             request_time = min(request_time, patience)
             limits = limits.within(patience)
         deadline = self._clock() + request_time
+        # The first try begins as the deadline is set, with (all but a few microseconds of)
+        # the whole time: its limits are worked out once here, and are the same for every
+        # request with the same settings (so the transport reuses what it builds from them).
+        # A later try may wait no longer than what is left.
+        first_limits = limits.within(request_time)
         replayable = outbound.body is None or isinstance(outbound.body, bytes | ReplayableBody)
         url = upstream.settings.base_url + outbound.path
         if outbound.query:
@@ -224,7 +229,8 @@ class UpstreamClient:
                 raise last or UpstreamTimeout("The upstream did not answer before the deadline.")
             key = self._acquire(upstream, tried, last, outbound)
             tried.add(key.alias)
-            outcome = await self._attempt(upstream, key, outbound, url, limits, remaining)
+            try_limits = first_limits if last is None else limits.within(remaining)
+            outcome = await self._attempt(upstream, key, outbound, url, try_limits)
             if isinstance(outcome, Reply):
                 outcome.attempts = len(tried)
                 if outbound.stream and self._idle is not None:
@@ -281,9 +287,8 @@ class UpstreamClient:
         outbound: Outbound,
         url: str,
         limits: Timeouts,
-        remaining: float,
     ) -> Reply | ProxyError:
-        """One try on one key: the answer to relay, or why it failed.
+        """One try on one key, within ``limits``: the answer to relay, or why it failed.
 
         The key goes back to the pool here unless its response is handed on, however the try
         ends (a client that leaves cancels it half-way).
@@ -296,9 +301,7 @@ class UpstreamClient:
         )
         if isinstance(outbound.body, ReplayableBody):
             headers["Content-Length"] = str(outbound.body.size)
-        request = TransportRequest(
-            outbound.method, url, headers, outbound.body, limits.within(remaining)
-        )
+        request = TransportRequest(outbound.method, url, headers, outbound.body, limits)
         handed_on = False
         try:
             response = await self._transport.send(request)

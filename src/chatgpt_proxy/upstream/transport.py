@@ -143,13 +143,19 @@ class AiohttpTransport(Transport):
             connector=aiohttp.TCPConnector(limit=max_connections, enable_cleanup_closed=True),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self._limits = aiohttp.ClientTimeout(total=None)  # immutable, so safe to share
 
     async def send(self, request: TransportRequest) -> TransportResponse:
         timeouts = request.timeouts
         # sock_read bounds the wait for the headers and for every next chunk (aiohttp re-arms
         # it per chunk); an answer whose silence the caller watches has none, and its headers
         # are waited for under a timeout of their own.
-        limits = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle)
+        limits = self._limits
+        if limits.sock_connect != timeouts.connect or limits.sock_read != timeouts.idle:
+            # Nearly every request has the same limits (the settings'): the last ones built
+            # are reused, which spares building an attrs object per request.
+            limits = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle)
+            self._limits = limits
         first_byte, idle = timeouts.first_byte, timeouts.idle
         answer = self._session.request(
             request.method,
