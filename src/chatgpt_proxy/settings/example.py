@@ -14,7 +14,7 @@ def example_yaml() -> str:
     """The documented example configuration, generated from the fields' descriptions."""
     out = [
         "# chatgpt-proxy configuration. Every value may be ${ENV_VAR}.",
-        "# Generated from the settings in src/chatgpt_proxy/settings/: edit the descriptions there.",
+        "# Generated from src/chatgpt_proxy/settings/: edit the descriptions there.",
         "",
     ]
     _describe(Settings, out, indent=0)
