@@ -104,7 +104,12 @@ async def _open_state(
     await keys.start()
     stack.push_async_callback(keys.stop)
     pricing = Pricing(settings.pricing)
-    meter = Meter(store, pricing=pricing, errors=task_errors)
+    meter = Meter(
+        store,
+        interval=settings.server.usage_flush_seconds,
+        pricing=pricing,
+        errors=task_errors,
+    )
     meter.start()
     stack.push_async_callback(meter.close)
     link = RedisLink.open(settings) if settings.redis_url is not None else None

@@ -44,6 +44,13 @@ class ServerSettings(_Section):
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )
     workers: int = Field(1, ge=1, le=64, description="processes serving the same port")
+    usage_flush_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="seconds between writes of the usage summed in memory (a clean shutdown "
+        "writes what is left)",
+    )
     max_upstream_connections: int = Field(
         1000, ge=1, description="open connections to all upstreams together, at most"
     )
