@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from chatgpt_proxy.app import create_app
 from chatgpt_proxy.keystore import KeyStore, UsageEvent
 from chatgpt_proxy.keystore.engine import create_engine
-from chatgpt_proxy.keystore.schema import client_keys, usage_daily
+from chatgpt_proxy.keystore.schema import client_keys, usage_key_days
 from chatgpt_proxy.settings import Settings
 from services import POSTGRES_URLS, _probe_postgres
 
@@ -92,7 +92,9 @@ async def count_daily(url: str) -> int:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            return int(await conn.scalar(sa.select(sa.func.count()).select_from(usage_daily)) or 0)
+            return int(
+                await conn.scalar(sa.select(sa.func.count()).select_from(usage_key_days)) or 0
+            )
     finally:
         await engine.dispose()
 
@@ -181,7 +183,7 @@ async def bench_backend(name: str, url: str, keys: int, usage: int, repeat: int)
     ids = await fill(url, keys, usage)
     daily = await count_daily(url)
     print(
-        f"\n### {name}: {keys:,} keys, {usage:,} usage rows, {daily:,} per-day sums (filled in "
+        f"\n### {name}: {keys:,} keys, {usage:,} usage rows, {daily:,} per-key-day sums (filled in "
         f"{time.perf_counter() - started:.0f} s)\n"
     )
     print("| page | median ms | status |\n|---|---:|---:|", flush=True)

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 
 from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent, migrator
-from chatgpt_proxy.keystore.schema import client_keys, usage_events
+from chatgpt_proxy.keystore.schema import (
+    client_keys,
+    usage_day_totals,
+    usage_events,
+    usage_key_days,
+)
 
 LONG = timedelta(hours=1)
 
@@ -201,5 +209,117 @@ def test_migration_0003_sums_the_usage_recorded_before_it(database_url: str) -> 
                 ("2026-11-30", 3, 5, 0.5),
                 ("2026-12-01", 1, 7, 0.25),
             ]
+
+    asyncio.run(scenario())
+
+
+async def _sums(store: KeyStore, table: sa.TableClause, groups: tuple[str, ...]) -> dict[Any, Any]:
+    """``table``'s rows, and the same sums computed here from every row of usage_events."""
+    async with store._engine.connect() as conn:
+        events = (await conn.execute(sa.select(usage_events))).all()
+        kept = (await conn.execute(sa.select(table))).all()
+    expected: dict[tuple[str, ...], list[float]] = {}
+    for event in events:
+        values = {**event._mapping, "day": event.created_at.date().isoformat()}
+        sums = expected.setdefault(tuple(values[name] for name in groups), [0] * len(SUMS))
+        for n, name in enumerate(SUMS):
+            sums[n] += values[name] or 0
+    found = {
+        tuple(row._mapping[name] for name in groups): [row._mapping[name] for name in SUMS]
+        for row in kept
+    }
+    assert found.keys() == expected.keys()
+    for group, sums in expected.items():
+        assert found[group][:-1] == sums[:-1], group
+        assert float(found[group][-1]) == pytest.approx(sums[-1]), group
+    return found
+
+
+SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+SUM_TABLES = ((usage_key_days, ("day", "key_id")), (usage_day_totals, ("day", "model", "upstream")))
+
+
+def test_the_per_day_sums_stay_equal_to_the_sums_of_the_events(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            keys = [(await store.create(f"k{n}", KeyPolicy()))[0].id for n in range(3)]
+            start = datetime(2026, 11, 29, 22, 0, tzinfo=UTC)  # two UTC days
+            events = [
+                UsageEvent(
+                    key_id=keys[n % 3],
+                    model=("a", "b")[n % 2],
+                    upstream=f"openai#{n % 4}",
+                    endpoint="chat.completions",
+                    status=200,
+                    prompt_tokens=n,
+                    completion_tokens=2 * n,
+                    total_tokens=3 * n,
+                    latency_ms=1,
+                    cost=None if n % 5 == 0 else n / 8,  # unknown prices count as zero
+                    created_at=start + timedelta(minutes=7 * n),
+                )
+                for n in range(60)
+            ]
+            for batch in range(0, 60, 20):  # batches that add to the same sums
+                assert not await store.record_usage(events[batch : batch + 20])
+            # A batch with a row the database refuses: the others, one by one, still count.
+            nobody = dataclasses.replace(events[1], key_id="key_nobody")
+            assert await store.record_usage([events[2], nobody, events[3]]) == [nobody]
+            for table, groups in SUM_TABLES:
+                assert len(await _sums(store, table, groups)) > 2
+            # The report reads them: the same totals by key as by day.
+            since, until = start.date(), start.date() + timedelta(days=1)
+            by_key = await store.usage_report(since, until, "key")
+            by_day = await store.usage_report(since, until, "day")
+            assert (
+                sum(r["total_tokens"] for r in by_key)
+                == sum(r["total_tokens"] for r in by_day)
+                == sum(3 * n for n in range(60)) + 3 * (2 + 3)
+            )
+
+    asyncio.run(scenario())
+
+
+def _migrate_to(revision: str, down: bool) -> Callable[[sa.Connection], None]:
+    def run(connection: sa.Connection) -> None:
+        config = migrator.alembic_config()
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+    return run
+
+
+def test_migration_0005_keeps_the_sums_both_ways(database_url: str) -> None:
+    async def scenario() -> None:
+        async with migrated(database_url) as store:
+            key, _ = await store.create("k", KeyPolicy())
+            now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+            await store.record_usage(
+                [
+                    UsageEvent(
+                        key_id=key.id,
+                        model=model,
+                        upstream="openai#1",
+                        endpoint="chat.completions",
+                        status=200,
+                        prompt_tokens=1,
+                        completion_tokens=1,
+                        total_tokens=2,
+                        latency_ms=1,
+                        cost=0.25,
+                        created_at=now + timedelta(minutes=minutes),
+                    )
+                    for model, minutes in (("a", 0), ("b", 10), ("a", 40))
+                ]
+            )
+            async with store._engine.begin() as conn:
+                await conn.run_sync(_migrate_to("0004", down=True))
+            groups = ("day", "key_id", "model", "upstream")
+            daily = sa.table("usage_daily", *(sa.column(name) for name in (*groups, *SUMS)))
+            assert len(await _sums(store, daily, groups)) == 3  # summed again from the events
+            async with store._engine.begin() as conn:
+                await conn.run_sync(_migrate_to("head", down=False))
+            counts = [len(await _sums(store, table, groups)) for table, groups in SUM_TABLES]
+            assert counts == [2, 3]  # by key: 2 days; by model and upstream: a and b, then a
 
     asyncio.run(scenario())

@@ -8,6 +8,7 @@ against). A test checks that the migrated database and this metadata agree.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -128,20 +129,39 @@ stored_objects = sa.Table(
 )
 
 
-# Usage summed per UTC day, client key, model and upstream key, kept with every write of
-# usage_events: reports over weeks read a few rows per key and day instead of every event.
-usage_daily = sa.Table(
-    "usage_daily",
-    metadata,
-    sa.Column("day", sa.String(10), primary_key=True),  # "2026-11-30", UTC
+def _usage_sums(name: str, *groups: sa.Column[Any], **options: Any) -> sa.Table:
+    """A table of usage summed per ``groups`` (its primary key), kept with every write of
+    usage_events: reports over weeks read a few rows per day instead of every event."""
+    return sa.Table(
+        name,
+        metadata,
+        *groups,
+        sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cost", sa.Float(), nullable=False),
+        **options,
+    )
+
+
+# Per UTC day ("2026-11-30") and client key, for the report by key. Day first, so a report reads
+# its days only however long the history; without a rowid on SQLite, so that range is read in
+# the primary key's order with no second lookup per row.
+usage_key_days = _usage_sums(
+    "usage_key_days",
+    sa.Column("day", sa.String(10), primary_key=True),
     sa.Column("key_id", sa.String(32), primary_key=True),
+    sqlite_with_rowid=False,
+)
+
+# Per UTC day, model and upstream key, every client key together: the reports by day, model and
+# upstream key read a few rows per day.
+usage_day_totals = _usage_sums(
+    "usage_day_totals",
+    sa.Column("day", sa.String(10), primary_key=True),
     sa.Column("model", sa.String(200), primary_key=True),
     sa.Column("upstream", sa.String(100), primary_key=True),
-    sa.Column("requests", sa.BigInteger(), nullable=False),
-    sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
-    sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
-    sa.Column("total_tokens", sa.BigInteger(), nullable=False),
-    sa.Column("cost", sa.Float(), nullable=False),
 )
 
 # The console's sign-ins (DESIGN §3.9): only a hash of the session id is stored, so a copy of

@@ -13,7 +13,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from chatgpt_proxy.keystore.schema import aware_utc, client_keys, usage_daily, usage_events
+from chatgpt_proxy.keystore.schema import (
+    aware_utc,
+    client_keys,
+    usage_day_totals,
+    usage_events,
+    usage_key_days,
+)
 from chatgpt_proxy.keystore.text import storable
 from chatgpt_proxy.keystore.values import UsageEvent, UsageRow
 
@@ -53,31 +59,35 @@ _DAILY_BATCH = 500  # rows per statement: well under SQLite's limit of bound par
 
 
 def daily_upserts(dialect: str, rows: Sequence[dict[str, Any]]) -> list[sa.Executable]:
-    """Statements that add ``rows`` (from ``event_rows``) to ``usage_daily``'s sums.
+    """Statements that add ``rows`` (from ``event_rows``) to the per-day sums: per key
+    (``usage_key_days``) and per model and upstream key (``usage_day_totals``)."""
+    statements = _sum_upserts(dialect, usage_key_days, ("day", "key_id"), rows)
+    return statements + _sum_upserts(dialect, usage_day_totals, ("day", "model", "upstream"), rows)
 
-    The rows are summed per group first: one statement may not touch a row twice.
-    """
-    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+
+def _sum_upserts(
+    dialect: str, table: sa.Table, groups: tuple[str, ...], rows: Sequence[dict[str, Any]]
+) -> list[sa.Executable]:
+    # The rows are summed per group first: one statement may not touch a row twice.
+    summed: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
         day = row["created_at"].astimezone(UTC).date().isoformat()
-        group = (day, row["key_id"], row["model"], row["upstream"])
-        summed = groups.get(group)
-        if summed is None:
-            summed = groups[group] = dict(
-                zip(("day", "key_id", "model", "upstream"), group, strict=True)
-            )
-            summed.update(dict.fromkeys(_DAILY_SUMS, 0))
+        group = tuple(day if name == "day" else row[name] for name in groups)
+        sums = summed.get(group)
+        if sums is None:
+            sums = summed[group] = dict(zip(groups, group, strict=True))
+            sums.update(dict.fromkeys(_DAILY_SUMS, 0))
         for name in _DAILY_SUMS:
-            summed[name] += row[name] or 0
+            sums[name] += row[name] or 0
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = list(groups.values())
+    values = list(summed.values())
     statements: list[sa.Executable] = []
     for start in range(0, len(values), _DAILY_BATCH):
-        statement = insert(usage_daily).values(values[start : start + _DAILY_BATCH])
+        statement = insert(table).values(values[start : start + _DAILY_BATCH])
         statements.append(
             statement.on_conflict_do_update(
-                index_elements=["day", "key_id", "model", "upstream"],
-                set_={name: usage_daily.c[name] + statement.excluded[name] for name in _DAILY_SUMS},
+                index_elements=list(groups),
+                set_={name: table.c[name] + statement.excluded[name] for name in _DAILY_SUMS},
             )
         )
     return statements
@@ -139,24 +149,25 @@ def report_query(since: date, until: date, by: str) -> sa.Select[Any]:
     per day, model, key or upstream key: one row per group, as ``group`` (a day as text),
     largest first except days, which come in order. At most 1000 groups.
 
-    From ``usage_daily``: a few rows per key and day, however many requests they stand for.
+    From the per-day sums: one row per key and day for the report by key, a few rows per day
+    for the others, however many requests they stand for.
     """
-    columns = {"day": "day", "model": "model", "key": "key_id", "upstream": "upstream"}
-    if by not in columns:
+    if by not in REPORT_GROUPS:
         raise ValueError(f"by must be one of {REPORT_GROUPS}")
-    group = usage_daily.c[columns[by]]
-    tokens = sa.func.sum(usage_daily.c.total_tokens)
+    table = usage_key_days if by == "key" else usage_day_totals
+    group = table.c["key_id" if by == "key" else by]
+    tokens = sa.func.sum(table.c.total_tokens)
     query = (
         sa.select(
             group.label("group"),
-            sa.func.sum(usage_daily.c.requests).label("requests"),
-            sa.func.sum(usage_daily.c.prompt_tokens).label("prompt_tokens"),
-            sa.func.sum(usage_daily.c.completion_tokens).label("completion_tokens"),
+            sa.func.sum(table.c.requests).label("requests"),
+            sa.func.sum(table.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(table.c.completion_tokens).label("completion_tokens"),
             tokens.label("total_tokens"),
-            sa.func.sum(usage_daily.c.cost).label("cost"),
+            sa.func.sum(table.c.cost).label("cost"),
         )
-        .where(usage_daily.c.day >= since.isoformat())
-        .where(usage_daily.c.day <= until.isoformat())
+        .where(table.c.day >= since.isoformat())
+        .where(table.c.day <= until.isoformat())
         .group_by(group)
     )
     return query.order_by(group if by == "day" else tokens.desc()).limit(1000)
