@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-from chatgpt_proxy.keystore import KeyStore
+from stores import migrated
 
 LONG = timedelta(hours=1)
-
-
-@contextlib.asynccontextmanager
-async def migrated(database_url: str) -> AsyncIterator[KeyStore]:
-    async with await KeyStore.open(database_url) as store:
-        await store.migrate()
-        yield store
 
 
 def test_the_audit_log_pages_newest_first(database_url: str) -> None:

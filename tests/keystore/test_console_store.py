@@ -4,9 +4,8 @@ the audit log (newest first, keyset paged), key pages (searched, sorted) and usa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,15 +20,9 @@ from chatgpt_proxy.keystore.schema import (
     usage_events,
     usage_key_days,
 )
+from stores import migrated
 
 LONG = timedelta(hours=1)
-
-
-@contextlib.asynccontextmanager
-async def migrated(database_url: str) -> AsyncIterator[KeyStore]:
-    async with await KeyStore.open(database_url) as store:
-        await store.migrate()
-        yield store
 
 
 def test_key_pages_are_searched_and_sorted_in_the_database(database_url: str) -> None:

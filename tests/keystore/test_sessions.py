@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import sqlalchemy as sa
 
-from chatgpt_proxy.keystore import KeyStore, hash_secret
+from chatgpt_proxy.keystore import hash_secret
 from chatgpt_proxy.keystore.schema import console_sessions
+from stores import migrated
 
 LONG = timedelta(hours=1)
-
-
-@contextlib.asynccontextmanager
-async def migrated(database_url: str) -> AsyncIterator[KeyStore]:
-    async with await KeyStore.open(database_url) as store:
-        await store.migrate()
-        yield store
 
 
 def test_sessions_are_stored_hashed_and_end(database_url: str) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -24,19 +23,13 @@ from chatgpt_proxy.keystore import (
     hash_secret,
 )
 from servers import wait_for_async
+from stores import migrated
 
 T = TypeVar("T")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-@contextlib.asynccontextmanager
-async def migrated(database_url: str) -> AsyncIterator[KeyStore]:
-    async with await KeyStore.open(database_url) as store:
-        await store.migrate()
-        yield store
 
 
 async def raw_key_rows(database_url: str) -> list[dict[str, Any]]:
