@@ -128,7 +128,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def key_usage(request: web.Request) -> web.Response:
     state = _authorize(request)
     key = await _key_or_404(state, request.match_info["id"])
-    since = _since(request.query.get("since"))
+    since = parse_since(request.query.get("since"))
     rows = await state.store.usage_summary(key.id, since)
     return _json({"object": "list", "key_id": key.id, "data": [row.to_dict() for row in rows]})
 
@@ -202,7 +202,8 @@ def _discord_user(request: web.Request) -> str:
     return user_id
 
 
-def _since(value: str | None) -> date | None:
+def parse_since(value: str | None) -> date | None:
+    """A report's `since` query parameter: an ISO date, or None when absent."""
     if value is None:
         return None
     try:

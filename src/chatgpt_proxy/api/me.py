@@ -18,8 +18,9 @@ from datetime import UTC, date, datetime
 import orjson
 from aiohttp import web
 
+from chatgpt_proxy.api.admin import parse_since
 from chatgpt_proxy.api.me_page import me_page_routes
-from chatgpt_proxy.errors import InvalidRequest, UnknownRoute
+from chatgpt_proxy.errors import UnknownRoute
 from chatgpt_proxy.exchange import context
 from chatgpt_proxy.keystore import ClientKey
 from chatgpt_proxy.selfservice.standing import Standing
@@ -57,13 +58,12 @@ async def me_usage(request: web.Request) -> web.Response:
 
 
 def _since(value: str | None) -> date:
-    if value is None:
+    """`since` as given, or the first day of this month (UTC)."""
+    since = parse_since(value)
+    if since is None:
         today = datetime.now(UTC).date()
         return date(today.year, today.month, 1)
-    try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidRequest("`since` must be a date such as 2026-11-01.", param="since") from exc
+    return since
 
 
 def me_routes() -> list[web.RouteDef]:
