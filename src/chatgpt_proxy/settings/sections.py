@@ -61,7 +61,8 @@ class ServerSettings(_Section):
     log_format: Literal["text", "json"] = Field(
         "text",
         description="text lines, or one JSON object per line (time, level, logger, message; "
-        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms)",
+        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms "
+        "and, once metered, prompt_tokens, completion_tokens, total_tokens and cost)",
     )
     root_path: str = Field(
         "",
