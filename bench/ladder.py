@@ -277,6 +277,7 @@ class Rung:
     idle_kib: int = 0
     peak_kib: int = 0
     peak_sockets: int = 0
+    cpu_seconds: float = 0.0  # spent by the serving processes during the rung
 
 
 def warm_up(target: Target) -> None:
@@ -288,6 +289,7 @@ def load(target: Target, streams: int, clients: int) -> Rung:
     warm_up(target)
     pids = target.pids()
     rung.idle_kib = rss_kib(pids)[0]
+    cpu = sum(lib.cputime(pid) for pid in pids)
     at = time.time() + 1.0 + streams / 5000  # every client process ready to go
     share = [streams // clients + (1 if n < streams % clients else 0) for n in range(clients)]
     runners = [
@@ -318,15 +320,16 @@ def load(target: Target, streams: int, clients: int) -> Rung:
                 rung.first.append(first)
                 rung.total.append(total)
     rung.peak_kib = rss_kib(pids)[1]
+    rung.cpu_seconds = sum(lib.cputime(pid) for pid in pids) - cpu
     return rung
 
 
 def render(rungs: list[Rung]) -> str:
     head = (
         "| streams | target | processes | whole | refused | other | first byte p50 | p99 "
-        "| total p50 | peak RSS | RSS/stream above idle | open sockets (peak) |"
+        "| total p50 | peak RSS | RSS/stream above idle | open sockets (peak) | CPU/stream |"
     )
-    lines = [head, "|" + "---:|" * 3 + "---:|" * 9]
+    lines = [head, "|---:|---|" + "---:|" * 11]
     for r in rungs:
         other = sum(v for k, v in r.outcomes.items() if k not in ("whole", "refused"))
         ms = (lambda v: f"{v * 1000:,.0f} ms") if r.first else (lambda v: "-")
@@ -338,7 +341,7 @@ def render(rungs: list[Rung]) -> str:
             f"| {r.streams:,} | {r.target} | {r.workers} | {r.outcomes.get('whole', 0):,} "
             f"| {r.outcomes.get('refused', 0):,} | {other:,} | {ms(p50)} | {ms(p99)} "
             f"| {ms(total)} | {r.peak_kib / 1024:,.0f} MiB | {per_stream:,.1f} KiB "
-            f"| {r.peak_sockets:,} |"
+            f"| {r.peak_sockets:,} | {r.cpu_seconds / r.streams * 1000:.2f} ms |"
         )
     notes = [
         f"{r.target} at {r.streams:,}: {r.outcomes}"
