@@ -117,9 +117,15 @@ async def serve_upstream(port: int, gap: float) -> None:
 
 
 async def one_stream(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    delay: float = 0.0,
 ) -> tuple[str, float, float]:
-    """(outcome, first byte, total) of one stream; outcome: whole, refused, or what broke."""
+    """(outcome, first byte, total) of one stream begun ``delay`` seconds late; outcome:
+    whole, refused, or what broke."""
+    await asyncio.sleep(delay)
     began = time.monotonic()
     first = 0.0
     try:
@@ -134,14 +140,17 @@ async def one_stream(
                     first = time.monotonic() - began
                 data += chunk
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return type(exc).__name__, 0.0, time.monotonic() - began
+        errno = getattr(exc, "errno", None)
+        return f"{type(exc).__name__} {errno or ''}".strip(), 0.0, time.monotonic() - began
     total = time.monotonic() - began
     words = all(b'"content":"w%d"' % n in data for n in range(CONTENT_CHUNKS))
     whole = words and data.endswith(b"data: [DONE]\n\n") and b'"usage":{' in data
     return ("whole" if whole else "broken"), first, total
 
 
-async def run_client(url: str, key: str, count: int, at: float, tag: str) -> list[object]:
+async def run_client(
+    url: str, key: str, count: int, at: float, tag: str, ramp: float = 0.0
+) -> list[object]:
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=300)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
@@ -152,7 +161,12 @@ async def run_client(url: str, key: str, count: int, at: float, tag: str) -> lis
         bodies.append(orjson.dumps(document))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.sleep(max(0.0, at - time.time()))
-        results = await asyncio.gather(*(one_stream(session, url, b, headers) for b in bodies))
+        results = await asyncio.gather(
+            *(
+                one_stream(session, url, body, headers, n * ramp / count)
+                for n, body in enumerate(bodies)
+            )
+        )
     return [list(result) for result in results]
 
 
@@ -284,7 +298,7 @@ def warm_up(target: Target) -> None:
     asyncio.run(run_client(target.url + CHAT, target.key, 50, time.time(), "warm"))
 
 
-def load(target: Target, streams: int, clients: int) -> Rung:
+def load(target: Target, streams: int, clients: int, ramp: float) -> Rung:
     rung = Rung(target.name, streams, target.workers)
     warm_up(target)
     pids = target.pids()
@@ -303,6 +317,7 @@ def load(target: Target, streams: int, clients: int) -> Rung:
                 str(count),
                 repr(at),
                 f"{target.name}-{n}-{streams}",
+                repr(ramp),
             ],
             stdout=subprocess.PIPE,
         )
@@ -380,14 +395,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between events")
     parser.add_argument("--targets", default="pass-through,chatgpt-proxy")
     parser.add_argument("--tmp", type=Path)
-    parser.add_argument("--client", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=1.0,
+        help="seconds over which each client opens its streams (0: all in the same instant, "
+        "which overflows the kernel's accept queues here and costs SYN retries and resets)",
+    )
+    parser.add_argument("--client", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--upstream-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     raise_fd_limit()
     if args.client:
-        url, key, count, at, tag = args.client
+        url, key, count, at, tag, ramp = args.client
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(run_client(url, key, int(count), float(at), tag))
+            results = runner.run(run_client(url, key, int(count), float(at), tag, float(ramp)))
         sys.stdout.write(json.dumps(results))
         return 0
     if args.upstream_only:
@@ -419,7 +441,7 @@ def main(argv: list[str]) -> int:
                 try:
                     if lib.wait(target.url + "/healthz", 60.0):
                         return 1
-                    rungs.append(load(target, streams, args.clients))
+                    rungs.append(load(target, streams, args.clients, args.ramp))
                 finally:
                     target.stop()
                 print(render(rungs) + "\n", flush=True)

@@ -64,7 +64,7 @@ async def serve(port: int, upstream: str, *, connections: int, reuse_port: bool)
         handler_cancellation=os.environ.get("PASSTHROUGH_HANDLER_CANCELLATION", "1") == "1",
     )
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_port=reuse_port or None)
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=8192, reuse_port=reuse_port or None)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
