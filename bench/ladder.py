@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,8 +132,12 @@ async def one_stream(
     try:
         async with session.post(url, data=body, headers=headers) as response:
             if response.status != 200:
-                await response.read()
-                outcome = "refused" if response.status == 503 else f"status {response.status}"
+                error = await response.read()
+                code = orjson.loads(error).get("error", {}).get("code") if error[:1] == b"{" else ""
+                # Refused is the proxy's answer past its capacity; other 503s (a moderation
+                # check that timed out) are failures.
+                refused = code == "server_overloaded"
+                outcome = "refused" if refused else f"{response.status} {code or ''}".strip()
                 return outcome, 0.0, time.monotonic() - began
             data = b""
             while chunk := await response.content.readany():
@@ -324,12 +329,13 @@ def load(target: Target, streams: int, clients: int, ramp: float) -> Rung:
         for n, count in enumerate(share)
         if count
     ]
+    # Each client's results are read as they come: a pipe left unread would block its writer.
+    outputs = [ThreadPoolExecutor(1).submit(runner.communicate) for runner in runners]
     while any(runner.poll() is None for runner in runners):
         rung.peak_sockets = max(rung.peak_sockets, sockets(pids))
         time.sleep(0.25)
-    for runner in runners:
-        assert runner.stdout is not None
-        for outcome, first, total in json.loads(runner.stdout.read()):
+    for output in outputs:
+        for outcome, first, total in json.loads(output.result()[0]):
             rung.outcomes[outcome] = rung.outcomes.get(outcome, 0) + 1
             if outcome == "whole":
                 rung.first.append(first)
