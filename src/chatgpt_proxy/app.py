@@ -80,7 +80,12 @@ async def _open_state(
     router = Router.from_settings(settings.upstreams, settings.pool)
     redactor = Redactor(router.secrets())
     task_errors = TaskErrors()  # failed runs of the background tasks below, for /metrics
-    transport = AiohttpTransport(max_connections=settings.server.max_upstream_connections)
+    server = settings.server
+    lasting = server.max_upstream_connections
+    transport = AiohttpTransport(
+        max_connections=server.max_requests_in_flight if lasting is None else lasting,
+        short_connections=server.max_short_upstream_connections,
+    )
     stack.push_async_callback(transport.close)
     idle = IdleWatch(settings.timeouts.stream_idle, errors=task_errors)
     idle.start()
