@@ -216,9 +216,7 @@ class UpstreamClient:
         # A later try may wait no longer than what is left.
         first_limits = limits.within(request_time)
         replayable = outbound.body is None or isinstance(outbound.body, bytes | ReplayableBody)
-        url = upstream.settings.base_url + outbound.path
-        if outbound.query:
-            url += "?" + outbound.query
+        url = upstream.url(outbound.path, outbound.query, outbound.model)
         self._budget.record_request()
         tried: set[str] = set()
         failures = 0
@@ -298,6 +296,7 @@ class UpstreamClient:
             key.secret,
             organization=upstream.settings.organization,
             project=upstream.settings.project,
+            auth=upstream.settings.auth,
         )
         if isinstance(outbound.body, ReplayableBody):
             headers["Content-Length"] = str(outbound.body.size)
