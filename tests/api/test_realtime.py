@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
@@ -200,6 +201,17 @@ def test_client_secrets_are_forwarded(proxy: Proxy, fake: FakeOpenAI) -> None:
     sent = fake.last("/v1/realtime/client_secrets")
     assert sent.key in FAKE_KEYS[:2]
     assert sent.json()["session"]["instructions"] == "Be kind."
+
+
+def test_a_client_secrets_model_is_held_to_the_keys_allowlist(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    key = proxy.create_key("narrow", KeyPolicy(models=("gpt-4o-mini",)))
+    with pytest.raises(openai.PermissionDeniedError):
+        proxy.client(key=key).realtime.client_secrets.create(
+            session={"type": "realtime", "model": MODEL}
+        )
+    assert fake.count("/v1/realtime/client_secrets") == 0
 
 
 def _ws_url(proxy: Proxy) -> str:

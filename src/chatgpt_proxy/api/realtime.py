@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from chatgpt_proxy.errors import (
@@ -188,19 +188,19 @@ class _Session:
         while True:
             message = await client.receive()
             kind = message.type
-            if kind == WSMsgType.TEXT:
+            if kind == web.WSMsgType.TEXT:
                 refusal = await self._refusal(message.data)
                 if refusal is not None:
                     await client.send_str(refusal)
                     continue
                 await upstream.send(SocketFrame("text", message.data))
-            elif kind == WSMsgType.BINARY:
+            elif kind == web.WSMsgType.BINARY:
                 await upstream.send(SocketFrame("binary", message.data))
-            elif kind == WSMsgType.PING:
+            elif kind == web.WSMsgType.PING:
                 await upstream.send(SocketFrame("ping", message.data))
-            elif kind == WSMsgType.PONG:
+            elif kind == web.WSMsgType.PONG:
                 await upstream.send(SocketFrame("pong", message.data))
-            elif kind == WSMsgType.CLOSE:
+            elif kind == web.WSMsgType.CLOSE:
                 return int(message.data)
             else:  # CLOSING, CLOSED, ERROR: the client is gone
                 return client.close_code

@@ -50,6 +50,8 @@ from chatgpt_proxy.upstream.transport import (
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_HEAD = 64 * 1024  # read of a JSON answer to see that it is JSON
 _JSON_START = re.compile(rb"[^ \t\r\n]")
+# A 404's codes saying that the key's account lacks the model (Azure: its deployment).
+_MODEL_REFUSALS = frozenset({"model_not_found", "DeploymentNotFound"})
 _ANSWERS_ANY_TYPE = "/audio/"  # speech, transcripts as text, srt or vtt; the rest is JSON or SSE
 
 Body = bytes | AsyncIterable[bytes] | None
@@ -370,7 +372,7 @@ class UpstreamClient:
         )
         if refusal and not _is_html(response):
             raw = await _error_head(response)
-            if status == 403 or _error_code(_parsed(raw)) == "model_not_found":
+            if status == 403 or _error_code(_parsed(raw)) in _MODEL_REFUSALS:
                 # The key's account may not use this model; another account may.
                 if outbound.model is not None:
                     pool.report_refused_model(key, outbound.model, status)
