@@ -4,7 +4,10 @@ against the fake upstream's scripted Realtime socket."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,6 +56,8 @@ def test_text_in_text_out_with_usage_metered(moderated: Proxy, fake: FakeOpenAI)
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
     assert "".join(deltas) == REALTIME_REPLY + "hello over the socket"
     usage = events[-1]["response"]["usage"]
+    received = json.dumps(events)
+    assert all(secret not in received for secret in FAKE_KEYS)
     session = fake.realtime_sessions[-1]
     assert session.key in FAKE_KEYS[:2]  # a pool key went upstream, never the client's
     assert session.query == {"model": MODEL}
@@ -141,6 +146,40 @@ def test_frames_of_every_kind_pass_and_only_realtime_is_echoed(
     assert proxy.key not in json.dumps(upstream.headers)
     for secret in FAKE_KEYS:
         assert all(secret not in text for text in received)
+
+
+def test_the_handshake_echoes_realtime_and_no_key(proxy: Proxy, fake: FakeOpenAI) -> None:
+    offered = f"realtime, openai-insecure-api-key.{proxy.key}, openai-beta.realtime-v1"
+    head = _handshake(proxy, f"/v1/realtime?model={MODEL}&api-key={proxy.key}", offered)
+    assert head.startswith("HTTP/1.1 101")
+    assert "sec-websocket-protocol: realtime\r\n" in head.lower()
+    assert proxy.key not in head and all(secret not in head for secret in FAKE_KEYS)
+    wait_for(lambda: fake.realtime_sessions, message="no upstream session")
+    upstream = fake.realtime_sessions[-1]
+    assert upstream.query == {"model": MODEL}  # the key in the query stayed behind
+    assert upstream.protocol == "realtime"
+    # The handshake's connection was dropped without a close frame: the upstream's goes too.
+    wait_for(lambda: upstream.closed, message="the upstream socket outlived its client")
+
+
+def _handshake(proxy: Proxy, target: str, protocols: str) -> str:
+    """The head of the proxy's answer to a WebSocket upgrade, as its bytes came."""
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n"
+        )
+        conn.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return head.decode(errors="replace")
 
 
 @pytest.mark.parametrize("key", [None, "pk-not-a-real-key-000000000000000000000"])

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
@@ -49,6 +50,7 @@ PROTOCOL = "realtime"
 KEY_PROTOCOL = "openai-insecure-api-key."  # the browser's way to send a key
 BETA_PROTOCOL = "openai-beta.realtime-v1"  # the beta SDKs' subprotocol: the OpenAI-Beta header
 _MAX_MODEL = 256
+_QUERY_CREDENTIALS = frozenset({"api-key", "authorization", "api_key", "key"})
 # Client events whose text reaches the model; their type names, to look for before parsing.
 _MODERATED = ("conversation.item.create", "session.update", "response.create")
 _RESPONSE_DONE = '"response.done"'
@@ -92,7 +94,7 @@ class RealtimeEndpoint:
             lease = await state.sockets.open(
                 upstream,
                 "/realtime",
-                request.query_string,
+                _upstream_query(request.query_string),
                 _upstream_headers(request, offered),
                 model,
                 (PROTOCOL,) if PROTOCOL in offered else (),
@@ -123,6 +125,16 @@ def _authorization(request: web.Request, offered: tuple[str, ...]) -> str | None
         if protocol.startswith(KEY_PROTOCOL):
             return "Bearer " + protocol.removeprefix(KEY_PROTOCOL)
     return None
+
+
+def _upstream_query(query: str) -> str:
+    """The client's query string less any credential in it (the Azure SDK puts its key in
+    ``api-key``): the client's key never goes upstream."""
+    return "&".join(
+        pair
+        for pair in query.split("&")
+        if pair and unquote_plus(pair.partition("=")[0]).lower() not in _QUERY_CREDENTIALS
+    )
 
 
 def _upstream_headers(request: web.Request, offered: tuple[str, ...]) -> CIMultiDictProxy[str]:
