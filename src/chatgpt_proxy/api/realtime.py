@@ -39,7 +39,6 @@ from chatgpt_proxy.errors import (
 )
 from chatgpt_proxy.exchange import context, start_stream
 from chatgpt_proxy.keystore import ClientKey
-from chatgpt_proxy.limits import Admission
 from chatgpt_proxy.limits.policy import limits_of
 from chatgpt_proxy.state import AppState
 from chatgpt_proxy.token_usage import usage_in_document
@@ -102,7 +101,7 @@ class RealtimeEndpoint:
             ctx.upstream = lease.alias
             try:
                 await start_stream(request, client_socket)
-                session = _Session(state, key, model, admission, client_socket, lease)
+                session = _Session(state, key, model, client_socket, lease)
                 await session.run()
             finally:
                 await lease.close()
@@ -155,7 +154,6 @@ class _Session:
         state: AppState,
         key: ClientKey,
         model: str,
-        admission: Admission,
         client: web.WebSocketResponse,
         lease: SocketLease,
     ) -> None:
@@ -167,25 +165,24 @@ class _Session:
         self._budget_key = replace(key, policy=policy)
         self._budgeted = limits_of(policy) is not None
         self._model = model
-        self._admission = admission
         self._client = client
         self._lease = lease
         self._upstream = lease.socket
         self._moderate = state.settings.moderation.enabled
-        self._started = time.monotonic()
+        self._since = time.monotonic()  # the session's start, then the last response's end
 
     async def run(self) -> None:
         """Relay until one side closes, then close the other with the code it was given."""
         up = asyncio.ensure_future(self._client_to_upstream())
         down = asyncio.ensure_future(self._upstream_to_client())
-        client_code = upstream_code = _BROKEN_CLOSE
+        client_code = upstream_code = 1000
         try:
             done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
             finished = up if up in done else down
             code = None if finished.exception() is not None else finished.result()
             if finished is up:
                 upstream_code = sendable_close_code(code)
-            else:
+            else:  # an upstream gone without a close frame is an error to the client
                 client_code = code if code is not None else _BROKEN_CLOSE
         finally:
             for task in (up, down):
@@ -272,7 +269,8 @@ class _Session:
             return True
         state, lease = self._state, self._lease
         cost = state.meter.pricing.cost(self._model, usage)
-        latency_ms = int((time.monotonic() - self._started) * 1000)
+        now = time.monotonic()
+        latency_ms, self._since = int((now - self._since) * 1000), now
         state.meter.record(
             self._key.id, self._model, lease.alias, "realtime", 200, usage, cost, latency_ms
         )
