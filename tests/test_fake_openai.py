@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -646,6 +647,19 @@ def test_azure_shape_needs_its_api_version_and_api_key(
     assert answer.status_code == status
 
 
+@pytest.fixture
+def quiet_websockets() -> Iterator[None]:
+    """The websockets client logs its handshake's headers at DEBUG: here that is the upstream
+    key this test sends the fake itself, which the session's leak scan must not mistake for
+    the proxy's."""
+    logger = logging.getLogger("websockets")
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(previous)
+
+
+@pytest.mark.usefixtures("quiet_websockets")
 def test_realtime_session_echoes_text_with_usage(fake: FakeOpenAI) -> None:
     client = openai.OpenAI(base_url=fake.base_url, api_key=KEY, max_retries=0)
     with client.realtime.connect(model="gpt-realtime") as connection:

@@ -73,6 +73,7 @@ def test_a_url_is_the_base_url_and_path_with_the_clients_query() -> None:
         ("/chat/completions", "o3", "/chat/completions"),  # no deployment: as it is
         ("/responses", "gpt-4o", "/responses"),  # not a call Azure serves per deployment
         ("/chat/completions", None, "/chat/completions"),
+        ("/realtime", "gpt-4o", "/realtime?deployment=prod-4o"),  # Azure's Realtime shape
     ],
 )
 def test_a_model_with_a_deployment_goes_to_its_path(

@@ -128,7 +128,8 @@ class UpstreamSettings(_Section):
         {},
         description="model name -> deployment (Azure OpenAI): a request for a listed model goes "
         "to BASE_URL/deployments/DEPLOYMENT/... (base_url https://RESOURCE.openai.azure.com/"
-        "openai); chat, completions, embeddings, images and audio calls only",
+        "openai); chat, completions, embeddings, images and audio calls only (a Realtime "
+        "socket gets ?deployment=DEPLOYMENT)",
     )
 
     @field_validator("base_url")

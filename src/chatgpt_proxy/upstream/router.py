@@ -42,13 +42,17 @@ class Upstream:
         'https://res.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=...'
         """
         settings = self.settings
-        if settings.deployments and model is not None and path.startswith(_DEPLOYMENT_PATHS):
-            deployment = settings.deployments.get(model)
-            if deployment is not None:
-                path = f"/deployments/{deployment}{path}"
+        fixed = settings.query
+        deployments = settings.deployments
+        deployment = deployments.get(model) if deployments and model is not None else None
+        if deployment is not None and path.startswith(_DEPLOYMENT_PATHS):
+            path = f"/deployments/{deployment}{path}"
+        elif deployment is not None and path == "/realtime":
+            # Azure's Realtime socket names its deployment in the query instead.
+            fixed = {**fixed, "deployment": deployment}
         url = settings.base_url + path
-        if settings.query:
-            query = _with_fixed(query, settings.query)
+        if fixed:
+            query = _with_fixed(query, fixed)
         return url + "?" + query if query else url
 
 
