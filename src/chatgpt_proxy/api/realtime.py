@@ -19,6 +19,7 @@ spent, the session ends with an ``error`` event (``insufficient_quota``) and clo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -44,6 +45,8 @@ from chatgpt_proxy.state import AppState
 from chatgpt_proxy.token_usage import usage_in_document
 from chatgpt_proxy.upstream.sockets import SocketLease
 from chatgpt_proxy.upstream.transport import MAX_SOCKET_MESSAGE, SocketFrame, sendable_close_code
+
+logger = logging.getLogger("chatgpt_proxy.realtime")
 
 PROTOCOL = "realtime"
 KEY_PROTOCOL = "openai-insecure-api-key."  # the browser's way to send a key
@@ -179,7 +182,10 @@ class _Session:
         try:
             done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
             finished = up if up in done else down
-            code = None if finished.exception() is not None else finished.result()
+            error = finished.exception()
+            if error is not None and not isinstance(error, ConnectionError | TransportError):
+                logger.error("the Realtime relay failed", exc_info=error)
+            code = None if error is not None else finished.result()
             if finished is up:
                 upstream_code = sendable_close_code(code)
             else:  # an upstream gone without a close frame is an error to the client
