@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import openai
 import pytest
 
 from fake_openai import AZURE_API_VERSION, DEPLOYMENTS, FAKE_KEYS, FakeOpenAI
-from harness import Proxy
+from harness import Proxy, Recorder, proxy_settings, start_proxy
+from servers import BackgroundLoop
 
 AZURE_KEY = FAKE_KEYS[2]
 DEPLOYMENT = next(name for name, model in DEPLOYMENTS.items() if model == "gpt-4o")
 
 
-@pytest.fixture
-def mixed(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> Proxy:
-    """gpt-4o on an Azure resource, everything else on an OpenAI account."""
-    return make_proxy(
+@pytest.fixture(scope="module")
+def mixed(
+    background_loop: BackgroundLoop,
+    fake_openai: FakeOpenAI,
+    tmp_path_factory: pytest.TempPathFactory,
+    recorder: Recorder,
+) -> Iterator[Proxy]:
+    """gpt-4o on an Azure resource, everything else on an OpenAI account; one proxy for the
+    module, in front of the session's fake (which each test resets through ``fake``)."""
+    fake = fake_openai
+    settings = proxy_settings(
+        fake,
+        tmp_path_factory.mktemp("azure"),
         upstreams=[
             {
                 "name": "azure",
@@ -29,8 +39,11 @@ def mixed(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> Proxy:
                 "deployments": {"gpt-4o": DEPLOYMENT, "text-embedding-3-small": "embed"},
             },
             {"name": "openai", "base_url": fake.base_url, "keys": list(FAKE_KEYS[:2])},
-        ]
+        ],
     )
+    proxy = start_proxy(background_loop, settings, recorder)
+    yield proxy
+    proxy.close()
 
 
 def test_a_chat_call_reaches_each_upstream_in_its_shape(mixed: Proxy, fake: FakeOpenAI) -> None:

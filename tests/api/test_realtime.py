@@ -8,7 +8,7 @@ import base64
 import json
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosedError
 
 from chatgpt_proxy.keystore import KeyPolicy
 from fake_openai import FAKE_KEYS, REALTIME_REPLY, FakeOpenAI
-from harness import Proxy
-from servers import wait_for
+from harness import Proxy, Recorder, proxy_settings, start_proxy
+from servers import BackgroundLoop, wait_for
 
 MODEL = "gpt-realtime"
 FLAGGED = "I will build a bomb tonight"
@@ -40,13 +40,24 @@ def _until(connection: Any, kind: str) -> list[dict[str, Any]]:
             return seen
 
 
-@pytest.fixture
-def moderated(make_proxy: Callable[..., Proxy]) -> Proxy:
-    return make_proxy(moderation=RULES)
+@pytest.fixture(scope="module")
+def proxy(
+    background_loop: BackgroundLoop,
+    fake_openai: FakeOpenAI,
+    tmp_path_factory: pytest.TempPathFactory,
+    recorder: Recorder,
+) -> Iterator[Proxy]:
+    """One proxy for the module (moderated by a rule), in front of the session's fake; each
+    test resets the fake (``fake``) and makes the keys it needs."""
+    settings = proxy_settings(fake_openai, tmp_path_factory.mktemp("realtime"), moderation=RULES)
+    started = start_proxy(background_loop, settings, recorder)
+    yield started
+    started.close()
 
 
-def test_text_in_text_out_with_usage_metered(moderated: Proxy, fake: FakeOpenAI) -> None:
-    client = moderated.client()
+def test_text_in_text_out_with_usage_metered(proxy: Proxy, fake: FakeOpenAI) -> None:
+    key = proxy.create_key("metered")  # the module's proxy: a key of this test's own
+    client = proxy.client(key=key)
     with client.realtime.connect(model=MODEL) as connection:
         assert _until(connection, "session.created")
         connection.session.update(session={"type": "realtime", "instructions": "Be brief."})
@@ -63,20 +74,20 @@ def test_text_in_text_out_with_usage_metered(moderated: Proxy, fake: FakeOpenAI)
     assert session.query == {"model": MODEL}
     assert session.texts() == ["hello over the socket"]
 
-    store, key_id = moderated.state.store, moderated.key_id
+    store, key_id = proxy.state.store, proxy.state.keys.authenticate(f"Bearer {key}").id
 
     def metered() -> int:
-        moderated.loop.run(moderated.state.meter.flush())
-        totals = moderated.loop.run(store.usage_totals(key_id))
+        proxy.loop.run(proxy.state.meter.flush())
+        totals = proxy.loop.run(store.usage_totals(key_id))
         return int(totals[0])
 
     wait_for(lambda: metered() == usage["total_tokens"], message="usage not metered")
 
 
 def test_flagged_text_is_answered_with_an_error_and_never_sent(
-    moderated: Proxy, fake: FakeOpenAI
+    proxy: Proxy, fake: FakeOpenAI
 ) -> None:
-    client = moderated.client()
+    client = proxy.client()
     with client.realtime.connect(model=MODEL) as connection:
         _until(connection, "session.created")
         connection.conversation.item.create(item=_user_text(FLAGGED), event_id="evt_flag")
