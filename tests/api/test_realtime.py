@@ -7,8 +7,9 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from chatgpt_proxy.keystore import KeyPolicy
 from fake_openai import FAKE_KEYS, REALTIME_REPLY, FakeOpenAI
 from harness import Proxy, Recorder, proxy_settings, start_proxy
 from servers import BackgroundLoop, wait_for
+from services import redis_url
 
 MODEL = "gpt-realtime"
 FLAGGED = "I will build a bomb tonight"
@@ -229,6 +231,20 @@ def test_a_model_outside_the_allowlist_is_refused(proxy: Proxy, fake: FakeOpenAI
 
 
 def test_a_spent_budget_ends_the_session_with_an_error(proxy: Proxy, fake: FakeOpenAI) -> None:
+    _spend_the_budget(proxy, fake)
+
+
+def test_a_budget_shared_in_redis_ends_the_session_too(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    shared = make_proxy(
+        redis_url=redis_url(), limits={"redis_prefix": f"cgp-test-{secrets.token_hex(4)}:"}
+    )
+    _spend_the_budget(shared, fake)
+
+
+def _spend_the_budget(proxy: Proxy, fake: FakeOpenAI) -> None:
+    """A key with 3 tokens to spend: its first response (more than 3) ends the session."""
     key = proxy.create_key("small", KeyPolicy(total_token_budget=3))
     with proxy.client(key=key).realtime.connect(model=MODEL) as connection:
         _until(connection, "session.created")
