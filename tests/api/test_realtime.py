@@ -195,6 +195,32 @@ def _handshake(proxy: Proxy, target: str, protocols: str) -> str:
     return head.decode(errors="replace")
 
 
+def test_a_shutdown_ends_a_session_with_an_error_and_going_away(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    stopping = make_proxy()
+
+    async def session() -> tuple[dict[str, Any], int | None]:
+        headers = {"Authorization": f"Bearer {stopping.key}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(_ws_url(stopping), headers=headers) as ws,
+        ):
+            await ws.receive_json()  # session.created: the session is under way
+            # The grace period is over (as drain.begin's timer ends it):
+            stopping.loop.loop.call_soon_threadsafe(stopping.state.drain.end_streams)
+            error = await ws.receive_json()
+            closing = await ws.receive()
+            assert closing.type == aiohttp.WSMsgType.CLOSE
+            return error, ws.close_code
+
+    error, code = asyncio.run(session())
+    assert error["type"] == "error" and code == 1001
+    upstream = fake.realtime_sessions[-1]
+    wait_for(lambda: upstream.closed, message="upstream left open")
+    assert upstream.close_code == 1001
+
+
 @pytest.mark.parametrize("key", [None, "pk-not-a-real-key-000000000000000000000"])
 def test_a_bad_or_absent_key_is_refused_before_the_upgrade(
     proxy: Proxy, fake: FakeOpenAI, key: str | None

@@ -19,6 +19,7 @@ spent, the session ends with an ``error`` event (``insufficient_quota``) and clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -58,6 +59,7 @@ _MODERATED = ("conversation.item.create", "session.update", "response.create")
 _RESPONSE_DONE = '"response.done"'
 _POLICY_CLOSE = 1008  # RFC 6455: the endpoint ends a session that broke its policy
 _BROKEN_CLOSE = 1011  # RFC 6455: the server met a condition it could not go on with
+_GOING_AWAY = 1001  # RFC 6455: the server is going down
 
 
 def realtime_routes(state: AppState) -> list[web.RouteDef]:
@@ -173,15 +175,32 @@ class _Session:
         self._upstream = lease.socket
         self._moderate = state.settings.moderation.enabled
         self._since = time.monotonic()  # the session's start, then the last response's end
+        self._relays: tuple[asyncio.Future[int | None], ...] = ()
+        self._ending = False  # the server's shutdown is ending the session
+
+    def close(self) -> None:
+        """End the session now (the server's grace period is over): its relays stop, and
+        ``run`` tells the client why and closes both sockets."""
+        self._ending = True
+        for relay in self._relays:
+            relay.cancel()
 
     async def run(self) -> None:
         """Relay until one side closes, then close the other with the code it was given."""
         up = asyncio.ensure_future(self._client_to_upstream())
         down = asyncio.ensure_future(self._upstream_to_client())
+        self._relays = (up, down)
         client_code = upstream_code = 1000
         try:
-            done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
+            with self._state.drain.track(self):
+                done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
             finished = up if up in done else down
+            if self._ending:
+                client_code = upstream_code = _GOING_AWAY
+                ending = ServiceUnavailable("The server is shutting down; reconnect.")
+                with contextlib.suppress(ConnectionError):
+                    await self._client.send_str(_error_event(ending, None))
+                return
             error = finished.exception()
             if error is not None and not isinstance(error, ConnectionError | TransportError):
                 logger.error("the Realtime relay failed", exc_info=error)
