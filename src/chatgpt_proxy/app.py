@@ -40,6 +40,7 @@ from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.idle import IdleWatch
 from chatgpt_proxy.upstream.prober import Prober
 from chatgpt_proxy.upstream.router import Router
+from chatgpt_proxy.upstream.sockets import SocketOpener
 from chatgpt_proxy.upstream.transport import AiohttpTransport
 
 
@@ -157,6 +158,7 @@ async def _open_state(
         redactor,
         catalog,
         objects=ObjectOwners(store),
+        sockets=SocketOpener(transport, settings.timeouts, settings.retries),
     )
     state.redis = link.client if link is not None else None
     state.shared = shared

@@ -81,6 +81,7 @@ class Endpoint:
     upstream_path: str
     body: BodyKind = "json"
     accepts_json: bool = False  # a multipart endpoint that also takes a JSON body
+    model_in: str | None = None  # the body's object that names the model, if not the body
 
 
 ENDPOINTS = (
@@ -122,6 +123,20 @@ ENDPOINTS = (
         "none",
     ),
     Endpoint("models.retrieve", "GET", "/v1/models/{model:.+}", "/models/{model}", "none"),
+    Endpoint(
+        "realtime.client_secrets",
+        "POST",
+        "/v1/realtime/client_secrets",
+        "/realtime/client_secrets",
+        model_in="session",
+    ),
+    Endpoint("realtime.sessions", "POST", "/v1/realtime/sessions", "/realtime/sessions"),
+    Endpoint(
+        "realtime.transcription_sessions",
+        "POST",
+        "/v1/realtime/transcription_sessions",
+        "/realtime/transcription_sessions",
+    ),
 )
 
 
@@ -204,6 +219,8 @@ class ReadBody:
             return await forward(exchange)
         raw, document = await read_json(request, self._server.max_body_bytes)
         _set_body(exchange, raw, document, document.get("stream") is True)
+        if endpoint.model_in is not None:
+            _set_model(exchange, document.get(endpoint.model_in))
         raw = _strip_foreign_fields(exchange, raw)
         exchange.estimate = estimate_tokens(exchange.document, len(raw))
         return await forward(exchange)
@@ -238,6 +255,14 @@ def _set_body(exchange: Exchange, body: Body, document: Mapping[str, Any], strea
         model,
         stream,
     )
+
+
+def _set_model(exchange: Exchange, holder: object) -> None:
+    """The model named by an object of the body (a Realtime client secret's ``session``)."""
+    model = holder.get("model") if isinstance(holder, dict) else None
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("`model` must be a string.", param="model")
+    exchange.model = model
 
 
 def _refuse_foreign_fields(fields: Mapping[str, Any]) -> None:

@@ -18,6 +18,9 @@ from chatgpt_proxy.settings.console import ConsoleSettings
 from chatgpt_proxy.settings.moderation import ModerationSettings
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_QUERY_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+# One path segment, as Azure names deployments: nothing that could climb out of the path.
+_DEPLOYMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 
 
 class ServerSettings(_Section):
@@ -132,6 +135,23 @@ class UpstreamSettings(_Section):
     )
     organization: str | None = Field(None, description="OpenAI-Organization sent upstream")
     project: str | None = Field(None, description="OpenAI-Project sent upstream")
+    auth: Literal["bearer", "api-key"] = Field(
+        "bearer",
+        description="how a key is sent upstream: bearer (Authorization: Bearer, OpenAI and most "
+        "OpenAI-style APIs) or api-key (an api-key header, Azure OpenAI)",
+    )
+    query: dict[str, str] = Field(
+        {},
+        description="fixed query parameters added to every upstream URL, over the client's own "
+        'of the same name (Azure OpenAI: {api-version: "2024-10-21"})',
+    )
+    deployments: dict[str, str] = Field(
+        {},
+        description="model name -> deployment (Azure OpenAI): a request for a listed model goes "
+        "to BASE_URL/deployments/DEPLOYMENT/... (base_url https://RESOURCE.openai.azure.com/"
+        "openai); chat, completions, embeddings, images and audio calls only (a Realtime "
+        "socket gets ?deployment=DEPLOYMENT)",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -139,6 +159,22 @@ class UpstreamSettings(_Section):
         if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
             raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
         return value.rstrip("/")
+
+    @field_validator("query")
+    @classmethod
+    def _plain_query(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _QUERY_NAME.match(name):
+                raise ValueError(f"query parameter name {name!r} is not a plain name")
+        return value
+
+    @field_validator("deployments")
+    @classmethod
+    def _plain_deployments(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, deployment in value.items():
+            if not _DEPLOYMENT.match(deployment):
+                raise ValueError(f"deployment {deployment!r} of {model!r} is not a plain name")
+        return value
 
     @field_validator("keys")
     @classmethod
