@@ -90,9 +90,10 @@ class Outcome:
     complete: bool = False
 
 
-# Records the id of the object an answer created; the id reaches the client only once it
-# returns, and a ProxyError it raises replaces the answer (or, on a stream, ends it).
-OnCreated = Callable[[str], Awaitable[None]]
+# Given the object a successful JSON answer carries (the response a Responses stream creates),
+# before the client has it: records its id and what it shows; a ProxyError it raises replaces
+# the answer (or, on a stream, ends it).
+OnCreated = Callable[[Mapping[str, Any]], Awaitable[None]]
 # Judges a whole successful answer before any of it is sent; raising a ProxyError replaces it.
 CheckAnswer = Callable[[bytes], Awaitable[None]]
 

@@ -10,7 +10,8 @@ import pytest
 
 from chatgpt_proxy.errors import StoreUnavailable
 from chatgpt_proxy.keystore import KeyPolicy, KeyStore
-from chatgpt_proxy.keystore.objects import RESPONSE, ObjectOwners, StoredObject
+from chatgpt_proxy.keystore.objects import ObjectOwners, StoredObject
+from chatgpt_proxy.keystore.references import RESPONSE
 
 
 def test_a_record_is_found_by_every_store_on_the_database(database_url: str) -> None:

@@ -51,6 +51,7 @@ _MAX_ERROR_BODY = 64 * 1024
 _MAX_HEAD = 64 * 1024  # read of a JSON answer to see that it is JSON
 _JSON_START = re.compile(rb"[^ \t\r\n]")
 _ANSWERS_ANY_TYPE = "/audio/"  # speech, transcripts as text, srt or vtt; the rest is JSON or SSE
+_CONTENT = "/content"  # a file's bytes, as uploaded
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -358,7 +359,7 @@ class UpstreamClient:
             elif (
                 content_type == "text/event-stream"
                 or status == 204
-                or (outbound.path.startswith(_ANSWERS_ANY_TYPE) and not _is_html(response))
+                or (_answers_any_type(outbound.path) and not _is_html(response))
             ):
                 pool.report_success(key)
                 return b""
@@ -411,6 +412,10 @@ class UpstreamClient:
         if _is_html(response):
             return UpstreamError(f"The upstream {upstream.name} answered with an HTML page.")
         return UpstreamError(f"The upstream {upstream.name} failed with status {status}.")
+
+
+def _answers_any_type(path: str) -> bool:
+    return path.startswith(_ANSWERS_ANY_TYPE) or path.endswith(_CONTENT)
 
 
 def _is_html(response: TransportResponse) -> bool:
