@@ -118,6 +118,7 @@ class Exchange:
     estimate: int = 0  # read: the request's tokens, as far as they can be told before
     upstream: Upstream = field(init=False)  # route; ownership, for an object's follow-ups
     holder_key: str | None = None  # ownership: the upstream key holding the object
+    preferred_key: str | None = None  # ownership: the key holding the client's other objects
     background: bool = False  # a Responses API call run on whoever waits for it
     check_answer: CheckAnswer | None = None  # moderate, when answers are judged too
     on_created: OnCreated | None = None  # ownership, when the answer creates an object

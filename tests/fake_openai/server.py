@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 
 from . import faults
 from . import payloads as p
+from .objects import RECEIVED, StoredObjects
 from .records import FormPart, Received, read_parts
 from .streams import CUT_FLAG, ChunkWriter, cut_connection, open_stream
 
@@ -39,7 +40,6 @@ MAX_BODY = 64 * 1024 * 1024
 
 
 STARTED = web.RequestKey("fake_openai_started", float)
-RECEIVED = web.RequestKey("fake_openai_received", Received)
 BODY = web.RequestKey("fake_openai_json", dict)
 FAULTS = web.RequestKey("fake_openai_faults", faults.PromptFaults)
 
@@ -76,6 +76,7 @@ class FakeOpenAI:
         self.moderation_down = False
         self.moderation_delay = 0.0
         self.url: str | None = None  # set by whoever serves `.app` (see conftest)
+        self.objects = StoredObjects(self._lock, lambda: self.reply_text, self._answer)
         self.app = self._build_app()
 
     # ------------------------------------------------------------ scripting (test thread)
@@ -122,6 +123,7 @@ class FakeOpenAI:
             self.reply_text = self._initial_reply
             self.moderation_down = False
             self.moderation_delay = 0.0
+        self.objects.reset()
 
     # ------------------------------------------------------------ records (test thread)
 
@@ -221,6 +223,7 @@ class FakeOpenAI:
         r.add_post("/v1/audio/speech", self._speech)
         r.add_post("/v1/audio/transcriptions", self._transcribe)
         r.add_post("/v1/audio/translations", self._transcribe)
+        self.objects.add_routes(r)
         return app
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:

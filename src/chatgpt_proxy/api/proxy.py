@@ -444,6 +444,7 @@ class Send:
             exchange.stream,
             holder_key=exchange.holder_key,
             model=exchange.model,
+            preferred_key=exchange.preferred_key,
         )
         exchange.sent_at = time.monotonic()  # the upstream may be working on it from now
         try:

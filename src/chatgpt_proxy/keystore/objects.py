@@ -81,6 +81,7 @@ class ObjectOwners:
     def __init__(self, store: KeyStore) -> None:
         self._store = store
         self._found: Memo[tuple[str, str], StoredObject] = Memo(_MAX_REMEMBERED)
+        self._homes: Memo[str, StoredObject] = Memo(_MAX_REMEMBERED)
 
     async def record(self, stored: StoredObject, *, if_absent: bool = False) -> None:
         """Write the record (``StoreUnavailable`` if it cannot be written); with
@@ -91,6 +92,19 @@ class ObjectOwners:
         await self._store.record_object(stored, if_absent=if_absent)
         if not if_absent:
             self._found.remember(key, stored)
+        if stored.kind != RESPONSE:
+            self._homes.remember(stored.owner_key_id, stored)
+
+    async def home(self, owner: str) -> StoredObject | None:
+        """The latest object (not a response) ``owner`` made, whose key its new objects go to
+        when it can: objects used together (a batch and its file, a vector store and its
+        files) must be held by one account."""
+        found = self._homes.get(owner)
+        if found is None:
+            found = await self._store.latest_object(owner, RESPONSE)
+            if found is not None:
+                self._homes.remember(owner, found)
+        return found
 
     async def forget(self, kind: str, object_id: str) -> None:
         """Drop the record of an object deleted upstream: no list shows it any more."""
@@ -168,9 +182,20 @@ class Ownership:
                 creates=self._creates,
                 deletes=self._owns if self._deletes else None,
             )
-        if not named:
-            return forward(exchange)
-        return self._held(exchange, forward, named)
+        if named:
+            return self._held(exchange, forward, named)
+        if self._creates is not None and self._creates != RESPONSE:
+            return self._at_home(exchange, forward)
+        return forward(exchange)
+
+    async def _at_home(self, exchange: Exchange, forward: Next) -> web.StreamResponse:
+        """A new object goes to the key holding the client's others, while it is in service."""
+        home = await self._owners.home(exchange.key.id)
+        upstream = self._router.get(home.upstream) if home is not None else None
+        if home is not None and upstream is not None:
+            exchange.upstream = upstream
+            exchange.preferred_key = home.upstream_alias
+        return await forward(exchange)
 
     async def _held(
         self, exchange: Exchange, forward: Next, named: list[Reference]
@@ -326,6 +351,17 @@ def settle_statement(kind: str, object_id: str, now: datetime) -> sa.Update:
             stored_objects.c.settled_at.is_(None),
         )
         .values(settled_at=aware_utc(now, "settled_at"))
+    )
+
+
+def latest_query(owner: str, but: str) -> sa.Select[Any]:
+    """``owner``'s latest object of any kind but ``but``."""
+    table = stored_objects.c
+    return (
+        sa.select(stored_objects)
+        .where(table.owner_key_id == owner, table.kind != but)
+        .order_by(table.created_at.desc())
+        .limit(1)
     )
 
 

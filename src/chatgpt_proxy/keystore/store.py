@@ -303,6 +303,13 @@ class KeyStore:
             async with self._engine.begin() as conn:
                 return (await conn.execute(statement)).rowcount == 1
 
+    async def latest_object(self, owner: str, but: str) -> StoredObject | None:
+        """``owner``'s latest stored object of any kind but ``but``."""
+        with _store_errors("latest_object"):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(objects.latest_query(owner, but))).first()
+        return None if row is None else objects.from_row(row._mapping)
+
     async def page_objects(
         self, owner: str, kind: str, after: str | None, limit: int, ascending: bool
     ) -> builtins.list[StoredObject] | None:

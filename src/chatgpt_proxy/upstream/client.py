@@ -16,6 +16,7 @@ shorter limit, and a client that says how long it will wait (the SDKs'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -77,6 +78,8 @@ class Outbound:
     # The alias of the key holding the stored object this request is about: that key or none.
     holder_key: str | None = None
     model: str | None = None  # the model the body names: a key whose account refuses it is barred
+    # The key to try first, if it is in service (the one holding the client's other objects).
+    preferred_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -269,6 +272,9 @@ class UpstreamClient:
                 return key
             pool.release(key)
             raise last
+        if outbound.preferred_key is not None and last is None:
+            with contextlib.suppress(ProxyError):  # away: any key will do for a new object
+                return pool.acquire_exact(outbound.preferred_key)
         try:
             return pool.acquire(exclude=tried, model=model)
         except ProxyError:
