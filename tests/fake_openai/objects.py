@@ -72,6 +72,12 @@ class StoredObjects:
         with self._lock:
             return list(self._account_of(key).files)
 
+    def expire_file(self, file_id: str) -> None:
+        """Forget a file in every account, as OpenAI does when it expires."""
+        with self._lock:
+            for account in self._accounts.values():
+                account.files.pop(file_id, None)
+
     def add_routes(self, router: web.UrlDispatcher) -> None:
         r = router
         r.add_post("/v1/files", self._file_create)
