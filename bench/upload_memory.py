@@ -63,8 +63,8 @@ def sink() -> tuple[web.Application, list[int]]:
 async def form(size: int) -> AsyncIterator[bytes]:
     """A multipart body with a ``purpose`` field and a file of ``size`` bytes, made as sent."""
     yield (
-        f"--{_BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-        f"--{_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\""
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"'
         "\r\nContent-Type: application/octet-stream\r\n\r\n"
     ).encode()
     block = b"x" * _CHUNK
