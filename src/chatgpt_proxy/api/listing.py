@@ -74,6 +74,9 @@ class ListOwned:
         data = [item for item, _ in fetched if item is not None and _passes(item, query)]
         charged = [usage for _, usage in fetched if usage is not None]
         exchange.outcome = Outcome(200, _summed(charged), complete=True)
+        models = {item.get("model") for item, usage in fetched if item and usage is not None}
+        if len(models) == 1 and isinstance(model := models.pop(), str):
+            exchange.model = model  # priced as the batches it charges (one model, as usual)
         answer = {
             "object": "list",
             "data": data,
