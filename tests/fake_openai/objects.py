@@ -45,16 +45,6 @@ def _not_found(message: str) -> web.Response:
     return faults.error_response(404, message, "invalid_request_error")
 
 
-def _page(data: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": False,
-    }
-
-
 class StoredObjects:
     """The object endpoints of the fake; ``answer`` is the fake's JSON answer (with faults)."""
 
@@ -169,7 +159,7 @@ class StoredObjects:
     async def _file_list(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             files = list(self._account(request).files.values())
-        return await self._answer(request, _page(files))
+        return await self._answer(request, p.page(files))
 
     async def _file_retrieve(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["id"]
@@ -330,7 +320,7 @@ class StoredObjects:
     async def _batch_list(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             batches = list(self._account(request).batches.values())
-        return await self._answer(request, _page(batches))
+        return await self._answer(request, p.page(batches))
 
     async def _batch_retrieve(self, request: web.Request) -> web.StreamResponse:
         batch_id = request.match_info["id"]
@@ -412,7 +402,7 @@ class StoredObjects:
     async def _store_list(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             stores = list(self._account(request).stores.values())
-        return await self._answer(request, _page(stores))
+        return await self._answer(request, p.page(stores))
 
     async def _store_retrieve(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
@@ -489,7 +479,7 @@ class StoredObjects:
             if store is None:
                 return self._store_missing(request)
             files = list(account.store_files[store["id"]].values())
-        return await self._answer(request, _page(files))
+        return await self._answer(request, p.page(files))
 
     async def _store_file_retrieve(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["file_id"]
@@ -610,7 +600,7 @@ class StoredObjects:
                 account.items[conversation["id"]] += items
         if conversation is None:
             return self._conversation_missing(request)
-        return await self._answer(request, _page(items))
+        return await self._answer(request, p.page(items))
 
     async def _items_list(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
@@ -618,7 +608,7 @@ class StoredObjects:
             items = list(account.items[conversation["id"]]) if conversation else []
         if conversation is None:
             return self._conversation_missing(request)
-        return await self._answer(request, _page(items))
+        return await self._answer(request, p.page(items))
 
     async def _item_retrieve(self, request: web.Request) -> web.StreamResponse:
         item_id = request.match_info["item_id"]
