@@ -44,6 +44,8 @@ def test_a_body_naming_nothing_is_not_walked() -> None:
     # The document says otherwise, the bytes do not: only bytes with a field name are walked.
     assert named_objects(b'{"model": "gpt-4o"}', {"file_id": "file-1"}) == []
     assert named_objects(b'{"tool_call_id": "x"}', {"tool_call_id": "x"}) == []
+    replayed = {"content": [{"type": "output_text", "annotations": [{"file_id": "cfile_1"}]}]}
+    assert _named({"input": [replayed]}) == []
     assert _named({"conversation": 5, "messages": [{"content": "file_id"}]}) == []
     assert _named({"conversation": "conv_9"}) == [Reference("conversation", CONVERSATION, "conv_9")]
 

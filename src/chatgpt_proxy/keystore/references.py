@@ -44,6 +44,9 @@ _FIELDS = {
     "vector_store_ids": VECTOR_STORE,
     "previous_response_id": RESPONSE,
 }
+# Citations in a replayed answer name files of the upstream's own (a code interpreter's
+# container files) as well as the client's: they are the answer's words, not a request for them.
+_NOT_WALKED = frozenset({"annotations"})
 # Every field name above holds this: a body without it is not walked.
 _MARKER = b"_id"
 
@@ -76,7 +79,8 @@ def _walk(value: object, found: list[Reference]) -> None:
         for name, item in value.items():
             kind = _FIELDS.get(name)
             if kind is None:
-                _walk(item, found)
+                if name not in _NOT_WALKED:
+                    _walk(item, found)
             elif isinstance(item, str):
                 found.append(Reference(name, kind, item))
             elif isinstance(item, list):
