@@ -92,9 +92,10 @@ class Outcome:
     complete: bool = False
 
 
-# Records the id of the object an answer created; the id reaches the client only once it
-# returns, and a ProxyError it raises replaces the answer (or, on a stream, ends it).
-OnCreated = Callable[[str], Awaitable[None]]
+# Given the object a successful JSON answer carries (the response a Responses stream creates),
+# before the client has it: records its id and what it shows; a ProxyError it raises replaces
+# the answer (or, on a stream, ends it).
+OnCreated = Callable[[Mapping[str, Any]], Awaitable[None]]
 # Judges a whole successful answer before any of it is sent; raising a ProxyError replaces it.
 CheckAnswer = Callable[[bytes], Awaitable[None]]
 
@@ -119,6 +120,7 @@ class Exchange:
     estimate: int = 0  # read: the request's tokens, as far as they can be told before
     upstream: Upstream = field(init=False)  # route; ownership, for an object's follow-ups
     holder_key: str | None = None  # ownership: the upstream key holding the object
+    preferred_key: str | None = None  # ownership: the key holding the client's other objects
     background: bool = False  # a Responses API call run on whoever waits for it
     check_answer: CheckAnswer | None = None  # moderate, when answers are judged too
     on_created: OnCreated | None = None  # ownership, when the answer creates an object

@@ -111,7 +111,8 @@ async def relay(
     """Answer ``request`` with ``reply``; ``outcome`` tells, however the relay ends, what the
     client was told and the usage seen.
 
-    ``on_created`` is given the id of the response object the answer creates (Responses API).
+    ``on_created`` is given the object a successful JSON answer carries, or the response a
+    Responses API stream creates, before the client has it.
     ``drain`` (the server's) tracks a stream so that a shutdown can end it with an error event.
     """
     upstream = reply.response
@@ -284,14 +285,14 @@ def _event_document(event: bytes) -> dict[str, Any] | None:
     return _json_document(event_data(event))
 
 
-def _created_in(stream: bytes) -> str | None:
-    """The id of the response that the ``response.created`` event in ``stream`` announces,
-    once its data line has arrived whole (LF, CRLF or CR line ends alike)."""
+def _created_in(stream: bytes) -> dict[str, Any] | None:
+    """The response that the ``response.created`` event in ``stream`` announces, once its
+    data line has arrived whole (LF, CRLF or CR line ends alike), if it has an id."""
     for line in _LINE_END.split(stream)[:-1]:  # the last piece may be unfinished
         if _CREATED in line and line.startswith(b"data:"):
             document = _json_document(line[5:])
             if document is not None and isinstance(response := document.get("response"), dict):
-                return _string(response.get("id"))
+                return response if isinstance(response.get("id"), str) else None
     return None
 
 
@@ -301,10 +302,6 @@ def _json_document(body: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return document if isinstance(document, dict) else None
-
-
-def _string(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 async def _relay_body(
@@ -321,7 +318,7 @@ async def _relay_body(
     length = upstream.content_length
     # A success to moderate is held whole, whatever its type: one that cannot be read as
     # an answer is refused, never let through unjudged. One that creates a stored object is
-    # held whole too, to record the id it gives before the client has it.
+    # held whole too, to record the ids it shows before the client has them.
     checked = check_answer is not None and upstream.status < 300
     recorded = on_created is not None and upstream.status < 300 and is_json
     checked = checked or recorded
@@ -335,7 +332,7 @@ async def _relay_body(
         if upstream.status >= 400:
             body = redactor.scrub_bytes(body)  # the client's mistake, told without account ids
         elif checked:
-            # One parse for all: the answer to judge, the id of a response created, its usage.
+            # One parse for all: the answer to judge, the object it carries, its usage.
             document = _json_document(body)
             outcome.usage = usage_in_document(document)
             if check_answer is not None:
@@ -343,9 +340,8 @@ async def _relay_body(
                     logger.warning("answer via %s refused: not JSON to moderate", reply.alias)
                     raise UpstreamError("The upstream answer could not be read to moderate it.")
                 await check_answer(body)
-            created = _string(document.get("id")) if document else None
-            if on_created is not None and created is not None:
-                await on_created(created)
+            if on_created is not None and document is not None:
+                await on_created(document)
         elif is_json:
             outcome.usage = usage_in_json(body)
         outcome.complete = True

@@ -475,11 +475,16 @@ def input_items(body: dict[str, Any]) -> dict[str, Any]:
             }
         )
     items.reverse()
+    return page(items)
+
+
+def page(data: list[dict[str, Any]]) -> dict[str, Any]:
+    """One page of a list holding ``data``, the whole of it."""
     return {
         "object": "list",
-        "data": items,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
         "has_more": False,
     }
 

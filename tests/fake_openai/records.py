@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,6 +23,7 @@ class FormPart:
     content_type: str | None
     size: int
     value: str | None = None  # the text of a non-file part
+    data: bytes = field(default=b"", repr=False)  # the bytes of a file part
 
 
 @dataclass(frozen=True)
@@ -65,5 +66,6 @@ async def read_parts(body: bytes, content_type: str) -> tuple[FormPart, ...]:
         data = await part.read()
         value = None if part.filename is not None else data.decode(errors="replace")
         ctype = part.headers.get(hdrs.CONTENT_TYPE)
-        parts.append(FormPart(part.name, part.filename, ctype, len(data), value))
+        content = data if part.filename is not None else b""
+        parts.append(FormPart(part.name, part.filename, ctype, len(data), value, content))
     return tuple(parts)

@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 
 from . import faults
 from . import payloads as p
+from .objects import RECEIVED, StoredObjects
 from .realtime import RealtimeSession, serve_session
 from .records import FormPart, Received, read_parts
 from .streams import CUT_FLAG, ChunkWriter, cut_connection, open_stream
@@ -44,7 +45,6 @@ REALTIME_REPLY = "You said: "
 
 
 STARTED = web.RequestKey("fake_openai_started", float)
-RECEIVED = web.RequestKey("fake_openai_received", Received)
 BODY = web.RequestKey("fake_openai_json", dict)
 FAULTS = web.RequestKey("fake_openai_faults", faults.PromptFaults)
 
@@ -87,6 +87,7 @@ class FakeOpenAI:
         self.moderation_down = False
         self.moderation_delay = 0.0
         self.url: str | None = None  # set by whoever serves `.app` (see conftest)
+        self.objects = StoredObjects(self._lock, lambda: self.reply_text, self._answer)
         self.app = self._build_app()
 
     # ------------------------------------------------------------ scripting (test thread)
@@ -133,6 +134,7 @@ class FakeOpenAI:
             self.reply_text = self._initial_reply
             self.moderation_down = False
             self.moderation_delay = 0.0
+        self.objects.reset()
 
     # ------------------------------------------------------------ records (test thread)
 
@@ -244,6 +246,7 @@ class FakeOpenAI:
         r.add_post(azure + "/chat/completions", self._chat_completions)
         r.add_post(azure + "/completions", self._completions)
         r.add_post(azure + "/embeddings", self._embeddings)
+        self.objects.add_routes(r)
         return app
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:

@@ -240,3 +240,14 @@ def test_output_items_of_each_answer_shape() -> None:
     }
     assert output_items("responses", response) == ["responses says"]
     assert output_items("embeddings", {"data": []}) == []
+
+
+def test_the_items_of_a_conversation_are_moderated_as_a_responses_input() -> None:
+    items = [
+        {"type": "message", "role": "user", "content": "plain"},
+        {"role": "user", "content": [{"type": "input_text", "text": "in parts"}]},
+        "not an item",
+    ]
+    for endpoint in ("conversations.create", "conversations.items.create"):
+        assert moderation_items(endpoint, {"items": items}) == ["plain", "in parts"]
+    assert moderation_items("conversations.create", {"metadata": {"a": "b"}}) == []

@@ -444,6 +444,33 @@ def test_uploads_have_their_own_limit(make_proxy: Callable[..., Proxy], fake: Fa
     assert fake.count(EDITS) == 1
 
 
+def test_files_and_upload_parts_have_limits_of_their_own(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    """Row 15: a file may be as large as ``server.max_file_bytes`` (512 MB), an upload's part
+    as ``server.max_upload_part_bytes`` (64 MB), whatever the other uploads' limit."""
+    server = {
+        "max_body_bytes": LIMIT,
+        "max_upload_bytes": LIMIT,
+        "max_file_bytes": LIMIT * 8,
+        "max_upload_part_bytes": LIMIT * 2,
+    }
+    client = make_proxy(server=server).client()
+    data = b"x" * (LIMIT * 4)
+    assert client.files.create(file=("a.txt", data), purpose="user_data").bytes == len(data)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.files.create(file=("a.txt", data * 3), purpose="user_data")
+    assert caught.value.status_code == 413
+    upload = client.uploads.create(
+        bytes=LIMIT * 4, filename="a.txt", mime_type="text/plain", purpose="assistants"
+    )
+    assert client.uploads.parts.create(upload.id, data=b"x" * LIMIT).id
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.uploads.parts.create(upload.id, data=data)
+    assert caught.value.status_code == 413
+    assert fake.count("/v1/files") == 1 and fake.count(f"/v1/uploads/{upload.id}/parts") == 1
+
+
 def test_text_fields_are_held_to_the_json_limit(
     make_proxy: Callable[..., Proxy], fake: FakeOpenAI
 ) -> None:

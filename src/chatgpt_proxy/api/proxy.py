@@ -9,15 +9,17 @@ endpoint at start-up); each is a ``Stage`` (``exchange``) in the module that own
     Route             here                  the upstream serving the model, or 404
     KeepInBackground  here                  a background response runs on if its client leaves
     Admit             limits/               rpm, tpm, concurrency, budget; settled at the end
-    Ownership         keystore/objects.py   a stored response is its creator's alone
+    Ownership         keystore/objects.py   a stored object is its creator's alone
     Moderate          moderation/           the input (and answer) against the content policy
     Metering          metering.py           usage recorded once the answer ends
     Send              here                  upstream: key pool, retries, timeouts
     Relay             here                  the answer back, as it arrives (streaming.py)
 
-Stages that only some endpoints need (ownership, background) are in only their lists, and
-moderation only when it is enabled. Bodies go upstream byte for byte; the proxy re-encodes one
-only to ask a stream for its usage, and strips that extra chunk again on the way back.
+Stages that only some endpoints need (background) are in only their lists, and moderation
+only when it is enabled. A list of stored objects (files, batches, vector stores) is served
+from their records by ``ListOwned`` (``listing.py``) in place of Moderate, Send and Relay.
+Bodies go upstream byte for byte; the proxy re-encodes one only to ask a stream for its
+usage, and strips that extra chunk again on the way back.
 """
 
 from __future__ import annotations
@@ -34,11 +36,20 @@ from urllib.parse import quote, unquote
 import orjson
 from aiohttp import web
 
+from chatgpt_proxy.api.listing import ListOwned
 from chatgpt_proxy.auth import Authenticate, ModelPolicy
 from chatgpt_proxy.drain import Drain
 from chatgpt_proxy.errors import InvalidRequest, ProxyError, ServiceUnavailable, UnknownRoute
 from chatgpt_proxy.exchange import Answering, Exchange, Next, Outcome, Pipeline, Stage, context
-from chatgpt_proxy.keystore.objects import OBJECT_ID, RESPONSE, Ownership
+from chatgpt_proxy.keystore.objects import OBJECT_ID, Ownership
+from chatgpt_proxy.keystore.references import (
+    BATCH,
+    CONVERSATION,
+    FILE,
+    RESPONSE,
+    UPLOAD,
+    VECTOR_STORE,
+)
 from chatgpt_proxy.limits import Admit
 from chatgpt_proxy.metering import Metering
 from chatgpt_proxy.moderation.moderator import Moderate
@@ -67,8 +78,8 @@ _USAGE_STREAMS = frozenset({"chat.completions", "completions"})
 _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 _CHECKED_ANSWERS = frozenset({"chat.completions", "completions", "responses"})
-# The kind of stored object an endpoint family's ids (and previous_response_id) name.
-_OWNED_KINDS = {"responses": RESPONSE}
+# The setting that bounds a multipart endpoint's body.
+UploadLimit = Literal["max_upload_bytes", "max_file_bytes", "max_upload_part_bytes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +93,126 @@ class Endpoint:
     body: BodyKind = "json"
     accepts_json: bool = False  # a multipart endpoint that also takes a JSON body
     model_in: str | None = None  # the body's object that names the model, if not the body
+    upload_limit: UploadLimit = "max_upload_bytes"
+    owns: str | None = None  # the kind of stored object its path's {id} names
+    creates: str | None = None  # the kind of stored object its answer creates
+    lists: str | None = None  # the kind of stored object it lists (from the records)
+    watches: bool = False  # its answers show objects the upstream made (a batch's files)
+    deletes: bool = False  # it deletes the object its path names
 
+
+def _on(name: str, method: str, path: str, body: BodyKind = "none", **kind: Any) -> Endpoint:
+    """An endpoint whose path upstream is its path here, below /v1."""
+    return Endpoint(name, method, "/v1" + path, path, body, **kind)
+
+
+# The stored objects' endpoints: every {id} is one the caller must own (DESIGN §3.8).
+_OBJECT_ENDPOINTS = (
+    _on("files.create", "POST", "/files", "multipart", upload_limit="max_file_bytes", creates=FILE),
+    _on("files.list", "GET", "/files", lists=FILE),
+    _on("files.retrieve", "GET", "/files/{id}", owns=FILE),
+    _on("files.delete", "DELETE", "/files/{id}", owns=FILE, deletes=True),
+    _on("files.content", "GET", "/files/{id}/content", owns=FILE),
+    _on("uploads.create", "POST", "/uploads", "json", creates=UPLOAD),
+    _on(
+        "uploads.parts",
+        "POST",
+        "/uploads/{id}/parts",
+        "multipart",
+        upload_limit="max_upload_part_bytes",
+        owns=UPLOAD,
+    ),
+    _on("uploads.complete", "POST", "/uploads/{id}/complete", "json", owns=UPLOAD, watches=True),
+    _on("uploads.cancel", "POST", "/uploads/{id}/cancel", owns=UPLOAD),
+    _on("batches.create", "POST", "/batches", "json", creates=BATCH),
+    _on("batches.list", "GET", "/batches", lists=BATCH),
+    _on("batches.retrieve", "GET", "/batches/{id}", owns=BATCH, watches=True),
+    _on("batches.cancel", "POST", "/batches/{id}/cancel", owns=BATCH, watches=True),
+    _on("vector_stores.create", "POST", "/vector_stores", "json", creates=VECTOR_STORE),
+    _on("vector_stores.list", "GET", "/vector_stores", lists=VECTOR_STORE),
+    _on("vector_stores.retrieve", "GET", "/vector_stores/{id}", owns=VECTOR_STORE),
+    _on("vector_stores.update", "POST", "/vector_stores/{id}", "json", owns=VECTOR_STORE),
+    _on("vector_stores.delete", "DELETE", "/vector_stores/{id}", owns=VECTOR_STORE, deletes=True),
+    _on("vector_stores.search", "POST", "/vector_stores/{id}/search", "json", owns=VECTOR_STORE),
+    _on(
+        "vector_stores.files.create", "POST", "/vector_stores/{id}/files", "json", owns=VECTOR_STORE
+    ),
+    _on("vector_stores.files.list", "GET", "/vector_stores/{id}/files", owns=VECTOR_STORE),
+    _on(
+        "vector_stores.files.retrieve",
+        "GET",
+        "/vector_stores/{id}/files/{file_id}",
+        owns=VECTOR_STORE,
+    ),
+    _on(
+        "vector_stores.files.update",
+        "POST",
+        "/vector_stores/{id}/files/{file_id}",
+        "json",
+        owns=VECTOR_STORE,
+    ),
+    _on(
+        "vector_stores.files.delete",
+        "DELETE",
+        "/vector_stores/{id}/files/{file_id}",
+        owns=VECTOR_STORE,
+    ),
+    _on(
+        "vector_stores.files.content",
+        "GET",
+        "/vector_stores/{id}/files/{file_id}/content",
+        owns=VECTOR_STORE,
+    ),
+    _on(
+        "vector_stores.file_batches.create",
+        "POST",
+        "/vector_stores/{id}/file_batches",
+        "json",
+        owns=VECTOR_STORE,
+    ),
+    _on(
+        "vector_stores.file_batches.retrieve",
+        "GET",
+        "/vector_stores/{id}/file_batches/{batch_id}",
+        owns=VECTOR_STORE,
+    ),
+    _on(
+        "vector_stores.file_batches.cancel",
+        "POST",
+        "/vector_stores/{id}/file_batches/{batch_id}/cancel",
+        owns=VECTOR_STORE,
+    ),
+    _on(
+        "vector_stores.file_batches.files",
+        "GET",
+        "/vector_stores/{id}/file_batches/{batch_id}/files",
+        owns=VECTOR_STORE,
+    ),
+    _on("conversations.create", "POST", "/conversations", "json", creates=CONVERSATION),
+    _on("conversations.retrieve", "GET", "/conversations/{id}", owns=CONVERSATION),
+    _on("conversations.update", "POST", "/conversations/{id}", "json", owns=CONVERSATION),
+    _on("conversations.delete", "DELETE", "/conversations/{id}", owns=CONVERSATION, deletes=True),
+    _on(
+        "conversations.items.create",
+        "POST",
+        "/conversations/{id}/items",
+        "json",
+        owns=CONVERSATION,
+    ),
+    _on("conversations.items.list", "GET", "/conversations/{id}/items", owns=CONVERSATION),
+    _on(
+        "conversations.items.retrieve",
+        "GET",
+        "/conversations/{id}/items/{item_id}",
+        owns=CONVERSATION,
+    ),
+    _on(
+        "conversations.items.delete",
+        "DELETE",
+        "/conversations/{id}/items/{item_id}",
+        owns=CONVERSATION,
+    ),
+)
 
 ENDPOINTS = (
     Endpoint("chat.completions", "POST", "/v1/chat/completions", "/chat/completions"),
@@ -105,23 +235,15 @@ ENDPOINTS = (
     Endpoint(
         "audio.translations", "POST", "/v1/audio/translations", "/audio/translations", "multipart"
     ),
-    Endpoint("responses", "POST", "/v1/responses", "/responses"),
+    Endpoint("responses", "POST", "/v1/responses", "/responses", creates=RESPONSE),
     Endpoint(
         "responses.input_tokens", "POST", "/v1/responses/input_tokens", "/responses/input_tokens"
     ),
     Endpoint("responses.compact", "POST", "/v1/responses/compact", "/responses/compact"),
-    Endpoint("responses.retrieve", "GET", "/v1/responses/{id}", "/responses/{id}", "none"),
-    Endpoint("responses.delete", "DELETE", "/v1/responses/{id}", "/responses/{id}", "none"),
-    Endpoint(
-        "responses.cancel", "POST", "/v1/responses/{id}/cancel", "/responses/{id}/cancel", "none"
-    ),
-    Endpoint(
-        "responses.input_items",
-        "GET",
-        "/v1/responses/{id}/input_items",
-        "/responses/{id}/input_items",
-        "none",
-    ),
+    _on("responses.retrieve", "GET", "/responses/{id}", owns=RESPONSE),
+    _on("responses.delete", "DELETE", "/responses/{id}", owns=RESPONSE, deletes=True),
+    _on("responses.cancel", "POST", "/responses/{id}/cancel", owns=RESPONSE),
+    _on("responses.input_items", "GET", "/responses/{id}/input_items", owns=RESPONSE),
     Endpoint("models.retrieve", "GET", "/v1/models/{model:.+}", "/models/{model}", "none"),
     Endpoint(
         "realtime.client_secrets",
@@ -137,6 +259,7 @@ ENDPOINTS = (
         "/v1/realtime/transcription_sessions",
         "/realtime/transcription_sessions",
     ),
+    *_OBJECT_ENDPOINTS,
 )
 
 
@@ -153,11 +276,20 @@ def forward_stages(endpoint: Endpoint, state: AppState) -> list[Stage]:
     if name == "responses":
         stages.append(KeepInBackground(state.drain))
     stages.append(Admit(state.limiter))  # a key probing for ids is held to its rate too
-    if (kind := _OWNED_KINDS.get(family)) is not None:
-        records = name == "responses"
-        stages.append(
-            Ownership(state.objects, state.router, state.redactor, kind=kind, records=records)
+    if endpoint.lists is not None:
+        lister = ListOwned(state.objects, state.router, state.client, kind=endpoint.lists)
+        return [*stages, Metering(state.meter), lister]
+    stages.append(
+        Ownership(
+            state.objects,
+            state.router,
+            state.redactor,
+            owns=endpoint.owns,
+            creates=endpoint.creates,
+            watches=endpoint.watches,
+            deletes=endpoint.deletes,
         )
+    )
     if state.settings.moderation.enabled:  # off, the stage would do nothing for any request
         stages.append(Moderate(state.moderator, answers=check_answers))
     stages += [
@@ -191,7 +323,7 @@ class ReadBody:
         self._server = server
         self._form = endpoint.body == "multipart"
         self._limits = UploadLimits(
-            server.max_upload_bytes,
+            getattr(server, endpoint.upload_limit),
             server.max_body_bytes,
             server.upload_memory_bytes,
             server.upload_spool_dir,
@@ -230,19 +362,19 @@ class ReadBody:
         endpoint = self._endpoint
         if not params:
             return endpoint.upstream_path
-        if "id" in params and not OBJECT_ID.match(params["id"]):
-            raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
-        if "model" in params:
-            # From the path as sent: a `%2F` inside a model id stays inside its one segment
-            # upstream, as the SDK quoted it (aiohttp's match_info has it decoded into `/`).
-            raw = request.rel_url.raw_path.removeprefix("/v1/models/")
-            segments = [unquote(segment) for segment in raw.split("/")]
-            model = "/".join(segments)
-            if not _MODEL_ID.match(model) or any(s in ("", ".", "..") for s in model.split("/")):
+        if "model" not in params:
+            if not all(OBJECT_ID.match(value) for value in params.values()):
                 raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
-            quoted = "/".join(quote(segment, safe=_PATH_SAFE) for segment in segments)
-            return endpoint.upstream_path.format(model=quoted)
-        return endpoint.upstream_path.format(**params)
+            return endpoint.upstream_path.format(**params)
+        # From the path as sent: a `%2F` inside a model id stays inside its one segment
+        # upstream, as the SDK quoted it (aiohttp's match_info has it decoded into `/`).
+        raw = request.rel_url.raw_path.removeprefix("/v1/models/")
+        segments = [unquote(segment) for segment in raw.split("/")]
+        model = "/".join(segments)
+        if not _MODEL_ID.match(model) or any(s in ("", ".", "..") for s in model.split("/")):
+            raise UnknownRoute(f"Invalid URL ({request.method} {request.path})")
+        quoted = "/".join(quote(segment, safe=_PATH_SAFE) for segment in segments)
+        return endpoint.upstream_path.format(model=quoted)
 
 
 def _set_body(exchange: Exchange, body: Body, document: Mapping[str, Any], stream: bool) -> None:
@@ -341,6 +473,7 @@ class Send:
             holder_key=exchange.holder_key,
             model=exchange.model,
             lasting=exchange.stream or not exchange.path.startswith(_SHORT_CALLS),
+            preferred_key=exchange.preferred_key,
         )
         exchange.sent_at = time.monotonic()  # the upstream may be working on it from now
         try:

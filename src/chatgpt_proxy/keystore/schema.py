@@ -116,12 +116,14 @@ usage_events = sa.Table(
 stored_objects = sa.Table(
     "stored_objects",
     metadata,
-    sa.Column("kind", sa.String(32), primary_key=True),  # "response"; later "file", "batch"...
+    sa.Column("kind", sa.String(32), primary_key=True),  # "response", "file", "batch"...
     sa.Column("object_id", sa.String(256), primary_key=True),  # the upstream's id
     sa.Column("owner_key_id", sa.String(32), sa.ForeignKey("client_keys.id"), nullable=False),
     sa.Column("upstream", sa.String(100), nullable=False),  # the upstream's configured name
     sa.Column("upstream_alias", sa.String(100), nullable=False),  # its key, e.g. "openai#2"
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # When its usage was metered (a batch's, once, whichever replica first saw it finished).
+    sa.Column("settled_at", UTCDateTime(), nullable=True),
     # For the list endpoints, which show a key its own objects only, newest first.
     sa.Index(
         "ix_stored_objects_owner_key_id_kind_created_at", "owner_key_id", "kind", "created_at"

@@ -280,11 +280,51 @@ class KeyStore:
                 tokens, cost = (await conn.execute(query)).one()
         return int(tokens), float(cost)
 
-    async def record_object(self, stored: StoredObject) -> None:
-        """Record who owns a stored upstream object (see ``objects.py``)."""
+    async def record_object(self, stored: StoredObject, *, if_absent: bool = False) -> None:
+        """Record who owns a stored upstream object (see ``objects.py``); with ``if_absent``,
+        a record of that id already there (written by any replica) is kept as it is."""
         with _store_errors("record_object"):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(objects.insert_statement(stored))
+            except sa.exc.IntegrityError:
+                if not if_absent:
+                    raise
+
+    async def forget_object(self, kind: str, object_id: str) -> None:
+        with _store_errors("forget_object"):
             async with self._engine.begin() as conn:
-                await conn.execute(objects.insert_statement(stored))
+                await conn.execute(objects.delete_statement(kind, object_id))
+
+    async def settle_object(self, kind: str, object_id: str) -> bool:
+        """Mark a stored object's usage metered; True only for the call that did."""
+        statement = objects.settle_statement(kind, object_id, datetime.now(UTC))
+        with _store_errors("settle_object"):
+            async with self._engine.begin() as conn:
+                return (await conn.execute(statement)).rowcount == 1
+
+    async def latest_object(self, owner: str, but: str) -> StoredObject | None:
+        """``owner``'s latest stored object of any kind but ``but``."""
+        with _store_errors("latest_object"):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(objects.latest_query(owner, but))).first()
+        return None if row is None else objects.from_row(row._mapping)
+
+    async def page_objects(
+        self, owner: str, kind: str, after: str | None, limit: int, ascending: bool
+    ) -> builtins.list[StoredObject] | None:
+        """A page of ``owner``'s records of ``kind`` (see ``ObjectOwners.page``)."""
+        with _store_errors("page_objects"):
+            async with self._engine.connect() as conn:
+                anchor = None
+                if after is not None:
+                    found = (await conn.execute(objects.anchor_query(owner, kind, after))).first()
+                    if found is None:
+                        return None
+                    anchor = (found.created_at, found.object_id)
+                query = objects.page_query(owner, kind, anchor, limit, ascending)
+                rows = (await conn.execute(query)).all()
+        return [objects.from_row(row._mapping) for row in rows]
 
     async def find_object(self, kind: str, object_id: str) -> StoredObject | None:
         with _store_errors("find_object"):

@@ -51,6 +51,11 @@ def moderation_items(
         _strings(document.get("prompt"), items)
     elif endpoint == "responses" or endpoint.startswith("responses."):
         _responses(document, items)
+    elif endpoint in ("conversations.create", "conversations.items.create"):
+        # Items of a conversation are the input of the Responses calls that continue it.
+        for entry in document.get("items") or ():
+            if isinstance(entry, dict):
+                _response_item(entry, items)
     elif endpoint == "embeddings" and embeddings:
         _strings(document.get("input"), items)
     elif endpoint == "moderations" and moderations:

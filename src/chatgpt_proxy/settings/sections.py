@@ -34,6 +34,16 @@ class ServerSettings(_Section):
         ge=1024,
         description="largest multipart upload accepted (image edits, audio), in bytes",
     )
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="largest file upload accepted (POST /v1/files), in bytes",
+    )
+    max_upload_part_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="largest part of an Upload accepted (POST /v1/uploads/{id}/parts), in bytes",
+    )
     upload_memory_bytes: int = Field(
         1024 * 1024,
         ge=0,

@@ -16,6 +16,7 @@ shorter limit, and a client that says how long it will wait (the SDKs'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -53,6 +54,7 @@ _JSON_START = re.compile(rb"[^ \t\r\n]")
 # A 404's codes saying that the key's account lacks the model (Azure: its deployment).
 _MODEL_REFUSALS = frozenset({"model_not_found", "DeploymentNotFound"})
 _ANSWERS_ANY_TYPE = "/audio/"  # speech, transcripts as text, srt or vtt; the rest is JSON or SSE
+_CONTENT = "/content"  # a file's bytes, as uploaded
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -81,6 +83,8 @@ class Outbound:
     # The answer may take minutes (a stream, a generation): sent over the lasting lane's
     # connections, apart from short calls (``TransportRequest.lasting``).
     lasting: bool = False
+    # The key to try first, if it is in service (the one holding the client's other objects).
+    preferred_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -271,6 +275,9 @@ class UpstreamClient:
                 return key
             pool.release(key)
             raise last
+        if outbound.preferred_key is not None and last is None:
+            with contextlib.suppress(ProxyError):  # away: any key will do for a new object
+                return pool.acquire_exact(outbound.preferred_key)
         try:
             return pool.acquire(exclude=tried, model=model)
         except ProxyError:
@@ -364,7 +371,7 @@ class UpstreamClient:
             elif (
                 content_type == "text/event-stream"
                 or status == 204
-                or (outbound.path.startswith(_ANSWERS_ANY_TYPE) and not _is_html(response))
+                or (_answers_any_type(outbound.path) and not _is_html(response))
             ):
                 pool.report_success(key)
                 return b""
@@ -417,6 +424,10 @@ class UpstreamClient:
         if _is_html(response):
             return UpstreamError(f"The upstream {upstream.name} answered with an HTML page.")
         return UpstreamError(f"The upstream {upstream.name} failed with status {status}.")
+
+
+def _answers_any_type(path: str) -> bool:
+    return path.startswith(_ANSWERS_ANY_TYPE) or path.endswith(_CONTENT)
 
 
 def _is_html(response: TransportResponse) -> bool:
