@@ -75,12 +75,19 @@ def raise_fd_limit(wanted: int) -> None:
 # --- the client (its own process) ----------------------------------------------------------
 
 
-async def _client(url: str, key: str, streams: int, words: int, delay: float) -> dict[str, int]:
+async def _client(
+    url: str, key: str, streams: int, words: int, delay: float, prompt_bytes: int
+) -> dict[str, int]:
+    # A chat history of ~prompt_bytes: earlier turns, then the question (the same for every
+    # stream: after the first, moderation answers from its cache).
+    history = [
+        {"role": "user" if n % 2 else "assistant", "content": f"turn {n} " + "words " * 80}
+        for n in range(prompt_bytes // 500)
+    ]
+    question = f"x [[fault:long:{words}]][[fault:slow:{delay}]]"
     body = {
         "model": "gpt-4o-mini",
-        "messages": [
-            {"role": "user", "content": f"x [[fault:long:{words}]][[fault:slow:{delay}]]"}
-        ],
+        "messages": [*history, {"role": "user", "content": question}],
         "stream": True,
     }
     counts = {"whole": 0, "broken": 0}
@@ -116,7 +123,7 @@ def _rss_kib(pid: int) -> int:
 def _round(url: str, key: str, args: argparse.Namespace, fake: FakeOpenAI, pid: int) -> dict:
     client = subprocess.Popen(
         [sys.executable, __file__, "--client", url, key, str(args.streams), str(args.words),
-         str(args.delay)],
+         str(args.delay), str(args.prompt_bytes)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     peak = most_open = 0
@@ -166,15 +173,18 @@ def _top_growth(directory: Path, lines: int = 15) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--client"]:
-        url, key, streams, words, delay = argv[1:]
+        url, key, streams, words, delay, prompt_bytes = argv[1:]
         raise_fd_limit(int(streams) + 1000)
-        counts = asyncio.run(_client(url, key, int(streams), int(words), float(delay)))
+        counts = asyncio.run(
+            _client(url, key, int(streams), int(words), float(delay), int(prompt_bytes))
+        )
         print(json.dumps(counts))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=2000, help="streams open at once")
     parser.add_argument("--words", type=int, default=9, help="content chunks per stream")
     parser.add_argument("--delay", type=float, default=1.0, help="seconds between chunks")
+    parser.add_argument("--prompt-bytes", type=int, default=0, help="chat history sent, ~")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tracemalloc", type=Path, help="dump snapshots into this directory")
     parser.add_argument("--misses", type=int, default=0, help="distinct moderation inputs")
@@ -204,13 +214,16 @@ def main(argv: list[str]) -> int:
         if lib.wait(url + "/healthz", 30.0):
             print((tmp / "proxy.log").read_text()[-2000:], file=sys.stderr)
             return 2
-        asyncio.run(_client(url, key, 20, 2, 0.01))  # warm: imports, first connections
+        asyncio.run(
+            _client(url, key, 20, 2, 0.01, args.prompt_bytes)
+        )  # warm: imports, first connections
         time.sleep(1.0)
         idle = _rss_kib(process.pid)
         if args.tracemalloc:
             os.kill(process.pid, signal.SIGUSR1)
         print(f"idle RSS: {idle:,} KiB ({args.streams:,} streams of {args.words} chunks "
-              f"{args.delay} s apart per round)")  # fmt: skip
+              f"{args.delay} s apart per round, ~{args.prompt_bytes:,} B of chat history "
+              "each)")  # fmt: skip
         failed = False
         for number in range(1, args.rounds + 1):
             fake.reset()
