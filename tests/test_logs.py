@@ -164,3 +164,19 @@ def test_a_broken_access_log_stream_does_not_fail_the_request() -> None:
         access.flush()
 
     asyncio.run(write())  # no exception
+
+
+def test_scrubbed_paths_are_remembered_within_a_bound_of_characters() -> None:
+    access = AccessLog(io.StringIO(), Redactor([SECRET]), flush_seconds=60)
+    remembered = access._cleaned  # what a client can make the access log keep
+    paths = [f"/v1/models/{n:04d}" + "p" * 100_000 for n in range(30)]
+
+    async def lines() -> None:
+        for path in paths:
+            _request(access, "req_1", "GET", path)
+            assert remembered.weight <= (remembered.max_bytes or 0)
+        access.flush()
+
+    asyncio.run(lines())
+    assert len(remembered) < len(paths)
+    assert remembered.get(paths[0]) is None and remembered.get(paths[-1]) == paths[-1]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from chatgpt_proxy.memo import ABSENT, Memo
+import pytest
+
+from chatgpt_proxy.memo import ABSENT, Memo, key_chars
 
 
 class Clock:
@@ -82,3 +84,49 @@ def test_an_expiring_memo_is_bounded_too() -> None:
         memo.remember(n, n)
     assert len(memo) == 100
     assert memo.get(899) is None and memo.get(999) == 999
+
+
+def test_with_max_bytes_the_oldest_make_room_until_the_new_entry_fits() -> None:
+    memo: Memo[str, int] = Memo(100, max_bytes=10, weigh=key_chars)
+    for key in ("aaaa", "bbb", "cc"):
+        memo.remember(key, len(key))
+    assert memo.weight == 9
+    memo.get("aaaa")  # now the most recently used: "bbb" goes first
+    memo.remember("dddd", 4)
+    assert (memo.get("bbb"), memo.get("cc"), memo.get("aaaa")) == (None, 2, 4)
+    assert memo.weight == 10 and len(memo) == 3
+    memo.remember("dddd", 40)  # the same key again weighs once
+    assert memo.weight == 10
+
+
+def test_filling_past_max_bytes_keeps_the_weight_under_it_and_the_newest_entries() -> None:
+    memo: Memo[str, int] = Memo(1_000, max_bytes=1_000, weigh=key_chars)
+    for n in range(5_000):
+        memo.remember(f"{n:08d}", n)  # 8 characters each
+        assert memo.weight <= 1_000
+    assert len(memo) == 125
+    assert memo.get("00004874") is None and memo.get("00004999") == 4999
+    assert memo.remember("x" * 1_001, 1) == 1  # larger than the budget: not kept
+    assert memo.get("x" * 1_001) is None and memo.get("00004999") == 4999
+
+
+def test_weights_are_given_back_when_entries_expire_are_forgotten_or_cleared() -> None:
+    clock = Clock()
+    memo: Memo[tuple[str, str], int] = Memo(
+        10, ttl=5.0, clock=clock, max_bytes=100, weigh=key_chars
+    )
+    memo.remember(("ab", "cde"), 1)
+    memo.remember(("f", "g"), 2)
+    assert memo.weight == 7
+    memo.forget(("f", "g"))
+    assert memo.weight == 5
+    clock.now = 5.0
+    assert memo.get(("ab", "cde")) is None and memo.weight == 0
+    memo.remember(("h", "i"), 3)
+    memo.clear()
+    assert memo.weight == 0 and len(memo) == 0
+
+
+def test_max_bytes_needs_a_weigh() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        Memo(10, max_bytes=100)

@@ -45,3 +45,14 @@ def test_a_remembered_price_stays_the_configured_one() -> None:
     pricing = Pricing({"gpt-*": ANY_GPT})
     assert [pricing.price("gpt-4o") for _ in range(3)] == [ANY_GPT] * 3
     assert [pricing.price("o1") for _ in range(3)] == [None] * 3
+
+
+def test_prices_of_long_model_names_are_remembered_within_a_bound_of_characters() -> None:
+    pricing = Pricing({"gpt-*": ANY_GPT})
+    remembered = pricing._resolved  # what a client can make the pricing keep
+    names = [f"gpt-{n:04d}" + "m" * 100_000 for n in range(30)]
+    for name in names:
+        assert pricing.price(name) == ANY_GPT
+        assert remembered.weight <= (remembered.max_bytes or 0)
+    assert len(remembered) < len(names)
+    assert remembered.get(names[0]) is None and remembered.get(names[-1]) == ANY_GPT

@@ -24,11 +24,21 @@ async def _handle(request: web.Request) -> web.Response:
     return web.json_response({"raw": raw.decode(), "keys": sorted(document)})
 
 
+async def _handle_then_look(request: web.Request) -> web.Response:
+    """Reads within LIMIT, then asks the request for its body again."""
+    try:
+        await read_json(request, LIMIT)
+    except ProxyError as exc:
+        return web.Response(status=exc.status, body=exc.body(), content_type="application/json")
+    return web.json_response({"still_on_the_request": len(await request.read())})
+
+
 @pytest.fixture
 def url(background_loop: BackgroundLoop) -> Iterator[str]:
     # client_max_size as the app sets it: aiohttp stops reading at the limit.
     app = web.Application(client_max_size=LIMIT)
     app.router.add_post("/", _handle)
+    app.router.add_post("/look", _handle_then_look)
     served = background_loop.start_app(app)
     yield served
     background_loop.stop_app(served)
@@ -74,3 +84,20 @@ def test_a_chunked_body_over_the_limit_is_413(url: str) -> None:
 )
 def test_not_a_json_object_is_400(url: str, content: bytes, content_type: str, code: str) -> None:
     assert _code(_post(url, content, content_type)) == (400, code)
+
+
+def test_the_request_does_not_keep_a_copy_of_the_body(url: str) -> None:
+    # A stream's request lives as long as its answer: the body must be the proxy's to let go.
+    answer = _post(url + "/look", b'{"a": "' + b"x" * 1000 + b'"}', "application/json").json()
+    assert answer == {"still_on_the_request": 0}
+
+
+def test_the_limit_holds_where_it_is_below_the_apps(background_loop: BackgroundLoop) -> None:
+    app = web.Application(client_max_size=16 * LIMIT)  # as the admin API's 64 KiB bodies
+    app.router.add_post("/", _handle_then_look)
+    served = background_loop.start_app(app)
+    try:
+        chunked = iter([b'{"a": "', b"x" * LIMIT, b'"}'])
+        assert _code(_post(served, chunked, "application/json")) == (413, "request_too_large")
+    finally:
+        background_loop.stop_app(served)

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from chatgpt_proxy.memo import Memo
+from chatgpt_proxy.memo import Memo, key_chars
 from chatgpt_proxy.redaction import Redactor
 
 
@@ -104,6 +104,7 @@ class AccessLog:
 
     NAME = "chatgpt_proxy.access"
     _MAX_CLEANED = 4096  # distinct paths, models and aliases remembered scrubbed
+    _MAX_CLEANED_CHARS = 1 << 20  # their length, summed (a scrubbed copy is about as long)
 
     def __init__(
         self,
@@ -123,7 +124,9 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
-        self._cleaned: Memo[str, str] = Memo(self._MAX_CLEANED)
+        self._cleaned: Memo[str, str] = Memo(
+            self._MAX_CLEANED, max_bytes=self._MAX_CLEANED_CHARS, weigh=key_chars
+        )
 
     def request(
         self,

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
-from chatgpt_proxy.memo import ABSENT, Memo
+from chatgpt_proxy.memo import ABSENT, Memo, key_chars
 from chatgpt_proxy.settings import PriceSettings
 from chatgpt_proxy.token_usage import Usage
 
 _PER_TOKEN = 1e-6  # prices are per million tokens
 _MAX_CACHED_MODELS = 4096  # model names come from clients: bound what is remembered
+_MAX_CACHED_CHARS = 1 << 20  # and the sum of their lengths
 
 
 class Pricing:
@@ -28,7 +29,9 @@ class Pricing:
 
     def __init__(self, prices: Mapping[str, PriceSettings]) -> None:
         self._prices = tuple(prices.items())
-        self._resolved: Memo[str, PriceSettings | None] = Memo(_MAX_CACHED_MODELS)
+        self._resolved: Memo[str, PriceSettings | None] = Memo(
+            _MAX_CACHED_MODELS, max_bytes=_MAX_CACHED_CHARS, weigh=key_chars
+        )
 
     def __bool__(self) -> bool:
         return bool(self._prices)

@@ -133,3 +133,28 @@ def test_redis_cache_falls_back_to_memory_and_logs_once(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "Redis failed" in warnings[0].getMessage()
+
+
+def test_an_item_result_keeps_its_scores_and_refuses_a_name_it_cannot_keep() -> None:
+    assert FLAGGED.scores == {"hate": 0.01, "violence": 0.93}
+    assert FLAGGED.flagged == {"violence"} and not CLEAN.flagged
+    assert ItemResult.of((), {}).scores == {}
+    assert CLEAN.names is ItemResult.of((), {"hate": 0.5, "violence": 0.5}).names  # one copy
+    with pytest.raises(ValueError, match="line break"):
+        ItemResult.of((), {"a\nb": 0.1})
+    assert ItemResult.decode(b'{"f": [], "s": {"a\\nb": 0.1}}') is None
+
+
+def test_memory_cache_is_bounded_in_bytes_and_drops_the_oldest_first() -> None:
+    cache = MemoryVerdictCache(size=100_000, ttl=60.0, max_bytes=50_000)
+    keys = [cache_key(f"prompt {n}", MODEL) for n in range(1_000)]
+    for key in keys:
+        cache.set(key, FLAGGED)
+        assert cache.bytes <= 50_000
+    assert 50 < len(cache) < 200  # ~400 bytes an entry
+    held = len(cache)
+    assert all(cache.get(key) is None for key in keys[:-held])
+    assert all(cache.get(key) == FLAGGED for key in keys[-held:])
+    nothing = MemoryVerdictCache(size=10, ttl=60.0, max_bytes=0)
+    nothing.set(keys[0], CLEAN)
+    assert nothing.get(keys[0]) is None and nothing.bytes == 0

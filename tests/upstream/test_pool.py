@@ -544,6 +544,18 @@ def test_refusals_are_remembered_within_a_bound(caplog: pytest.LogCaptureFixture
     assert not caplog.records  # told once per refusal, not per request
 
 
+def test_refusals_of_long_model_names_are_remembered_within_a_bound_of_characters() -> None:
+    pool, _ = make_pool(1)
+    key = pool.keys()[0]
+    long_names = [f"{n:04d}" + "m" * 100_000 for n in range(30)]
+    for name in long_names:  # a client's model names may be as long as its body
+        pool.report_refused_model(key, name, 404)
+        assert pool._barred.weight <= (pool._barred.max_bytes or 0)
+    with pytest.raises(ProxyError):
+        pool.acquire(model=long_names[-1])  # the newest refusal is remembered
+    pool.release(pool.acquire(model=long_names[0]))  # the oldest made room
+
+
 def test_every_key_out_of_quota_is_429_not_to_retry() -> None:
     pool, _ = make_pool(2)
     for key in pool.keys():

@@ -49,6 +49,17 @@ def test_upstreams_are_found_by_name_and_their_keys_listed_for_redaction() -> No
     assert [u.pool.name for u in router.upstreams] == ["azure", "openai"]
 
 
+def test_routes_of_long_model_names_are_remembered_within_a_bound_of_characters() -> None:
+    router = _router()
+    remembered = router._by_model  # what a client can make the router keep
+    names = [f"{n:04d}" + "m" * 100_000 for n in range(30)]
+    for name in names:
+        assert router.route(name).name == "openai"
+        assert remembered.weight <= (remembered.max_bytes or 0)
+    assert len(remembered) < len(names)
+    assert remembered.get(names[0]) is None and remembered.get(names[-1]) is not None
+
+
 def _one(**settings: object) -> Upstream:
     config = {"name": "azure", "keys": ["k"], "base_url": "https://res.example/openai", **settings}
     return Router.from_settings([UpstreamSettings.model_validate(config)], PoolSettings()).route(

@@ -355,6 +355,9 @@ class ReadBody:
             _set_model(exchange, document.get(endpoint.model_in))
         raw = _strip_foreign_fields(exchange, raw)
         exchange.estimate = estimate_tokens(exchange.document, len(raw))
+        # This frame waits for the whole answer: it must not hold the body (Send lets go of
+        # the exchange's copies once the answer has begun).
+        del raw, document
         return await forward(exchange)
 
     def _upstream_path(self, request: web.Request) -> str:
@@ -483,6 +486,11 @@ class Send:
             raise
         exchange.reply = reply
         exchange.context.upstream = reply.alias
+        # The answer has begun: no retry will send the body again, and no stage after this
+        # one reads it. A stream lasts a minute; its chat history, held here as bytes (twice
+        # with the usage option) and parsed, would be most of what it holds all that time.
+        del body, outbound
+        exchange.body, exchange.document = None, _NO_FIELDS
         return await forward(exchange)
 
 

@@ -220,7 +220,9 @@ def build_moderator(
     config = settings.moderation
     if not config.enabled:
         return Moderator(config, ())
-    memory = MemoryVerdictCache(config.cache_size, config.cache_ttl, clock=clock)
+    memory = MemoryVerdictCache(
+        config.cache_size, config.cache_ttl, max_bytes=config.cache_bytes, clock=clock
+    )
     cache: VerdictCache = memory
     engines: list[Engine] = []
     for name in config.engines:

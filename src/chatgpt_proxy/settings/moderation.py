@@ -97,6 +97,11 @@ class ModerationSettings(_Section):
         False, description="keep the flagged input in the block records (privacy: off)"
     )
     cache_size: int = Field(100_000, ge=0, description="verdicts cached in memory, at most")
+    cache_bytes: int = Field(
+        16 << 20,
+        ge=0,
+        description="bytes of memory the cached verdicts may take, at most (~500 each)",
+    )
     cache_ttl: float = Field(86400.0, gt=0, description="seconds a cached verdict is trusted")
     recent_blocks: int = Field(1000, ge=0, description="blocks kept for GET /admin/moderation")
 

@@ -41,13 +41,14 @@ from chatgpt_proxy.errors import (
     UpstreamQuotaExhausted,
     UpstreamRateLimited,
 )
-from chatgpt_proxy.memo import Memo
+from chatgpt_proxy.memo import Memo, key_chars
 
 Strategy = Literal["random", "round_robin", "least_busy"]
 
 MIN_COOLDOWN = 0.1
 MAX_COOLDOWN = 3600.0
 _MAX_BARRED = 4096  # (model, key) pairs remembered; model names are the clients'
+_MAX_BARRED_CHARS = 1 << 20  # and so is their length
 
 logger = logging.getLogger("chatgpt_proxy.upstream")
 
@@ -190,7 +191,9 @@ class KeyPool:
         self._rng = rng if rng is not None else random.Random()
         self._cursor = 0
         # (model, alias) -> (until, status): the keys whose account refused a model.
-        self._barred: Memo[tuple[str, str], tuple[float, int]] = Memo(_MAX_BARRED)
+        self._barred: Memo[tuple[str, str], tuple[float, int]] = Memo(
+            _MAX_BARRED, max_bytes=_MAX_BARRED_CHARS, weigh=key_chars
+        )
 
     @classmethod
     def alone(cls, name: str, key: UpstreamKey) -> KeyPool:

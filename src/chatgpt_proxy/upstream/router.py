@@ -10,11 +10,12 @@ from fnmatch import fnmatchcase
 from urllib.parse import unquote_plus, urlencode
 
 from chatgpt_proxy.errors import ModelNotFound
-from chatgpt_proxy.memo import Memo
+from chatgpt_proxy.memo import Memo, key_chars
 from chatgpt_proxy.settings import PoolSettings, UpstreamSettings
 from chatgpt_proxy.upstream.pool import KeyPool, PoolPolicy
 
 _MAX_REMEMBERED = 4096  # model names are the client's
+_MAX_REMEMBERED_CHARS = 1 << 20  # and so is their length
 # The calls Azure OpenAI serves below a deployment (/openai/deployments/{deployment}/...).
 _DEPLOYMENT_PATHS = ("/chat/completions", "/completions", "/embeddings", "/images/", "/audio/")
 
@@ -67,7 +68,10 @@ class Router:
     def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = tuple(upstreams)
         self._by_name = {upstream.name: upstream for upstream in upstreams}
-        self._by_model: Memo[str, Upstream] = Memo(_MAX_REMEMBERED)  # glob matches cost
+        # glob matches cost; model names are any text a client sends: their size is bounded too
+        self._by_model: Memo[str, Upstream] = Memo(
+            _MAX_REMEMBERED, max_bytes=_MAX_REMEMBERED_CHARS, weigh=key_chars
+        )
 
     @classmethod
     def from_settings(
