@@ -40,7 +40,7 @@ from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.idle import IdleWatch
 from chatgpt_proxy.upstream.prober import Prober
 from chatgpt_proxy.upstream.router import Router
-from chatgpt_proxy.upstream.transport import AiohttpTransport
+from chatgpt_proxy.upstream.transports import build_transport
 
 
 async def create_app(
@@ -80,7 +80,7 @@ async def _open_state(
     router = Router.from_settings(settings.upstreams, settings.pool)
     redactor = Redactor(router.secrets())
     task_errors = TaskErrors()  # failed runs of the background tasks below, for /metrics
-    transport = AiohttpTransport(max_connections=settings.server.max_upstream_connections)
+    transport = build_transport(settings.server)
     stack.push_async_callback(transport.close)
     idle = IdleWatch(settings.timeouts.stream_idle, errors=task_errors)
     idle.start()

@@ -1,5 +1,6 @@
-"""The aiohttp transport over real sockets: answers read as they come, and every failure of the
-network translated into the project's ``TransportError`` tree, chained to aiohttp's own."""
+"""Each transport (aiohttp's HTTP/1.1, httpx2's HTTP/2) over real sockets: answers read as they
+come, and every failure of the network translated into the project's ``TransportError`` tree,
+chained to the client's own."""
 
 from __future__ import annotations
 
@@ -9,77 +10,46 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import h2.exceptions
+import httpx2
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
+from asgi_upstream import asgi_app, serve_h2c
 from chatgpt_proxy.errors import BrokenBody, ConnectFailed, TransportError, TransportTimeout
-from chatgpt_proxy.upstream.transport import AiohttpTransport, Timeouts, TransportRequest
+from chatgpt_proxy.upstream.httpx_transport import HttpxTransport
+from chatgpt_proxy.upstream.transport import (
+    AiohttpTransport,
+    Timeouts,
+    Transport,
+    TransportRequest,
+)
 
-Scenario = Callable[[AiohttpTransport, str], Awaitable[Any]]
-LONG = 30.0  # an upstream that would stall this long is cut off by the limits long before
-
-
-async def _json(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"echo": request.headers.get("Authorization")})
-
-
-async def _pieces(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    for n in range(3):
-        await response.write(f"data: {n}\n\n".encode())
-    await response.write_eof()
-    return response
-
-
-async def _slow_headers(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(LONG)
-    return web.json_response({})
+Scenario = Callable[[Transport, str], Awaitable[Any]]
+# The transports under contract, by ``server.upstream_http``: each against the same fake
+# upstream (HTTP/1.1 and h2c on one port), each with its client's own error classes.
+TRANSPORTS: dict[str, Callable[[], Transport]] = {
+    "1.1": lambda: AiohttpTransport(max_connections=4),
+    "2": lambda: HttpxTransport(max_connections=4),
+}
+CLIENT_ERRORS = {"1.1": aiohttp.ClientError, "2": httpx2.TransportError | h2.exceptions.H2Error}
+TIMEOUTS = {"1.1": TimeoutError, "2": TimeoutError | httpx2.TimeoutException}
 
 
-async def _silent_after_one(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    await response.write(b"data: 1\n\n")
-    await asyncio.sleep(LONG)
-    return response
+@pytest.fixture(params=sorted(TRANSPORTS))
+def http(request: pytest.FixtureRequest) -> str:
+    """The HTTP version, "1.1" or "2", whose transport a test runs against."""
+    version: str = request.param
+    return version
 
 
-async def _reset_mid_body(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    response.content_length = 1000
-    await response.prepare(request)
-    await response.write(b'{"partial": ')
-    assert request.transport is not None
-    request.transport.close()  # fewer bytes than announced, then the connection ends
-    return response
-
-
-async def _redirect(request: web.Request) -> web.StreamResponse:
-    return web.Response(status=302, headers={"Location": "/json"})
-
-
-def _serve(scenario: Scenario) -> Any:
+def _serve(http: str, scenario: Scenario) -> Any:
     async def main() -> Any:
-        app = web.Application()
-        for path, handler in [
-            ("/json", _json),
-            ("/pieces", _pieces),
-            ("/slow-headers", _slow_headers),
-            ("/silent", _silent_after_one),
-            ("/reset", _reset_mid_body),
-            ("/redirect", _redirect),
-        ]:
-            app.router.add_get(path, handler)
-        server = TestServer(app)
-        await server.start_server()
-        transport = AiohttpTransport(max_connections=4)
-        try:
-            return await scenario(transport, str(server.make_url("")))
-        finally:
-            await transport.close()
-            await server.close()
+        async with serve_h2c(asgi_app()) as base:
+            transport = TRANSPORTS[http]()
+            try:
+                return await scenario(transport, base)
+            finally:
+                await transport.close()
 
     return asyncio.run(main())
 
@@ -91,20 +61,20 @@ def _get(url: str, timeouts: Timeouts = PATIENT) -> TransportRequest:
     return TransportRequest("GET", url, {"Authorization": "Bearer sk-x"}, timeouts=timeouts)
 
 
-def test_an_answer_exposes_status_headers_and_body() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
+def test_an_answer_exposes_status_headers_and_body(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
         response = await transport.send(_get(base + "/json"))
         assert response.status == 200 and response.content_type == "application/json"
-        assert response.content_length == len(b'{"echo": "Bearer sk-x"}')
+        assert response.content_length == len(b'{"echo":"Bearer sk-x"}')
         assert response.headers["Content-Type"].startswith("application/json")
-        assert await response.read(1000) == b'{"echo": "Bearer sk-x"}'
+        assert await response.read(1000) == b'{"echo":"Bearer sk-x"}'
         response.release()
 
-    _serve(scenario)
+    _serve(http, scenario)
 
 
-def test_a_stream_is_read_chunk_by_chunk_to_an_empty_end() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> bytes:
+def test_a_stream_is_read_chunk_by_chunk_to_an_empty_end(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> bytes:
         response = await transport.send(_get(base + "/pieces", Timeouts(5.0, 5.0)))
         body = b""
         while chunk := await response.read_chunk():
@@ -112,65 +82,65 @@ def test_a_stream_is_read_chunk_by_chunk_to_an_empty_end() -> None:
         response.release()
         return body
 
-    assert _serve(scenario) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert _serve(http, scenario) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
 
 
-def test_read_stops_at_its_limit() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> bytes:
+def test_read_stops_at_its_limit(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> bytes:
         response = await transport.send(_get(base + "/pieces"))
         try:
             return await response.read(12)
         finally:
             response.close()
 
-    assert _serve(scenario) == b"data: 0\n\ndat"
+    assert _serve(http, scenario) == b"data: 0\n\ndat"
 
 
-def test_a_redirect_is_an_answer_never_followed() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> int:
+def test_a_redirect_is_an_answer_never_followed(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> int:
         response = await transport.send(_get(base + "/redirect"))
         response.release()
         return response.status
 
-    assert _serve(scenario) == 302
+    assert _serve(http, scenario) == 302
 
 
-def _failure(scenario: Scenario) -> TransportError:
-    async def caught(transport: AiohttpTransport, base: str) -> TransportError:
+def _failure(http: str, scenario: Scenario) -> TransportError:
+    async def caught(transport: Transport, base: str) -> TransportError:
         with pytest.raises(TransportError) as info:
             await scenario(transport, base)
         return info.value
 
-    failure: TransportError = _serve(caught)
+    failure: TransportError = _serve(http, caught)
     return failure
 
 
-def test_a_refused_connection_is_connect_failed_chained_to_aiohttps_error() -> None:
+def test_a_refused_connection_is_connect_failed_chained_to_the_clients_error(http: str) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # nothing listens there once closed
 
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
         await transport.send(_get(f"http://127.0.0.1:{port}/json"))
 
-    failure = _failure(scenario)
+    failure = _failure(http, scenario)
     assert isinstance(failure, ConnectFailed)
-    assert isinstance(failure.__cause__, aiohttp.ClientError)
+    assert isinstance(failure.__cause__, CLIENT_ERRORS[http])
     assert str(failure) == type(failure.__cause__).__name__
 
 
 @pytest.mark.parametrize("timeouts", [Timeouts(5.0, 0.2, 0.2), Timeouts(5.0, 0.2)])
-def test_headers_late_are_a_transport_timeout(timeouts: Timeouts) -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
+def test_headers_late_are_a_transport_timeout(timeouts: Timeouts, http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
         await transport.send(_get(base + "/slow-headers", timeouts))
 
-    failure = _failure(scenario)
+    failure = _failure(http, scenario)
     assert isinstance(failure, TransportTimeout)
-    assert isinstance(failure.__cause__, TimeoutError)
+    assert isinstance(failure.__cause__, TIMEOUTS[http])
 
 
-def test_silence_past_the_idle_limit_is_a_transport_timeout() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
+def test_silence_past_the_idle_limit_is_a_transport_timeout(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
         response = await transport.send(_get(base + "/silent", Timeouts(5.0, 0.2, 0.2)))
         try:
             while await response.read_chunk():
@@ -178,26 +148,26 @@ def test_silence_past_the_idle_limit_is_a_transport_timeout() -> None:
         finally:
             response.close()
 
-    assert isinstance(_failure(scenario), TransportTimeout)
+    assert isinstance(_failure(http, scenario), TransportTimeout)
 
 
-def test_a_body_cut_short_is_a_broken_body() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
+def test_a_body_cut_short_is_a_broken_body(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
         response = await transport.send(_get(base + "/reset"))
         try:
             await response.read(10_000)
         finally:
             response.close()
 
-    failure = _failure(scenario)
+    failure = _failure(http, scenario)
     assert isinstance(failure, BrokenBody)
-    assert isinstance(failure.__cause__, aiohttp.ClientError | OSError)
+    assert isinstance(failure.__cause__, CLIENT_ERRORS[http] | OSError)
 
 
-def test_close_from_another_task_ends_a_pending_read() -> None:
+def test_close_from_another_task_ends_a_pending_read(http: str) -> None:
     """What the idle watch and the drain rely on: ``close()`` ends the relay's read."""
 
-    async def scenario(transport: AiohttpTransport, base: str) -> bytes | TransportError:
+    async def scenario(transport: Transport, base: str) -> bytes | TransportError:
         response = await transport.send(_get(base + "/silent", Timeouts(5.0, 5.0)))
         assert await response.read_chunk() == b"data: 1\n\n"
         reading = asyncio.create_task(response.read_chunk())
@@ -208,7 +178,7 @@ def test_close_from_another_task_ends_a_pending_read() -> None:
         except TransportError as failure:
             return failure
 
-    ended = _serve(scenario)
+    ended = _serve(http, scenario)
     assert ended == b"" or isinstance(ended, BrokenBody)
 
 

@@ -54,6 +54,11 @@ class ServerSettings(_Section):
     max_upstream_connections: int = Field(
         1000, ge=1, description="open connections to all upstreams together, at most"
     )
+    upstream_http: Literal["1.1", "2"] = Field(
+        "1.1",
+        description='"2": requests as HTTP/2 streams, up to 100 per connection (h2c to http://; '
+        "pip install 'chatgpt-proxy[http2]')",
+    )
     access_log: bool = Field(
         True, description="log one line per request (written in batches, at most 0.1 s late)"
     )
