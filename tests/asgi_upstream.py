@@ -95,6 +95,9 @@ def asgi_app(*, events: int = 9, gap: float = 0.25) -> App:
         if scope["type"] != "http":
             return
         path = scope["path"]
+        # Read whole before answering: hypercorn's HTTP/2 fails the connection on a stream's
+        # data arriving after its answer ended.
+        body = await _body(receive)
         if path == "/json":
             auth = dict(scope["headers"]).get(b"authorization", b"").decode()
             await _whole(send, orjson.dumps({"echo": auth}))
@@ -129,7 +132,7 @@ def asgi_app(*, events: int = 9, gap: float = 0.25) -> App:
         elif path == "/v1/models":
             await _whole(send, MODELS)
         elif path == "/v1/chat/completions":
-            if b'"stream":true' not in (await _body(receive)).replace(b" ", b""):
+            if b'"stream":true' not in body.replace(b" ", b""):
                 await _whole(send, COMPLETION)
                 return
             await _start(send, 200, SSE)
