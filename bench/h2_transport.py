@@ -48,8 +48,11 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from asgi_upstream import asgi_app, serve_h2c
+from chatgpt_proxy.upstream.httpx_transport import HttpxTransport
+from chatgpt_proxy.upstream.transport import AiohttpTransport, Timeouts, TransportRequest
 
 KINDS = ("1.1", "2")
+RAW = ("aiohttp (1.1)", "httpx2 (h2)", "pyreqwest")
 
 
 def serve_upstream(port: int, events: int, gap: float, streams: int) -> None:
@@ -210,6 +213,57 @@ async def short_calls(
         return done / elapsed, (lib.cputime(pid) - cpu) / max(done, 1) * 1000
 
 
+async def _raw_stream(kind: str, client: object, url: str, rung: Rung) -> None:
+    """One stream straight to the upstream with the bare client ``kind``."""
+    start = time.perf_counter()
+    tail = b""
+    try:
+        if kind == "pyreqwest":
+            request = client.post(url).body_bytes(_body(True, 0)).build_streamed()  # type: ignore[attr-defined]
+            async with request as response:
+                while (chunk := await response.body_reader.read_chunk()) is not None:
+                    if not tail:
+                        rung.first_byte.append(time.perf_counter() - start)
+                    tail = (tail + bytes(chunk))[-64:]
+        else:
+            sent = TransportRequest("POST", url, {}, _body(True, 0), Timeouts(60.0, 300.0))
+            answer = await client.send(sent)  # type: ignore[attr-defined]
+            try:
+                while chunk := await answer.read_chunk():
+                    if not tail:
+                        rung.first_byte.append(time.perf_counter() - start)
+                    tail = (tail + chunk)[-64:]
+            finally:
+                answer.release()
+    except Exception:
+        rung.failed += 1
+        return
+    if b"data: [DONE]" in tail:
+        rung.whole += 1
+        rung.total.append(time.perf_counter() - start)
+    else:
+        rung.failed += 1
+
+
+async def raw_clients(kind: str, base: str, count: int) -> Rung:
+    """``count`` streams at once from the bare client ``kind`` in this process."""
+    rung = Rung()
+    if kind == "pyreqwest":
+        from pyreqwest.client import ClientBuilder
+
+        client: object = ClientBuilder().http2_prior_knowledge().max_connections(None).build()
+    elif kind == "httpx2 (h2)":
+        client = HttpxTransport(max_connections=20_000)
+    else:
+        client = AiohttpTransport(max_connections=20_000)
+    url = base + "/v1/chat/completions"
+    try:
+        await asyncio.gather(*(_raw_stream(kind, client, url, rung) for _ in range(count)))
+    finally:
+        await client.close()  # type: ignore[attr-defined]
+    return rung
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -246,11 +300,47 @@ def _start_proxy(
     settings = orjson.loads(text)
     settings["server"] |= {"upstream_http": kind, "max_upstream_connections": 20_000}
     settings["moderation"]["timeout"] = moderation_timeout
+    # A starved machine reads the clients' requests late: no 408 for what is the CPU's delay.
+    settings["server"] |= {"header_timeout": moderation_timeout}
+    settings["server"] |= {"body_idle_timeout": moderation_timeout}
     config.write_text(orjson.dumps(settings).decode())
     key = lib.create_key(cgp, config, f"h2-bench-{kind}")
     log = open(tmp / f"proxy-{kind}.log", "wb")  # noqa: SIM115 (lives as long as the proxy)
     process = subprocess.Popen([str(cgp), "serve", "--config", str(config)], stdout=log, stderr=log)
     return Proxy(kind, port, key, process)
+
+
+def _raw(args: argparse.Namespace, up_port: int) -> int:
+    """Each bare client in a process of its own, straight to the upstream."""
+    print(
+        "| streams | client | whole | failed | first byte p50 | total p50 | client RSS idle → peak "
+        "| RSS per stream | connections | client CPU per stream |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = f"http://127.0.0.1:{up_port}"
+    for count in (int(n) for n in args.ladder.split(",")):
+        for kind in RAW:
+            command = [sys.executable, __file__, "--client-only", kind, base, str(count)]
+            process = subprocess.Popen(command, stdout=subprocess.PIPE)
+            time.sleep(1.0)  # imported, not yet sending
+            idle = _rss_kib(process.pid)
+            cpu = lib.cputime(process.pid)
+            spent = cpu
+            with Sampler(process.pid, up_port).running() as sampler:
+                while process.poll() is None:
+                    spent = lib.cputime(process.pid) or spent
+                    time.sleep(0.2)
+            out, _ = process.communicate()
+            rung = Rung(**orjson.loads(out.splitlines()[-1]))
+            print(
+                f"| {count:,} | {kind} | {rung.whole:,} | {rung.failed:,} "
+                f"| {_pct(rung.first_byte, 0.5):.2f} s | {_pct(rung.total, 0.5):.2f} s "
+                f"| {idle / 1024:.0f} → {sampler.rss_peak / 1024:.0f} MiB "
+                f"| {(sampler.rss_peak - idle) / count:.1f} KiB | {sampler.connections_peak:,} "
+                f"| {(spent - cpu) / count * 1000:.2f} ms |",
+                flush=True,
+            )
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -273,11 +363,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--short-conns", type=int, default=50)
     parser.add_argument("--short-seconds", type=float, default=5.0)
     parser.add_argument("--short-rounds", type=int, default=3)
+    parser.add_argument(
+        "--raw", action="store_true", help="the bare clients straight to the upstream, no proxy"
+    )
     parser.add_argument("--upstream-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--client-only", nargs=3, metavar=("KIND", "BASE", "N"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     limit = _raise_fd_limit()
     if args.upstream_only:
         serve_upstream(args.upstream_only, args.events, args.gap, args.upstream_streams)
+        return 0
+    if args.client_only:
+        kind, base, count = args.client_only
+        rung = uvloop.run(raw_clients(kind, base, int(count)))
+        sys.stdout.write(orjson.dumps(rung.__dict__).decode() + "\n")
         return 0
 
     cgp = Path(sys.executable).parent / "chatgpt-proxy"
@@ -291,6 +392,8 @@ def main(argv: list[str]) -> int:
         processes.append(subprocess.Popen(upstream_cmd))
         if lib.wait(f"http://127.0.0.1:{up_port}/v1/models", 30.0):
             return 1
+        if args.raw:
+            return _raw(args, up_port)
         proxies = [
             _start_proxy(cgp, tmp, kind, port, up_port, args.moderation_timeout)
             for kind, port in zip(KINDS, proxy_ports, strict=True)
