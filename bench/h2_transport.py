@@ -219,7 +219,10 @@ async def _raw_stream(kind: str, client: object, url: str, rung: Rung) -> None:
     tail = b""
     try:
         if kind == "pyreqwest":
-            request = client.post(url).body_bytes(_body(True, 0)).build_streamed()  # type: ignore[attr-defined]
+            # Without a small read buffer limit pyreqwest hands over nothing of a streamed body
+            # until its default buffer (far larger than a chat stream) is full or the body ends.
+            builder = client.post(url).body_bytes(_body(True, 0))  # type: ignore[attr-defined]
+            request = builder.streamed_read_buffer_limit(1).build_streamed()
             async with request as response:
                 while (chunk := await response.body_reader.read_chunk()) is not None:
                     if not tail:
