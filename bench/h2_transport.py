@@ -393,7 +393,7 @@ def main(argv: list[str]) -> int:
         upstream_cmd += ["--events", str(args.events), "--gap", str(args.gap)]
         upstream_cmd += ["--upstream-streams", str(args.upstream_streams)]
         processes.append(subprocess.Popen(upstream_cmd))
-        if lib.wait(f"http://127.0.0.1:{up_port}/v1/models", 30.0):
+        if lib.wait(f"http://127.0.0.1:{up_port}/v1/models", 180.0):
             return 1
         if args.raw:
             return _raw(args, up_port)
@@ -403,7 +403,7 @@ def main(argv: list[str]) -> int:
         ]
         processes += [proxy.process for proxy in proxies]
         for proxy in proxies:
-            if lib.wait(f"http://127.0.0.1:{proxy.port}/healthz", 30.0):
+            if lib.wait(f"http://127.0.0.1:{proxy.port}/healthz", 180.0):
                 return 1
             proxy.park()
 
@@ -472,15 +472,7 @@ def main(argv: list[str]) -> int:
         )
         return 0
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGCONT)
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        lib.stop_processes(processes)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

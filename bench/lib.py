@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -283,6 +284,20 @@ def proxy_conf(
     if redis:
         config["redis_url"] = redis
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop ``processes`` in reverse order of start (woken first, if parked with SIGSTOP);
+    killed when one does not end within 10 s."""
+    for process in reversed(processes):
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+    for process in reversed(processes):
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def create_key(cgp: Path, config: Path, name: str) -> str:
