@@ -132,6 +132,8 @@ def _observe(state: AppState, request: web.Request, ctx: RequestContext, status:
             ctx.upstream,
             elapsed,
             endpoint=ctx.endpoint,
+            usage=ctx.usage,
+            cost=ctx.cost,
         )
 
 

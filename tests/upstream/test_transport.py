@@ -220,3 +220,28 @@ def test_nothing_above_the_transport_talks_to_aiohttps_client() -> None:
 )
 def test_limits_cut_to_a_deadline(limits: Timeouts, seconds: float, expected: Timeouts) -> None:
     assert limits.within(seconds) == expected
+
+
+def test_short_calls_have_connections_of_their_own_when_streams_hold_every_other(
+    http: str,
+) -> None:
+    """Streams holding all of the lasting lane's connections leave short calls theirs (over
+    HTTP/2 the four streams share one connection, and the short call joins them)."""
+
+    async def scenario(transport: Transport, base: str) -> bytes:
+        held = []
+        for _ in range(4):  # the lane's whole cap (max_connections=4), each stream left open
+            request = _get(base + "/silent", Timeouts(5.0, 5.0))
+            request.lasting = True
+            held.append(await transport.send(request))
+        try:
+            response = await transport.send(_get(base + "/json"))
+            try:
+                return await response.read(1000)
+            finally:
+                response.release()
+        finally:
+            for stream in held:
+                stream.close()
+
+    assert _serve(http, scenario) == b'{"echo":"Bearer sk-x"}'

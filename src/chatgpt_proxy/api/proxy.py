@@ -55,6 +55,9 @@ from chatgpt_proxy.upstream.router import Router
 BodyKind = Literal["json", "multipart", "none"]
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
+# Forwarded calls answered at once, sent over the short calls' upstream connections (the
+# moderation checks' too) rather than over those of streams and generations.
+_SHORT_CALLS = ("/embeddings", "/moderations", "/models")
 # What a path segment may hold unquoted (RFC 3986 pchar), as the OpenAI SDK quotes them.
 _PATH_SAFE = "!$&'()*+,;=:@"
 # Fields with which an SDK would reach another host or account; never sent upstream.
@@ -312,6 +315,7 @@ class Send:
             exchange.stream,
             holder_key=exchange.holder_key,
             model=exchange.model,
+            lasting=exchange.stream or not exchange.path.startswith(_SHORT_CALLS),
         )
         exchange.sent_at = time.monotonic()  # the upstream may be working on it from now
         try:

@@ -51,8 +51,19 @@ class ServerSettings(_Section):
         description="seconds between writes of the usage summed in memory (a clean shutdown "
         "writes what is left)",
     )
-    max_upstream_connections: int = Field(
-        1000, ge=1, description="open connections to all upstreams together, at most"
+    max_upstream_connections: int | None = Field(
+        None,
+        ge=0,
+        description="open connections to all upstreams together for streams and other answers "
+        "that may last (0: no cap; default: max_requests_in_flight, so that an admitted "
+        "request never waits for one)",
+    )
+    max_short_upstream_connections: int = Field(
+        500,
+        ge=1,
+        description="open connections to all upstreams together for short calls (moderation "
+        "checks, model lists, embeddings, key probes), kept apart from those of streams so "
+        "that open streams never make a new request wait for its moderation",
     )
     upstream_http: Literal["1.1", "2"] = Field(
         "1.1",
@@ -66,7 +77,8 @@ class ServerSettings(_Section):
     log_format: Literal["text", "json"] = Field(
         "text",
         description="text lines, or one JSON object per line (time, level, logger, message; "
-        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms)",
+        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms "
+        "and, once metered, prompt_tokens, completion_tokens, total_tokens and cost)",
     )
     root_path: str = Field(
         "",
@@ -87,16 +99,25 @@ class ServerSettings(_Section):
         "reading) before it is dropped, and its upstream call with it",
     )
     max_connections_per_address: int = Field(
-        2048,
+        9000,
         ge=0,
         description="open connections from one client address, at most (0: no cap); behind a "
-        "load balancer every client shares its address",
+        "load balancer every client shares its address, so the default lets one address hold "
+        "every request in flight and waiting (and leaves it short of the whole fd budget)",
     )
     max_requests_in_flight: int = Field(
-        4096, ge=0, description="requests one process serves at once, streams included (0: no cap)"
+        8000,
+        ge=0,
+        description="requests one process serves at once, open streams included (0: no cap). "
+        "An HTTP/1.1 stream holds two file descriptors (client and upstream): 8,000 streams, "
+        "the waiting requests and the short calls' connections fit a limit of 20,000 open "
+        "files with room to spare; raise it with that limit (ulimit -n)",
     )
     max_pending_requests: int = Field(
-        1024, ge=0, description="requests that may wait for one of those slots; past it, a 503"
+        1000,
+        ge=0,
+        description="requests that may wait for one of those slots, each at most "
+        "pending_timeout; past it, a 503 with retry-after at once",
     )
     pending_timeout: float = Field(
         1.0, gt=0, description="seconds a request may wait for a slot before a 503"

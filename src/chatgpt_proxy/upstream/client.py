@@ -76,6 +76,9 @@ class Outbound:
     # The alias of the key holding the stored object this request is about: that key or none.
     holder_key: str | None = None
     model: str | None = None  # the model the body names: a key whose account refuses it is barred
+    # The answer may take minutes (a stream, a generation): sent over the lasting lane's
+    # connections, apart from short calls (``TransportRequest.lasting``).
+    lasting: bool = False
 
 
 @dataclass(slots=True)
@@ -301,7 +304,9 @@ class UpstreamClient:
         )
         if isinstance(outbound.body, ReplayableBody):
             headers["Content-Length"] = str(outbound.body.size)
-        request = TransportRequest(outbound.method, url, headers, outbound.body, limits)
+        request = TransportRequest(
+            outbound.method, url, headers, outbound.body, limits, outbound.lasting
+        )
         handed_on = False
         try:
             response = await self._transport.send(request)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,8 @@ class _Lane:
 
 
 class HttpxTransport(Transport):
-    """Requests as HTTP/2 streams, up to ``STREAMS_PER_CONNECTION`` per connection.
+    """Requests as HTTP/2 streams, up to ``STREAMS_PER_CONNECTION`` per connection, on at most
+    ``max_connections`` connections (0: no cap).
 
     Like ``AiohttpTransport`` it never follows a redirect and keeps no cookie: it drives
     httpx2's transports directly, under the client layer that would.
@@ -91,7 +93,7 @@ class HttpxTransport(Transport):
         import httpx2
 
         self._request = httpx2.Request
-        self._max_lanes = max_connections
+        self._max_lanes = max_connections or sys.maxsize  # 0: no cap, as with aiohttp
         self._lanes: dict[str, list[_Lane]] = {}  # by origin: a lane's one connection is to one
         self._count = 0
         self._closing: set[asyncio.Task[None]] = set()  # responses closed from sync code

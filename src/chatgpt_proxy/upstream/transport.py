@@ -34,6 +34,9 @@ from multidict import CIMultiDictProxy
 
 from chatgpt_proxy.errors import BrokenBody, ConnectFailed, TransportTimeout
 
+# Connections for short calls when the caller names no number (tests, the bench, one-offs).
+_SHORT_CONNECTIONS = 100
+
 
 class Timeouts(NamedTuple):  # a tuple: one is built for most attempts, cheaper than a dataclass
     """How long one request may wait on its upstream, in seconds; ``None`` is no limit.
@@ -67,13 +70,19 @@ NO_LIMITS = Timeouts()
 
 @dataclass(slots=True)
 class TransportRequest:
-    """One request to send: ``url`` is absolute, ``headers`` final (the key included)."""
+    """One request to send: ``url`` is absolute, ``headers`` final (the key included).
+
+    ``lasting``: the answer may hold its connection for minutes (a stream, a generation); a
+    short call (a moderation, the model list, embeddings, a key probe) is not, and is sent over
+    connections of its own, so that it never waits behind thousands of open streams.
+    """
 
     method: str
     url: str
     headers: Mapping[str, str]
     body: bytes | AsyncIterable[bytes] | None = None
     timeouts: Timeouts = NO_LIMITS
+    lasting: bool = False
 
 
 class TransportResponse(ABC):
@@ -128,21 +137,25 @@ class Transport(ABC):
 
 
 class AiohttpTransport(Transport):
-    """The transport over an aiohttp ``ClientSession`` of its own.
+    """The transport over two aiohttp client sessions of its own, one per lane.
 
-    >>> transport = AiohttpTransport(max_connections=100)   # in a running event loop
-    >>> response = await transport.send(request)
+    >>> transport = AiohttpTransport(max_connections=8000, short_connections=500)
+    >>> response = await transport.send(request)   # in a running event loop
     >>> await transport.close()
 
-    Redirects are never followed (a 3xx is an answer, judged by the caller), and cookies are
-    never kept: upstream cookies are the account's, never a client's.
+    Lasting requests (``TransportRequest.lasting``) share ``max_connections`` (0: no cap);
+    short calls have ``short_connections`` of their own. With one pool for both, a process
+    holding as many open streams as it had connections made every new request's moderation
+    wait for one of them to end. Redirects are never followed (a 3xx is an answer, judged by
+    the caller), and cookies are never kept: upstream cookies are the account's, never a
+    client's.
     """
 
-    def __init__(self, *, max_connections: int = 100) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, enable_cleanup_closed=True),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+    def __init__(
+        self, *, max_connections: int = 100, short_connections: int = _SHORT_CONNECTIONS
+    ) -> None:
+        self._session = _session(max_connections)
+        self._short_session = _session(short_connections)
         self._limits = aiohttp.ClientTimeout(total=None)  # immutable, so safe to share
 
     async def send(self, request: TransportRequest) -> TransportResponse:
@@ -157,7 +170,8 @@ class AiohttpTransport(Transport):
             limits = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle)
             self._limits = limits
         first_byte, idle = timeouts.first_byte, timeouts.idle
-        answer = self._session.request(
+        session = self._session if request.lasting else self._short_session
+        answer = session.request(
             request.method,
             request.url,
             headers=request.headers,
@@ -179,6 +193,14 @@ class AiohttpTransport(Transport):
 
     async def close(self) -> None:
         await self._session.close()
+        await self._short_session.close()
+
+
+def _session(max_connections: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, enable_cleanup_closed=True),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 class _AiohttpResponse(TransportResponse):
