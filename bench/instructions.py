@@ -153,7 +153,16 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="measure only chatgpt-proxy (the pass-through's count does not change with our code)",
     )
+    parser.add_argument(
+        "--upstream-http",
+        choices=("1.1", "2"),
+        default="1.1",
+        help="the proxy's server.upstream_http; with 2 the nginx upstream speaks h2c and the "
+        "pass-through (HTTP/1.1 only) is skipped",
+    )
     args = parser.parse_args(argv)
+    if args.upstream_http == "2":
+        args.skip_passthrough = True
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is missing: apt-get install valgrind")
@@ -166,11 +175,12 @@ def main(argv: list[str]) -> int:
     tmp.chmod(0o755)  # nginx workers run as nobody when started as root: the SSE file is here
     try:
         json_port, sse_port, pass_port, proxy_port = lib.free_ports(4)
-        (tmp / "upstream.conf").write_text(lib.upstream_conf(tmp, json_port, sse_port))
+        http2 = args.upstream_http == "2"
+        (tmp / "upstream.conf").write_text(lib.upstream_conf(tmp, json_port, sse_port, http2=http2))
         upstream = sse_port if args.stream else json_port
         nginx_argv = [nginx, "-p", str(tmp), "-e", str(tmp / "nginx.err"), "-c"]
         with running([*nginx_argv, str(tmp / "upstream.conf")], tmp / "nginx.log"):
-            if lib.wait(f"http://127.0.0.1:{json_port}/v1/models", 30.0):
+            if not http2 and lib.wait(f"http://127.0.0.1:{json_port}/v1/models", 30.0):
                 raise RuntimeError("the nginx upstream did not come up")
             config = tmp / "proxy.yaml"
             settings = json.loads(
@@ -188,6 +198,8 @@ def main(argv: list[str]) -> int:
             # count: a tick more or less moved the figure by ±10k per request on a loaded
             # machine. Without it, the idle work left is small and its error with it.
             settings["auth"] = {"cache_refresh_seconds": 3600}
+            if http2:
+                settings["server"]["upstream_http"] = "2"
             # Likewise the once-a-second usage write: it runs only while requests are counted,
             # so the idle rate cannot take it out, and under valgrind (a hundred requests a
             # second, not thousands) each write lands on few requests. Written at exit instead.

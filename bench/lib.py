@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -180,8 +181,10 @@ _HTTP_COMMON = """\
 """
 
 
-def upstream_conf(tmp: Path, json_port: int, sse_port: int) -> str:
-    """The fake OpenAI: one nginx, two ports (JSON answers on one, SSE answers on the other)."""
+def upstream_conf(tmp: Path, json_port: int, sse_port: int, *, http2: bool = False) -> str:
+    """The fake OpenAI: one nginx, two ports (JSON answers on one, SSE answers on the other);
+    with ``http2`` they speak HTTP/2 in clear (h2c, prior knowledge) instead of HTTP/1.1."""
+    version = " http2" if http2 else ""
     common = f"""\
         location = /v1/moderations {{
             default_type application/json;
@@ -200,14 +203,14 @@ def upstream_conf(tmp: Path, json_port: int, sse_port: int) -> str:
         + _HTTP_COMMON.format(tmp=tmp, name=name)
         + f"""\
     server {{
-        listen 127.0.0.1:{json_port} backlog=4096;
+        listen 127.0.0.1:{json_port} backlog=4096{version};
         location = /v1/chat/completions {{
             default_type application/json;
             return 200 {_nginx_literal(chat_completion())};
         }}
 {common}    }}
     server {{
-        listen 127.0.0.1:{sse_port} backlog=4096;
+        listen 127.0.0.1:{sse_port} backlog=4096{version};
         # Too long for `return` (nginx caps a config token at 4 kB): a static file. nginx's
         # static handler refuses POST with a 405, so that error redirects to the same URI,
         # which nginx does as a GET.
@@ -281,6 +284,20 @@ def proxy_conf(
     if redis:
         config["redis_url"] = redis
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop ``processes`` in reverse order of start (woken first, if parked with SIGSTOP);
+    killed when one does not end within 10 s."""
+    for process in reversed(processes):
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+    for process in reversed(processes):
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def create_key(cgp: Path, config: Path, name: str) -> str:

@@ -1,5 +1,6 @@
-"""The aiohttp transport over real sockets: answers read as they come, and every failure of the
-network translated into the project's ``TransportError`` tree, chained to aiohttp's own."""
+"""Each transport (aiohttp's HTTP/1.1, httpx2's HTTP/2) over real sockets: answers read as they
+come, and every failure of the network translated into the project's ``TransportError`` tree,
+chained to the client's own."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import h2.exceptions
+import httpx2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from asgi_upstream import asgi_app, serve_h2c
 from chatgpt_proxy.errors import (
     BrokenBody,
     ConnectFailed,
@@ -20,57 +24,173 @@ from chatgpt_proxy.errors import (
     TransportError,
     TransportTimeout,
 )
+from chatgpt_proxy.upstream.httpx_transport import HttpxTransport
 from chatgpt_proxy.upstream.transport import (
     AiohttpTransport,
     SocketFrame,
     SocketRequest,
     Timeouts,
+    Transport,
     TransportRequest,
     sendable_close_code,
 )
 
-Scenario = Callable[[AiohttpTransport, str], Awaitable[Any]]
-LONG = 30.0  # an upstream that would stall this long is cut off by the limits long before
+Scenario = Callable[[Transport, str], Awaitable[Any]]
+# The transports under contract, by ``server.upstream_http``: each against the same fake
+# upstream (HTTP/1.1 and h2c on one port), each with its client's own error classes.
+TRANSPORTS: dict[str, Callable[[], Transport]] = {
+    "1.1": lambda: AiohttpTransport(max_connections=4),
+    "2": lambda: HttpxTransport(max_connections=4),
+}
+CLIENT_ERRORS = {"1.1": aiohttp.ClientError, "2": httpx2.TransportError | h2.exceptions.H2Error}
+TIMEOUTS = {"1.1": TimeoutError, "2": TimeoutError | httpx2.TimeoutException}
 
 
-async def _json(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"echo": request.headers.get("Authorization")})
+@pytest.fixture(params=sorted(TRANSPORTS))
+def http(request: pytest.FixtureRequest) -> str:
+    """The HTTP version, "1.1" or "2", whose transport a test runs against."""
+    version: str = request.param
+    return version
 
 
-async def _pieces(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    for n in range(3):
-        await response.write(f"data: {n}\n\n".encode())
-    await response.write_eof()
-    return response
+def _serve(http: str, scenario: Scenario) -> Any:
+    async def main() -> Any:
+        async with serve_h2c(asgi_app()) as base:
+            transport = TRANSPORTS[http]()
+            try:
+                return await scenario(transport, base)
+            finally:
+                await transport.close()
+
+    return asyncio.run(main())
 
 
-async def _slow_headers(request: web.Request) -> web.StreamResponse:
-    await asyncio.sleep(LONG)
-    return web.json_response({})
+PATIENT = Timeouts(5.0, 5.0, 5.0)
 
 
-async def _silent_after_one(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await response.prepare(request)
-    await response.write(b"data: 1\n\n")
-    await asyncio.sleep(LONG)
-    return response
+def _get(url: str, timeouts: Timeouts = PATIENT) -> TransportRequest:
+    return TransportRequest("GET", url, {"Authorization": "Bearer sk-x"}, timeouts=timeouts)
 
 
-async def _reset_mid_body(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    response.content_length = 1000
-    await response.prepare(request)
-    await response.write(b'{"partial": ')
-    assert request.transport is not None
-    request.transport.close()  # fewer bytes than announced, then the connection ends
-    return response
+def test_an_answer_exposes_status_headers_and_body(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
+        response = await transport.send(_get(base + "/json"))
+        assert response.status == 200 and response.content_type == "application/json"
+        assert response.content_length == len(b'{"echo":"Bearer sk-x"}')
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert await response.read(1000) == b'{"echo":"Bearer sk-x"}'
+        response.release()
+
+    _serve(http, scenario)
 
 
-async def _redirect(request: web.Request) -> web.StreamResponse:
-    return web.Response(status=302, headers={"Location": "/json"})
+def test_a_stream_is_read_chunk_by_chunk_to_an_empty_end(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> bytes:
+        response = await transport.send(_get(base + "/pieces", Timeouts(5.0, 5.0)))
+        body = b""
+        while chunk := await response.read_chunk():
+            body += chunk
+        response.release()
+        return body
+
+    assert _serve(http, scenario) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+def test_read_stops_at_its_limit(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> bytes:
+        response = await transport.send(_get(base + "/pieces"))
+        try:
+            return await response.read(12)
+        finally:
+            response.close()
+
+    assert _serve(http, scenario) == b"data: 0\n\ndat"
+
+
+def test_a_redirect_is_an_answer_never_followed(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> int:
+        response = await transport.send(_get(base + "/redirect"))
+        response.release()
+        return response.status
+
+    assert _serve(http, scenario) == 302
+
+
+def _failure(http: str, scenario: Scenario) -> TransportError:
+    async def caught(transport: Transport, base: str) -> TransportError:
+        with pytest.raises(TransportError) as info:
+            await scenario(transport, base)
+        return info.value
+
+    failure: TransportError = _serve(http, caught)
+    return failure
+
+
+def test_a_refused_connection_is_connect_failed_chained_to_the_clients_error(http: str) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once closed
+
+    async def scenario(transport: Transport, base: str) -> None:
+        await transport.send(_get(f"http://127.0.0.1:{port}/json"))
+
+    failure = _failure(http, scenario)
+    assert isinstance(failure, ConnectFailed)
+    assert isinstance(failure.__cause__, CLIENT_ERRORS[http])
+    assert str(failure) == type(failure.__cause__).__name__
+
+
+@pytest.mark.parametrize("timeouts", [Timeouts(5.0, 0.2, 0.2), Timeouts(5.0, 0.2)])
+def test_headers_late_are_a_transport_timeout(timeouts: Timeouts, http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
+        await transport.send(_get(base + "/slow-headers", timeouts))
+
+    failure = _failure(http, scenario)
+    assert isinstance(failure, TransportTimeout)
+    assert isinstance(failure.__cause__, TIMEOUTS[http])
+
+
+def test_silence_past_the_idle_limit_is_a_transport_timeout(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
+        response = await transport.send(_get(base + "/silent", Timeouts(5.0, 0.2, 0.2)))
+        try:
+            while await response.read_chunk():
+                pass
+        finally:
+            response.close()
+
+    assert isinstance(_failure(http, scenario), TransportTimeout)
+
+
+def test_a_body_cut_short_is_a_broken_body(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> None:
+        response = await transport.send(_get(base + "/reset"))
+        try:
+            await response.read(10_000)
+        finally:
+            response.close()
+
+    failure = _failure(http, scenario)
+    assert isinstance(failure, BrokenBody)
+    assert isinstance(failure.__cause__, CLIENT_ERRORS[http] | OSError)
+
+
+def test_close_from_another_task_ends_a_pending_read(http: str) -> None:
+    """What the idle watch and the drain rely on: ``close()`` ends the relay's read."""
+
+    async def scenario(transport: Transport, base: str) -> bytes | TransportError:
+        response = await transport.send(_get(base + "/silent", Timeouts(5.0, 5.0)))
+        assert await response.read_chunk() == b"data: 1\n\n"
+        reading = asyncio.create_task(response.read_chunk())
+        await asyncio.sleep(0)
+        response.close()
+        try:
+            return await reading
+        except TransportError as failure:
+            return failure
+
+    ended = _serve(http, scenario)
+    assert ended == b"" or isinstance(ended, BrokenBody)
 
 
 async def _socket(request: web.Request) -> web.StreamResponse:
@@ -92,22 +212,22 @@ async def _socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _serve(scenario: Scenario) -> Any:
+# WebSockets go through aiohttp's client only: over HTTP/2 the transport hands them to it.
+SOCKET_TRANSPORTS: dict[str, Callable[[], Transport]] = {
+    "1.1": lambda: AiohttpTransport(max_connections=4),
+    "2": lambda: HttpxTransport(max_connections=4, sockets=AiohttpTransport(max_connections=4)),
+}
+
+
+def _serve_sockets(scenario: Callable[[Transport, str], Awaitable[Any]], http: str = "1.1") -> Any:
+    """``scenario`` against an aiohttp upstream that echoes frames."""
+
     async def main() -> Any:
         app = web.Application()
-        for path, handler in [
-            ("/json", _json),
-            ("/pieces", _pieces),
-            ("/slow-headers", _slow_headers),
-            ("/silent", _silent_after_one),
-            ("/reset", _reset_mid_body),
-            ("/redirect", _redirect),
-            ("/socket", _socket),
-        ]:
-            app.router.add_get(path, handler)
+        app.router.add_get("/socket", _socket)
         server = TestServer(app)
         await server.start_server()
-        transport = AiohttpTransport(max_connections=4)
+        transport = SOCKET_TRANSPORTS[http]()
         try:
             return await scenario(transport, str(server.make_url("")))
         finally:
@@ -117,141 +237,13 @@ def _serve(scenario: Scenario) -> Any:
     return asyncio.run(main())
 
 
-PATIENT = Timeouts(5.0, 5.0, 5.0)
-
-
-def _get(url: str, timeouts: Timeouts = PATIENT) -> TransportRequest:
-    return TransportRequest("GET", url, {"Authorization": "Bearer sk-x"}, timeouts=timeouts)
-
-
-def test_an_answer_exposes_status_headers_and_body() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
-        response = await transport.send(_get(base + "/json"))
-        assert response.status == 200 and response.content_type == "application/json"
-        assert response.content_length == len(b'{"echo": "Bearer sk-x"}')
-        assert response.headers["Content-Type"].startswith("application/json")
-        assert await response.read(1000) == b'{"echo": "Bearer sk-x"}'
-        response.release()
-
-    _serve(scenario)
-
-
-def test_a_stream_is_read_chunk_by_chunk_to_an_empty_end() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> bytes:
-        response = await transport.send(_get(base + "/pieces", Timeouts(5.0, 5.0)))
-        body = b""
-        while chunk := await response.read_chunk():
-            body += chunk
-        response.release()
-        return body
-
-    assert _serve(scenario) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
-
-
-def test_read_stops_at_its_limit() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> bytes:
-        response = await transport.send(_get(base + "/pieces"))
-        try:
-            return await response.read(12)
-        finally:
-            response.close()
-
-    assert _serve(scenario) == b"data: 0\n\ndat"
-
-
-def test_a_redirect_is_an_answer_never_followed() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> int:
-        response = await transport.send(_get(base + "/redirect"))
-        response.release()
-        return response.status
-
-    assert _serve(scenario) == 302
-
-
-def _failure(scenario: Scenario) -> TransportError:
-    async def caught(transport: AiohttpTransport, base: str) -> TransportError:
-        with pytest.raises(TransportError) as info:
-            await scenario(transport, base)
-        return info.value
-
-    failure: TransportError = _serve(caught)
-    return failure
-
-
-def test_a_refused_connection_is_connect_failed_chained_to_aiohttps_error() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]  # nothing listens there once closed
-
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
-        await transport.send(_get(f"http://127.0.0.1:{port}/json"))
-
-    failure = _failure(scenario)
-    assert isinstance(failure, ConnectFailed)
-    assert isinstance(failure.__cause__, aiohttp.ClientError)
-    assert str(failure) == type(failure.__cause__).__name__
-
-
-@pytest.mark.parametrize("timeouts", [Timeouts(5.0, 0.2, 0.2), Timeouts(5.0, 0.2)])
-def test_headers_late_are_a_transport_timeout(timeouts: Timeouts) -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
-        await transport.send(_get(base + "/slow-headers", timeouts))
-
-    failure = _failure(scenario)
-    assert isinstance(failure, TransportTimeout)
-    assert isinstance(failure.__cause__, TimeoutError)
-
-
-def test_silence_past_the_idle_limit_is_a_transport_timeout() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
-        response = await transport.send(_get(base + "/silent", Timeouts(5.0, 0.2, 0.2)))
-        try:
-            while await response.read_chunk():
-                pass
-        finally:
-            response.close()
-
-    assert isinstance(_failure(scenario), TransportTimeout)
-
-
-def test_a_body_cut_short_is_a_broken_body() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> None:
-        response = await transport.send(_get(base + "/reset"))
-        try:
-            await response.read(10_000)
-        finally:
-            response.close()
-
-    failure = _failure(scenario)
-    assert isinstance(failure, BrokenBody)
-    assert isinstance(failure.__cause__, aiohttp.ClientError | OSError)
-
-
-def test_close_from_another_task_ends_a_pending_read() -> None:
-    """What the idle watch and the drain rely on: ``close()`` ends the relay's read."""
-
-    async def scenario(transport: AiohttpTransport, base: str) -> bytes | TransportError:
-        response = await transport.send(_get(base + "/silent", Timeouts(5.0, 5.0)))
-        assert await response.read_chunk() == b"data: 1\n\n"
-        reading = asyncio.create_task(response.read_chunk())
-        await asyncio.sleep(0)
-        response.close()
-        try:
-            return await reading
-        except TransportError as failure:
-            return failure
-
-    ended = _serve(scenario)
-    assert ended == b"" or isinstance(ended, BrokenBody)
-
-
 def _socket_request(base: str, key: str = "sk-x") -> SocketRequest:
     url = base.replace("http://", "ws://") + "/socket"
     return SocketRequest(url, {"Authorization": f"Bearer {key}"}, ("realtime",), PATIENT)
 
 
-def test_a_socket_carries_every_kind_of_frame_and_the_close_code() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> list[SocketFrame]:
+def test_a_socket_carries_every_kind_of_frame_and_the_close_code(http: str) -> None:
+    async def scenario(transport: Transport, base: str) -> list[SocketFrame]:
         socket = await transport.connect_socket(_socket_request(base))
         assert socket.protocol == "realtime"
         frames = []
@@ -265,7 +257,7 @@ def test_a_socket_carries_every_kind_of_frame_and_the_close_code() -> None:
         await socket.close()
         return frames
 
-    assert _serve(scenario) == [
+    assert _serve_sockets(scenario, http) == [
         SocketFrame("text", "hi"),
         SocketFrame("binary", b"\x00"),
         SocketFrame("pong", b"p"),
@@ -275,12 +267,12 @@ def test_a_socket_carries_every_kind_of_frame_and_the_close_code() -> None:
 
 
 def test_a_refused_upgrade_is_socket_refused_with_its_status() -> None:
-    async def scenario(transport: AiohttpTransport, base: str) -> SocketRefused:
+    async def scenario(transport: Transport, base: str) -> SocketRefused:
         with pytest.raises(SocketRefused) as caught:
             await transport.connect_socket(_socket_request(base, key="sk-wrong"))
         return caught.value
 
-    refused = _serve(scenario)
+    refused = _serve_sockets(scenario)
     assert refused.status == 401
     assert isinstance(refused.__cause__, aiohttp.WSServerHandshakeError)
     assert "sk-wrong" not in str(refused)
@@ -351,10 +343,13 @@ def test_limits_cut_to_a_deadline(limits: Timeouts, seconds: float, expected: Ti
     assert limits.within(seconds) == expected
 
 
-def test_short_calls_have_connections_of_their_own_when_streams_hold_every_other() -> None:
-    """Streams holding all of the lasting lane's connections leave short calls theirs."""
+def test_short_calls_have_connections_of_their_own_when_streams_hold_every_other(
+    http: str,
+) -> None:
+    """Streams holding all of the lasting lane's connections leave short calls theirs (over
+    HTTP/2 the four streams share one connection, and the short call joins them)."""
 
-    async def scenario(transport: AiohttpTransport, base: str) -> bytes:
+    async def scenario(transport: Transport, base: str) -> bytes:
         held = []
         for _ in range(4):  # the lane's whole cap (max_connections=4), each stream left open
             request = _get(base + "/silent", Timeouts(5.0, 5.0))
@@ -370,4 +365,4 @@ def test_short_calls_have_connections_of_their_own_when_streams_hold_every_other
             for stream in held:
                 stream.close()
 
-    assert _serve(scenario) == b'{"echo": "Bearer sk-x"}'
+    assert _serve(http, scenario) == b'{"echo":"Bearer sk-x"}'

@@ -78,6 +78,11 @@ class ServerSettings(_Section):
         "checks, model lists, embeddings, key probes), kept apart from those of streams so "
         "that open streams never make a new request wait for its moderation",
     )
+    upstream_http: Literal["1.1", "2"] = Field(
+        "1.1",
+        description='"2": requests as HTTP/2 streams, up to 100 per connection (h2c to http://; '
+        "pip install 'chatgpt-proxy[http2]')",
+    )
     access_log: bool = Field(
         True, description="log one line per request (written in batches, at most 0.1 s late)"
     )

@@ -25,7 +25,7 @@ from chatgpt_proxy.settings import Settings
 from chatgpt_proxy.upstream.client import Outbound, UpstreamClient
 from chatgpt_proxy.upstream.pool import KeyPool, UpstreamKey
 from chatgpt_proxy.upstream.router import Router, Upstream
-from chatgpt_proxy.upstream.transport import AiohttpTransport
+from chatgpt_proxy.upstream.transports import build_transport
 
 logger = logging.getLogger("chatgpt_proxy.upstream")
 
@@ -109,7 +109,7 @@ class Prober:
 async def probe_all(settings: Settings) -> list[tuple[str, Health]]:
     """Every configured key's health, for ``chatgpt-proxy check``."""
     router = Router.from_settings(settings.upstreams, settings.pool)
-    transport = AiohttpTransport()
+    transport = build_transport(settings.server)
     try:
         retries = settings.retries.model_copy(update={"max_attempts": 1})
         client = UpstreamClient(transport, settings.timeouts, retries)
