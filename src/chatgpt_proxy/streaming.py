@@ -13,7 +13,6 @@ answer to scrub, an answer to moderate), never cut to fit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from chatgpt_proxy.sse import (
     event_start,
     event_stop,
     next_sequence_number,
-    split_events,
 )
 from chatgpt_proxy.token_usage import Usage, event_data, usage_in_document, usage_in_json
 from chatgpt_proxy.upstream.client import Reply
@@ -117,8 +115,15 @@ async def relay(
     upstream = reply.response
     try:
         if upstream.content_type == "text/event-stream":
-            with drain.track(upstream) if drain is not None else contextlib.nullcontext():
+            if drain is None:
                 return await _relay_events(request, reply, outcome, style, on_created, drain)
+            # Tracked for the shutdown by hand: a generator context manager per stream would
+            # cost more than the set operations themselves.
+            drain.streams.add(upstream)
+            try:
+                return await _relay_events(request, reply, outcome, style, on_created, drain)
+            finally:
+                drain.streams.discard(upstream)
         return await _relay_body(request, reply, redactor, outcome, check_answer, on_created)
     except ProxyError as err:
         outcome.status = err.status  # refused before its headers: the client gets this error
@@ -204,11 +209,30 @@ def _inspected(events: bytes, outcome: Outcome, style: StreamStyle) -> bytes:
     """``events`` as the client gets them, their usage noted in ``outcome``."""
     if style.strip_usage:
         return _without_usage(events, outcome)
-    if _has_usage(events):
-        for event in split_events(events):
-            if _has_usage(event):
-                outcome.usage = usage_in_document(_event_document(event)) or outcome.usage
+    outcome.usage = _last_usage(events) or outcome.usage
     return events
+
+
+def _last_usage(events: bytes) -> Usage | None:
+    """The usage of the last event in ``events`` that reports one: only the latest counts,
+    so it is looked for from the end, and no event without one is cut out or parsed."""
+    mark = events.rfind(_USAGE_MARK)
+    while mark >= 0:
+        if _is_null_usage(events, mark):
+            mark = events.rfind(_USAGE_MARK, 0, mark)
+            continue
+        start = event_start(events, mark)
+        usage = usage_in_document(_event_document(events[start : event_stop(events, mark)]))
+        if usage is not None:
+            return usage
+        mark = events.rfind(_USAGE_MARK, 0, start)
+    return None
+
+
+def _is_null_usage(events: bytes, mark: int) -> bool:
+    """Whether the ``"usage"`` key at ``mark`` has no usage (``null``), OpenAI's way first."""
+    after = mark + len(_USAGE_MARK)
+    return events.startswith(b":null", after) or _NULL_VALUE.match(events, after) is not None
 
 
 class _Held:
@@ -251,11 +275,6 @@ def _broken(
     return UpstreamError("The upstream stream broke off before it finished.")
 
 
-def _has_usage(events: bytes) -> bool:
-    """Whether an event carries a usage object, not just OpenAI's ``"usage":null``."""
-    return events.count(_USAGE_MARK) > events.count(_USAGE_NULL_MARK)
-
-
 def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     """``events`` as the client would have had them: no usage chunk, no ``"usage":null``.
 
@@ -268,13 +287,15 @@ def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     last: Usage | None = None  # looking from the end, the first found is the latest
     mark = events.rfind(_USAGE_MARK)
     while mark >= 0:
+        if _is_null_usage(events, mark):
+            mark = events.rfind(_USAGE_MARK, 0, mark)
+            continue
         start = event_start(events, mark)
-        if _NULL_VALUE.match(events, mark + len(_USAGE_MARK)) is None:
-            stop = event_stop(events, mark)
-            document = _event_document(events[start:stop])
-            last = last or usage_in_document(document)
-            if isinstance(document, dict) and document.get("choices") == []:
-                events = events[:start] + events[stop:]
+        stop = event_stop(events, mark)
+        document = _event_document(events[start:stop])
+        last = last or usage_in_document(document)
+        if document is not None and document.get("choices") == []:
+            events = events[:start] + events[stop:]
         mark = events.rfind(_USAGE_MARK, 0, start)
     outcome.usage = last or outcome.usage
     return events
