@@ -151,6 +151,7 @@ async def _relay_events(
     write = response.write if client is None else client.write
     framer = EventFramer(_EVENT_LIMIT)
     sent = b""  # the last whole events sent: an error event follows their sequence number
+    last = b""  # what goes out with the end of the answer
     failure: ProxyError | None = None
     held = _Held(on_created) if on_created is not None else None
     while True:
@@ -178,31 +179,48 @@ async def _relay_events(
                     await write(passed + _inspected(events, outcome, style))
             chunk = chunk and sendable
         if not chunk:
-            if reply.went_silent or (drain is not None and drain.ending):
+            if _cut_here(reply, drain):
                 failure = _broken(reply, "silence", drain)  # closed here, which looks like an end
             else:
                 outcome.complete = True
             break
+        # An over-long event's bytes (relayed as they come, never read), then whole events.
         passed, events = framer.feed(chunk)
-        if passed:  # an over-long event, relayed as it comes and never read
-            await write(passed)
         if events:
             sent = events
-            await write(_inspected(events, outcome, style))
+            passed += _inspected(events, outcome, style)
+        if client is None and reply.at_end() and not _cut_here(reply, drain):
+            # The upstream has ended and all of it is read: its last bytes go out with the
+            # end of the answer, one write instead of two (nothing is held back for it).
+            outcome.complete = True
+            last = passed
+            break
+        if passed:
+            await write(passed)
     if failure is None:
         if tail := framer.flush():  # an unfinished last event: the client's to discard
-            await write(_inspected(tail, outcome, style))
+            last += _inspected(tail, outcome, style)
     else:
         # An unfinished event is dropped: the error event must not land inside it.
         opening = b"\n\n" if framer.inside_event else b""
         number = next_sequence_number(sent) if style.typed_events else None
         event = error_event(failure, typed=style.typed_events, sequence_number=number)
         await write(opening + event)
-    if client is not None and client.gone:
-        outcome.status = CLIENT_CLOSED
-    else:
-        await response.write_eof()
+    if client is not None:
+        if last:
+            await client.write(last)
+        if client.gone:
+            outcome.status = CLIENT_CLOSED
+            return response
+        last = b""
+    await response.write_eof(last)
     return response
+
+
+def _cut_here(reply: Reply, drain: Drain | None) -> bool:
+    """Whether the upstream connection was closed here (silent too long, or the shutdown's
+    grace period over), which looks like the end of its answer but is not."""
+    return reply.went_silent or (drain is not None and drain.ending)
 
 
 def _inspected(events: bytes, outcome: Outcome, style: StreamStyle) -> bytes:
