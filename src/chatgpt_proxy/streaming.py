@@ -301,7 +301,9 @@ def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     left, from the end, where the usage chunk comes. Only the events that carry a usage
     object are cut out and parsed.
     """
-    events = events.replace(_USAGE_NULL, b"")
+    # The same as replace(_USAGE_NULL, b""), which counts the members in a pass of its own
+    # before a second cuts them: about 29k instructions instead of 37k for 7 kB of events.
+    events = b"".join(events.split(_USAGE_NULL))
     last: Usage | None = None  # looking from the end, the first found is the latest
     mark = events.rfind(_USAGE_MARK)
     while mark >= 0:
