@@ -1,5 +1,6 @@
-"""Stripping the usage chunk the proxy asked for, checked against the plain algorithm, with
-every line end the SSE standard allows (LF, CRLF, CR)."""
+"""Stripping the usage chunk the proxy asked for, and reading the usage of a stream whose
+client asked for it, checked against the plain algorithm, with every line end the SSE
+standard allows (LF, CRLF, CR)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import orjson
 import pytest
 
 from chatgpt_proxy.exchange import Outcome
-from chatgpt_proxy.streaming import _without_usage
+from chatgpt_proxy.streaming import StreamStyle, _inspected, _without_usage
 from chatgpt_proxy.token_usage import Usage, event_data, usage_in_document
 
 
@@ -45,9 +46,9 @@ def _usage_chunk(prompt: int, end: bytes, *, with_choice: bool = False) -> bytes
     return _event({"id": "c", "choices": choices, "usage": usage}, end)
 
 
-@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
-def test_the_usage_chunk_is_cut_wherever_it_falls(end: bytes) -> None:
+def _streams(end: bytes) -> list[bytes]:
     rng = random.Random(7)
+    streams = []
     for _ in range(300):
         events = [_chunk(n, end) for n in range(rng.randint(0, 6))]
         for _ in range(rng.randint(0, 2)):
@@ -58,8 +59,25 @@ def test_the_usage_chunk_is_cut_wherever_it_falls(end: bytes) -> None:
             events.insert(rng.randint(0, len(events)), no_usage)
         if rng.random() < 0.3:
             events.append(b"data: [DONE]" + end + end)
-        joined = b"".join(events)
+        streams.append(b"".join(events))
+    return streams
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_the_usage_chunk_is_cut_wherever_it_falls(end: bytes) -> None:
+    for joined in _streams(end):
         outcome = Outcome(200)
         expected, usage = _reference(joined, end)
         assert _without_usage(joined, outcome) == expected, joined
         assert outcome.usage == usage
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_a_stream_whose_client_asked_for_usage_is_untouched_and_its_last_usage_counts(
+    end: bytes,
+) -> None:
+    for joined in _streams(end):
+        outcome = Outcome(200)
+        _, usage = _reference(joined, end)
+        assert _inspected(joined, outcome, StreamStyle()) is joined
+        assert outcome.usage == usage, joined

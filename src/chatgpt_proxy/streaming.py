@@ -13,7 +13,6 @@ answer to scrub, an answer to moderate), never cut to fit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from chatgpt_proxy.sse import (
     event_start,
     event_stop,
     next_sequence_number,
-    split_events,
 )
 from chatgpt_proxy.token_usage import Usage, event_data, usage_in_document, usage_in_json
 from chatgpt_proxy.upstream.client import Reply
@@ -118,8 +116,15 @@ async def relay(
     upstream = reply.response
     try:
         if upstream.content_type == "text/event-stream":
-            with drain.track(upstream) if drain is not None else contextlib.nullcontext():
+            if drain is None:
                 return await _relay_events(request, reply, outcome, style, on_created, drain)
+            # Tracked for the shutdown by hand: a generator context manager per stream would
+            # cost more than the set operations themselves.
+            drain.streams.add(upstream)
+            try:
+                return await _relay_events(request, reply, outcome, style, on_created, drain)
+            finally:
+                drain.streams.discard(upstream)
         return await _relay_body(request, reply, redactor, outcome, check_answer, on_created)
     except ProxyError as err:
         outcome.status = err.status  # refused before its headers: the client gets this error
@@ -147,6 +152,7 @@ async def _relay_events(
     write = response.write if client is None else client.write
     framer = EventFramer(_EVENT_LIMIT)
     sent = b""  # the last whole events sent: an error event follows their sequence number
+    last = b""  # what goes out with the end of the answer
     failure: ProxyError | None = None
     held = _Held(on_created) if on_created is not None else None
     while True:
@@ -174,42 +180,78 @@ async def _relay_events(
                     await write(passed + _inspected(events, outcome, style))
             chunk = chunk and sendable
         if not chunk:
-            if reply.went_silent or (drain is not None and drain.ending):
+            if _cut_here(reply, drain):
                 failure = _broken(reply, "silence", drain)  # closed here, which looks like an end
             else:
                 outcome.complete = True
             break
+        # An over-long event's bytes (relayed as they come, never read), then whole events.
         passed, events = framer.feed(chunk)
-        if passed:  # an over-long event, relayed as it comes and never read
-            await write(passed)
         if events:
             sent = events
-            await write(_inspected(events, outcome, style))
+            passed += _inspected(events, outcome, style)
+        if client is None and reply.at_end() and not _cut_here(reply, drain):
+            # The upstream has ended and all of it is read: its last bytes go out with the
+            # end of the answer, one write instead of two (nothing is held back for it).
+            outcome.complete = True
+            last = passed
+            break
+        if passed:
+            await write(passed)
     if failure is None:
         if tail := framer.flush():  # an unfinished last event: the client's to discard
-            await write(_inspected(tail, outcome, style))
+            last += _inspected(tail, outcome, style)
     else:
         # An unfinished event is dropped: the error event must not land inside it.
         opening = b"\n\n" if framer.inside_event else b""
         number = next_sequence_number(sent) if style.typed_events else None
         event = error_event(failure, typed=style.typed_events, sequence_number=number)
         await write(opening + event)
-    if client is not None and client.gone:
-        outcome.status = CLIENT_CLOSED
-    else:
-        await response.write_eof()
+    if client is not None:
+        if last:
+            await client.write(last)
+        if client.gone:
+            outcome.status = CLIENT_CLOSED
+            return response
+        last = b""
+    await response.write_eof(last)
     return response
+
+
+def _cut_here(reply: Reply, drain: Drain | None) -> bool:
+    """Whether the upstream connection was closed here (silent too long, or the shutdown's
+    grace period over), which looks like the end of its answer but is not."""
+    return reply.went_silent or (drain is not None and drain.ending)
 
 
 def _inspected(events: bytes, outcome: Outcome, style: StreamStyle) -> bytes:
     """``events`` as the client gets them, their usage noted in ``outcome``."""
     if style.strip_usage:
         return _without_usage(events, outcome)
-    if _has_usage(events):
-        for event in split_events(events):
-            if _has_usage(event):
-                outcome.usage = usage_in_document(_event_document(event)) or outcome.usage
+    outcome.usage = _last_usage(events) or outcome.usage
     return events
+
+
+def _last_usage(events: bytes) -> Usage | None:
+    """The usage of the last event in ``events`` that reports one: only the latest counts,
+    so it is looked for from the end, and no event without one is cut out or parsed."""
+    mark = events.rfind(_USAGE_MARK)
+    while mark >= 0:
+        if _is_null_usage(events, mark):
+            mark = events.rfind(_USAGE_MARK, 0, mark)
+            continue
+        start = event_start(events, mark)
+        usage = usage_in_document(_event_document(events[start : event_stop(events, mark)]))
+        if usage is not None:
+            return usage
+        mark = events.rfind(_USAGE_MARK, 0, start)
+    return None
+
+
+def _is_null_usage(events: bytes, mark: int) -> bool:
+    """Whether the ``"usage"`` key at ``mark`` has no usage (``null``), OpenAI's way first."""
+    after = mark + len(_USAGE_MARK)
+    return events.startswith(b":null", after) or _NULL_VALUE.match(events, after) is not None
 
 
 class _Held:
@@ -252,11 +294,6 @@ def _broken(
     return UpstreamError("The upstream stream broke off before it finished.")
 
 
-def _has_usage(events: bytes) -> bool:
-    """Whether an event carries a usage object, not just OpenAI's ``"usage":null``."""
-    return events.count(_USAGE_MARK) > events.count(_USAGE_NULL_MARK)
-
-
 def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     """``events`` as the client would have had them: no usage chunk, no ``"usage":null``.
 
@@ -265,17 +302,21 @@ def _without_usage(events: bytes, outcome: Outcome) -> bytes:
     left, from the end, where the usage chunk comes. Only the events that carry a usage
     object are cut out and parsed.
     """
-    events = events.replace(_USAGE_NULL, b"")
+    # The same as replace(_USAGE_NULL, b""), which counts the members in a pass of its own
+    # before a second cuts them: about 29k instructions instead of 37k for 7 kB of events.
+    events = b"".join(events.split(_USAGE_NULL))
     last: Usage | None = None  # looking from the end, the first found is the latest
     mark = events.rfind(_USAGE_MARK)
     while mark >= 0:
+        if _is_null_usage(events, mark):
+            mark = events.rfind(_USAGE_MARK, 0, mark)
+            continue
         start = event_start(events, mark)
-        if _NULL_VALUE.match(events, mark + len(_USAGE_MARK)) is None:
-            stop = event_stop(events, mark)
-            document = _event_document(events[start:stop])
-            last = last or usage_in_document(document)
-            if isinstance(document, dict) and document.get("choices") == []:
-                events = events[:start] + events[stop:]
+        stop = event_stop(events, mark)
+        document = _event_document(events[start:stop])
+        last = last or usage_in_document(document)
+        if document is not None and document.get("choices") == []:
+            events = events[:start] + events[stop:]
         mark = events.rfind(_USAGE_MARK, 0, start)
     outcome.usage = last or outcome.usage
     return events

@@ -524,22 +524,23 @@ class Relay:
     def __init__(self, redactor: Redactor, drain: Drain, *, typed_events: bool) -> None:
         self._redactor = redactor
         self._drain = drain
-        self._typed_events = typed_events
+        # The four styles this endpoint's answers can have, built once: a frozen dataclass
+        # costs a few microseconds to build, and every answer needs one.
+        self._styles = {
+            (strip, background): StreamStyle(strip, typed_events, background)
+            for strip in (False, True)
+            for background in (False, True)
+        }
 
     def __call__(self, exchange: Exchange, forward: Next) -> Answering:  # a tail call
         reply = exchange.reply
         exchange.outcome = outcome = Outcome(reply.response.status)
-        style = StreamStyle(
-            strip_usage=exchange.strip_usage,
-            typed_events=self._typed_events,
-            keep_reading=exchange.background,
-        )
         return relay(
             exchange.request,
             reply,
             self._redactor,
             outcome,
-            style=style,
+            style=self._styles[exchange.strip_usage, exchange.background],
             check_answer=exchange.check_answer,
             on_created=exchange.on_created,
             drain=self._drain,

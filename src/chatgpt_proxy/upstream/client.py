@@ -143,6 +143,10 @@ class Reply:
         watched.touch()
         return chunk
 
+    def at_end(self) -> bool:
+        """Whether the answer has been read to its end: the next read would be ``b""``."""
+        return not self._head and self.response.at_end()
+
     async def read(self, limit: int = 16 * 1024 * 1024) -> bytes:
         """The whole answer (up to ``limit`` bytes); a broken one is an ``UpstreamError``."""
         head, self._head = self._head, b""

@@ -141,6 +141,9 @@ class FakeResponse(TransportResponse):
             return
         raise BrokenBody("the connection was closed")
 
+    def at_end(self) -> bool:
+        return not self._pieces and not self.closed
+
     def release(self) -> None:
         self.released = True
 

@@ -123,6 +123,11 @@ class TransportResponse(ABC):
         body = b"".join(chunks)
         return body[:limit] if size > limit else body
 
+    def at_end(self) -> bool:
+        """Whether the body has been read to its end, without waiting: nothing is left
+        buffered and the end has arrived (``False`` when that cannot be told)."""
+        return False
+
     @abstractmethod
     def release(self) -> None:
         """Done with the answer: its connection may serve another request."""
@@ -363,6 +368,9 @@ class _AiohttpResponse(TransportResponse):
         except (aiohttp.ClientError, OSError) as exc:
             raise BrokenBody(_cause(exc)) from exc
         return b"".join(chunks)
+
+    def at_end(self) -> bool:
+        return self._content.at_eof()  # public: buffer empty and the end of the body fed
 
     def release(self) -> None:
         self._response.release()
