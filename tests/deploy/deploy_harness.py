@@ -27,6 +27,8 @@ HOST_FROM_CONTAINER = "host.containers.internal"
 # Podman pulls, starts and stops things: slower than a process, never a hang.
 PODMAN_TIMEOUT_S = 180.0
 START_TIMEOUT_S = 90.0
+# A test with its module's containers to start (pytest-timeout's 60 s are for processes).
+DEPLOY_TIMEOUT_S = 900
 
 needs_images = pytest.mark.skipif(
     not IMAGE, reason="run by `make deploy-test` (deploy/test.sh builds the images)"

@@ -18,6 +18,7 @@ import openai
 import pytest
 from deploy_harness import (
     ADMIN_KEY,
+    DEPLOY_TIMEOUT_S,
     IMAGE,
     exit_code,
     first_key,
@@ -32,7 +33,7 @@ from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
 from fake_openai.payloads import long_reply
 from servers import BackgroundLoop, free_port, wait_for
 
-pytestmark = needs_images
+pytestmark = [needs_images, pytest.mark.timeout(DEPLOY_TIMEOUT_S)]
 
 MODEL = "gpt-4o-mini"
 STOP_TIMEOUT_S = 60  # podman's SIGKILL comes this long after SIGTERM: far past the drain
@@ -82,7 +83,7 @@ def served(upstream: tuple[FakeOpenAI, str]) -> Iterator[Served]:
         wait_ready(url, name)
         yield Served(name, url, first_key(name), fake)
     finally:
-        podman("rm", "--force", "--time", "0", name, check=False)
+        podman("rm", "--force", "--volumes", "--time", "0", name, check=False)
         podman("volume", "rm", "--force", volume, check=False)
 
 
