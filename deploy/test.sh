@@ -38,6 +38,7 @@ missing=()
 for tool in podman runc iptables debootstrap; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
 
 # crun refuses this machine's cgroup layout; containers may not have higher limits than the host.
@@ -70,9 +71,9 @@ mkdir -p "$cache"
 . /etc/os-release
 suite=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
 # The host's own Debian mirror (one-line or deb822 sources), not a name written here.
-mirror=$(sed -E 's/\[[^]]*\]//' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-  awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}')
-[ -n "$mirror" ] || mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
+mirror=$( (cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true) |
+  sed -E 's/\[[^]]*\]//' | awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}')
+[ -n "$mirror" ] || mirror=$( (cat /etc/apt/sources.list.d/*.sources 2>/dev/null || true) |
   awk '$1 == "URIs:" && $2 !~ /security/ {print $2; exit}')
 [ -n "$mirror" ] || skip "no Debian mirror found in /etc/apt/sources.list*"
 packages=python3,python3-venv,python3-pip,ca-certificates
@@ -124,6 +125,18 @@ echo "deploy-test: image $image: $((size / 1000000)) MB (base $((
   $(podman image inspect "$base" --format '{{.Size}}') / 1000000)) MB), built in $((SECONDS - started)) s" >&2
 
 # ---------------------------------------------------------------- the checks
+# deploy/nginx.conf is valid nginx (with a throwaway certificate in place of the example's).
+nginx_dir=$(mktemp -d)
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=llm.example.com \
+  -keyout "$nginx_dir/key.pem" -out "$nginx_dir/cert.pem" 2>/dev/null
+sed -E "s#ssl_certificate +[^;]+#ssl_certificate $nginx_dir/cert.pem#;
+  s#ssl_certificate_key +[^;]+#ssl_certificate_key $nginx_dir/key.pem#" deploy/nginx.conf >"$nginx_dir/site.conf"
+printf 'pid %s/nginx.pid;\nerror_log stderr;\nevents {}\nhttp {\ninclude %s/site.conf;\n}\n' \
+  "$nginx_dir" "$nginx_dir" >"$nginx_dir/nginx.conf"
+PATH=$PATH:/usr/sbin nginx -t -q -c "$nginx_dir/nginx.conf" ||
+  { echo "deploy-test: deploy/nginx.conf is not valid nginx" >&2; exit 1; }
+rm -rf "$nginx_dir"
+
 export CHATGPT_PROXY_DEPLOY_IMAGE=$image
 export CHATGPT_PROXY_DEPLOY_POSTGRES_IMAGE=localhost/chatgpt-proxy-test-postgres:$key
 export CHATGPT_PROXY_DEPLOY_REDIS_IMAGE=localhost/chatgpt-proxy-test-redis:$key

@@ -9,21 +9,16 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 
-from fake_openai import FakeOpenAI
-from servers import BackgroundLoop, wait_for
+from servers import wait_for
 
 IMAGE = os.environ.get("CHATGPT_PROXY_DEPLOY_IMAGE", "")
 POSTGRES_IMAGE = os.environ.get("CHATGPT_PROXY_DEPLOY_POSTGRES_IMAGE", "")
 REDIS_IMAGE = os.environ.get("CHATGPT_PROXY_DEPLOY_REDIS_IMAGE", "")
 ADMIN_KEY = "deploy-test-admin-key-0123456789"
-# How a container reaches the host with podman (its bridge's gateway, in /etc/hosts).
-HOST_FROM_CONTAINER = "host.containers.internal"
 # Podman pulls, starts and stops things: slower than a process, never a hang.
 PODMAN_TIMEOUT_S = 180.0
 START_TIMEOUT_S = 90.0
@@ -79,13 +74,3 @@ def first_key(container: str) -> str:
         return None
 
     return wait_for(printed, START_TIMEOUT_S, f"{container} printed no first key")
-
-
-def serve_for_containers(loop: BackgroundLoop) -> Iterator[tuple[FakeOpenAI, str]]:
-    """The fake upstream on every address (a container comes in through its bridge) and its
-    base URL as containers see it."""
-    fake = FakeOpenAI()
-    fake.url = loop.start_app(fake.app, host="0.0.0.0")
-    port = urlsplit(fake.url).port
-    yield fake, f"http://{HOST_FROM_CONTAINER}:{port}/v1"
-    loop.stop_app(fake.url)

@@ -26,20 +26,19 @@ from deploy_harness import (
     ADMIN_KEY,
     DEPLOY_TIMEOUT_S,
     IMAGE,
-    POSTGRES_IMAGE,
     PODMAN_TIMEOUT_S,
+    POSTGRES_IMAGE,
     REDIS_IMAGE,
     START_TIMEOUT_S,
     exit_code,
     first_key,
     needs_images,
     podman,
-    serve_for_containers,
     wait_ready,
 )
 
 from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
-from servers import BackgroundLoop, free_port, wait_for
+from servers import free_port, wait_for
 
 pytestmark = [needs_images, pytest.mark.timeout(DEPLOY_TIMEOUT_S)]
 
@@ -86,11 +85,6 @@ def _healthy(container: str) -> bool:
 
 def _state(container: str) -> str:
     return podman("inspect", container, "--format", "{{.State.Status}}").strip()
-
-
-@pytest.fixture(scope="module")
-def upstream(background_loop: BackgroundLoop) -> Iterator[tuple[FakeOpenAI, str]]:
-    yield from serve_for_containers(background_loop)
 
 
 @pytest.fixture(scope="module")

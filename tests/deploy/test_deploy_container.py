@@ -25,13 +25,12 @@ from deploy_harness import (
     needs_images,
     podman,
     ready_status,
-    serve_for_containers,
     wait_ready,
 )
 
 from fake_openai import DEFAULT_REPLY, FAKE_KEYS, FakeOpenAI
 from fake_openai.payloads import long_reply
-from servers import BackgroundLoop, free_port, wait_for
+from servers import free_port, wait_for
 
 pytestmark = [needs_images, pytest.mark.timeout(DEPLOY_TIMEOUT_S)]
 
@@ -55,11 +54,6 @@ class Served:
 
     def client(self, key: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.key, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def upstream(background_loop: BackgroundLoop) -> Iterator[tuple[FakeOpenAI, str]]:
-    yield from serve_for_containers(background_loop)
 
 
 @pytest.fixture(scope="module")
