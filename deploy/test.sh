@@ -93,7 +93,7 @@ if ! podman image exists "$base"; then
     debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
       skip "debootstrap failed (see $cache/debootstrap.log)"
     cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
-    chroot "$root" update-ca-certificates >/dev/null
+    chroot "$root" update-ca-certificates >/dev/null 2>&1
     {
       echo "[global]"
       echo "cert = /etc/ssl/certs/ca-certificates.crt"
