@@ -14,12 +14,18 @@ ARG BASE=python:3.12-slim
 
 FROM ${BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY src ./src
-# The pip cache is a build cache, never a layer: a rebuild after a code change downloads nothing.
+RUN python3 -m venv /opt/chatgpt-proxy
+# The dependencies first, from pyproject.toml alone (with a stand-in package), so that a change
+# to the code rebuilds only the last step. The pip cache is a build cache, never a layer.
+COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -m venv /opt/chatgpt-proxy \
- && /opt/chatgpt-proxy/bin/pip install --disable-pip-version-check '.[postgres,redis]'
+    mkdir -p src/chatgpt_proxy && touch README.md src/chatgpt_proxy/__init__.py \
+ && /opt/chatgpt-proxy/bin/pip install --disable-pip-version-check '.[postgres,redis]' \
+ && rm -rf src README.md build
+COPY README.md ./
+COPY src ./src
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/chatgpt-proxy/bin/pip install --disable-pip-version-check --no-deps --force-reinstall .
 
 # The image that runs: the base and the virtual environment, no sources, no build tools.
 FROM ${BASE}
