@@ -119,7 +119,7 @@ image=localhost/chatgpt-proxy:test
 build "$image" .
 build localhost/chatgpt-proxy-test-postgres:$key tests/deploy/images tests/deploy/images/postgres.Containerfile
 build localhost/chatgpt-proxy-test-redis:$key tests/deploy/images tests/deploy/images/redis.Containerfile
-podman image prune -f >/dev/null 2>&1 || true
+# (no `podman image prune`: the dangling layers are the build cache of the next run)
 size=$(podman image inspect "$image" --format '{{.Size}}')
 echo "deploy-test: image $image: $((size / 1000000)) MB (base $((
   $(podman image inspect "$base" --format '{{.Size}}') / 1000000)) MB), built in $((SECONDS - started)) s" >&2
