@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install run test lint check bench
+.PHONY: install run test lint check bench deploy-test
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ run: install  ## install and start the proxy (SQLite, in-memory limits, no other
 
 test: install  ## the whole test suite
 	$(BIN)/pytest -q
+
+deploy-test: install  ## build the container image and run it with podman (tests/deploy/)
+	PYTEST=$(BIN)/pytest deploy/test.sh
 
 lint: install  ## ruff and mypy --strict
 	$(BIN)/ruff check src tests bench

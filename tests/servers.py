@@ -67,11 +67,13 @@ class BackgroundLoop:
         handler_cancellation: bool = True,
         shutdown_timeout: float = 1.0,
         runner_class: Callable[..., web.BaseRunner] = web.AppRunner,
+        host: str = "127.0.0.1",
     ) -> str:
-        """Serve `app` on 127.0.0.1 with a free port; returns its base URL "http://127.0.0.1:PORT".
+        """Serve `app` on `host` with a free port; returns its base URL "http://HOST:PORT".
 
         `handler_cancellation=True` makes aiohttp cancel a handler whose client went away, which
-        is how servers here notice disconnects.
+        is how servers here notice disconnects. Only the container tests (tests/deploy/) serve
+        on another address than 127.0.0.1: a container reaches the host through its bridge.
         """
 
         async def start() -> tuple[web.BaseRunner, str]:
@@ -82,10 +84,10 @@ class BackgroundLoop:
                 access_log=None,
             )
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, host, 0)
             await site.start()
             port = runner.addresses[0][1]
-            return runner, f"http://127.0.0.1:{port}"
+            return runner, f"http://{host}:{port}"
 
         runner, url = self.run(start())
         with self._lock:

@@ -34,6 +34,17 @@ def test_the_command_lists_its_subcommands() -> None:
         assert command in result.output
 
 
+def test_the_config_file_may_come_from_the_environment(config: str) -> None:
+    result = CliRunner().invoke(main, ["migrate"], env={"CHATGPT_PROXY_CONFIG": config})
+    assert result.exit_code == 0 and result.output.strip() == "database is up to date"
+
+
+def test_serve_names_the_environment_variables_of_its_options() -> None:
+    shown = " ".join(_run("serve", "--help").output.split())
+    for name in ("CONFIG", "HOST", "PORT", "WORKERS"):
+        assert f"env var: CHATGPT_PROXY_{name}" in shown
+
+
 def test_keys_are_created_changed_listed_and_revoked(config: str) -> None:
     assert _run("migrate", "--config", config).output.strip() == "database is up to date"
     created = _run("keys", "create", "--name", "team", "--rpm", "5", "--json", "--config", config)

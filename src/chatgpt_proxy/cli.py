@@ -34,11 +34,16 @@ from chatgpt_proxy.upstream.router import Router
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# Each option of `serve` (and --config of every command) may come from an environment variable
+# instead: a container's command line is fixed in its image (exec form, so that SIGTERM reaches
+# the proxy with no shell in between), while its environment is the operator's to set.
 config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
+    envvar="CHATGPT_PROXY_CONFIG",
+    show_envvar=True,
     help="config file (default: ./config.yaml if present, else environment variables)",
 )
 
@@ -82,9 +87,29 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--host", default=None, help="address to bind (default from config: 127.0.0.1)")
-@click.option("--port", type=int, default=None, help="port to bind (default from config: 3000)")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="processes to run")
+@click.option(
+    "--host",
+    default=None,
+    envvar="CHATGPT_PROXY_HOST",
+    show_envvar=True,
+    help="address to bind (default from config: 127.0.0.1)",
+)
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    envvar="CHATGPT_PROXY_PORT",
+    show_envvar=True,
+    help="port to bind (default from config: 3000)",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    envvar="CHATGPT_PROXY_WORKERS",
+    show_envvar=True,
+    help="processes to run (default from config: 1)",
+)
 @_friendly
 def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the proxy."""

@@ -178,10 +178,12 @@ def test_serve_end_to_end(tmp_path: Path, fake: FakeOpenAI) -> None:
             "OPENAI_BASE_URL": fake.base_url,
             "CHATGPT_PROXY_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
             "CHATGPT_PROXY_ADMIN_KEY": "serve-admin-key-0123456789",
+            # The port as the container image sets it: an option's environment variable.
+            "CHATGPT_PROXY_PORT": str(port),
         }
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "chatgpt_proxy", "serve", "--port", str(port)],
+        [sys.executable, "-m", "chatgpt_proxy", "serve"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
