@@ -312,6 +312,7 @@ class Send:
             exchange.stream,
             holder_key=exchange.holder_key,
             model=exchange.model,
+            tokens=exchange.estimate,
         )
         exchange.sent_at = time.monotonic()  # the upstream may be working on it from now
         try:

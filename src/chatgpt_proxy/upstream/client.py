@@ -76,6 +76,7 @@ class Outbound:
     # The alias of the key holding the stored object this request is about: that key or none.
     holder_key: str | None = None
     model: str | None = None  # the model the body names: a key whose account refuses it is barred
+    tokens: int = 0  # the request's estimated tokens, weighed by the least_headroom strategy
 
 
 @dataclass(slots=True)
@@ -263,13 +264,14 @@ class UpstreamClient:
         if outbound.holder_key is not None:
             # Only the holder's account has the object: its failure is the answer, and a
             # second look at the key says whether that is "retired" (409) or "retry" (last).
-            key = pool.acquire_exact(outbound.holder_key)
+            key = pool.acquire_exact(outbound.holder_key, outbound.tokens)
             if last is None:
                 return key
+            pool.answered(key, None, outbound.tokens)
             pool.release(key)
             raise last
         try:
-            return pool.acquire(exclude=tried, model=model)
+            return pool.acquire(exclude=tried, model=model, tokens=outbound.tokens)
         except ProxyError:
             if last is None:
                 raise
@@ -277,6 +279,7 @@ class UpstreamClient:
         # (all cooling, all retired, all refusing the model), unless a key we already tried
         # is still in play.
         key = pool.acquire(model=model)
+        pool.answered(key)
         pool.release(key)
         raise last
 
@@ -303,8 +306,10 @@ class UpstreamClient:
             headers["Content-Length"] = str(outbound.body.size)
         request = TransportRequest(outbound.method, url, headers, outbound.body, limits)
         handed_on = False
+        answer_headers: CIMultiDictProxy[str] | None = None
         try:
             response = await self._transport.send(request)
+            answer_headers = response.headers
         except TransportTimeout:
             upstream.pool.release(key)
             upstream.pool.report_failure(key)
@@ -316,6 +321,9 @@ class UpstreamClient:
         except BaseException:
             upstream.pool.release(key)
             raise
+        finally:
+            # Answered or never to be: the key's limits as its headers tell (least_headroom).
+            upstream.pool.answered(key, answer_headers, outbound.tokens)
         try:
             verdict = await self._judge(upstream, key, outbound, response)
             if isinstance(verdict, bytes):

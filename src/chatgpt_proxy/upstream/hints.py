@@ -1,5 +1,5 @@
-"""What the headers say about time: when a rate-limited key may be used again, and how long a
-client will wait for its answer.
+"""What the headers say about time and room: when a rate-limited key may be used again, how much
+of its rate limits it has left, and how long a client will wait for its answer.
 
 Upstream hints are checked, not trusted: a value that is not a finite, non-negative number
 (``nan``, ``inf``, ``-5``, garbage) is passed over, never a crash, a negative wait or one that
@@ -14,9 +14,39 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+# Go's time.Duration spelling, which OpenAI's reset headers use: "6m0s", "20ms", "1h2m3.5s".
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|us|µs|ns|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_MAX_RESET = 86400.0  # a reset further off than a day (daily limits) is taken as a day
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One of a key's upstream limits as an answer told it: ``limit`` per window, ``remaining``
+    of it (0 <= remaining <= limit), and ``reset`` seconds until it is whole again, if said."""
+
+    limit: float
+    remaining: float
+    reset: float | None
+
+
+def rate_limit(headers: Mapping[str, str], kind: str) -> RateLimit | None:
+    """What ``x-ratelimit-{limit,remaining,reset}-{kind}`` (``requests`` or ``tokens``) say,
+    or None when the limit or what remains of it is missing or unsound."""
+    limit_text = headers.get(f"x-ratelimit-limit-{kind}")
+    remaining_text = headers.get(f"x-ratelimit-remaining-{kind}")
+    if limit_text is None or remaining_text is None:
+        return None
+    limit, remaining = _number(limit_text), _number(remaining_text)
+    if limit is None or remaining is None or limit <= 0:
+        return None
+    reset_text = headers.get(f"x-ratelimit-reset-{kind}")
+    reset = parse_duration(reset_text) if reset_text is not None else None
+    return RateLimit(
+        limit, min(max(remaining, 0.0), limit), None if reset is None else min(reset, _MAX_RESET)
+    )
 
 
 def client_timeout(headers: Mapping[str, str]) -> float | None:
@@ -73,7 +103,8 @@ def _until_date(text: str) -> float | None:
 
 
 def parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``."""
+    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` (Go's
+    spelling, so also ``"500us"``/``"500µs"`` and ``"ns"``), or a bare number of seconds."""
     text = text.strip()
     number = _number(text)
     if number is not None:
@@ -81,4 +112,5 @@ def parse_duration(text: str) -> float | None:
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(number + unit for number, unit in parts) != text:
         return None
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    return seconds if math.isfinite(seconds) else None  # "999...9h" overflows to inf
