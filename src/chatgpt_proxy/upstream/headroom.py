@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from chatgpt_proxy.upstream.hints import RateLimit, rate_limit
 
@@ -35,8 +36,7 @@ DEFAULT_RESET = 60.0
 Limits = tuple[float | None, float | None]  # sizes of a request and a token limit
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):  # a tuple: made for every answer, and cheaper than a dataclass
     """One limit as an answer told it at clock time ``at``: ``remaining`` of ``limit``, whole
     again ``reset`` seconds later.
 
@@ -58,10 +58,7 @@ class Seen:
 
     def left(self, now: float) -> float:
         """What is left at ``now``: refilled linearly toward the limit as the reset nears."""
-        elapsed = now - self.at
-        if self.reset <= 0 or elapsed >= self.reset:
-            return self.limit
-        return self.remaining + (self.limit - self.remaining) * max(elapsed, 0.0) / self.reset
+        return fraction_left(self, now, 0.0, None) * self.limit
 
 
 @dataclass(slots=True)
@@ -95,21 +92,42 @@ def fraction_left(seen: Seen | None, now: float, cost: float, assumed: float | N
     """The share of a limit left after ``cost`` more, at most 1 and negative when overdrawn;
     an unseen limit is a full one of size ``assumed`` (1 with no size to assume)."""
     if seen is None:
-        return 1.0 if assumed is None else min(1.0, (assumed - cost) / assumed)
-    return min(1.0, (seen.left(now) - cost) / seen.limit)
+        if assumed is None:
+            return 1.0
+        share = (assumed - cost) / assumed
+        return share if share < 1.0 else 1.0
+    # Seen.left, written out: this runs for every key on every request.
+    limit, remaining, reset, at = seen
+    elapsed = now - at
+    if elapsed >= reset:
+        left = limit
+    elif elapsed <= 0:
+        left = remaining
+    else:
+        left = remaining + (limit - remaining) * elapsed / reset
+    share = (left - cost) / limit
+    return share if share < 1.0 else 1.0
 
 
 def headroom(room: Headroom, now: float, tokens: int, assumed: Limits = (None, None)) -> float:
     """The room ``room``'s key would have left after one more request of ``tokens`` tokens."""
     requests = fraction_left(room.requests, now, room.pending + 1, assumed[0])
-    return min(requests, fraction_left(room.tokens, now, room.pending_tokens + tokens, assumed[1]))
+    tokens_left = fraction_left(room.tokens, now, room.pending_tokens + tokens, assumed[1])
+    return requests if requests < tokens_left else tokens_left
 
 
 def largest_limits(rooms: Sequence[Headroom | None]) -> Limits:
     """The largest request and token limits seen on any key: what an unseen key is assumed."""
-    requests = [room.requests.limit for room in rooms if room is not None and room.requests]
-    tokens = [room.tokens.limit for room in rooms if room is not None and room.tokens]
-    return (max(requests, default=None), max(tokens, default=None))
+    requests: float | None = None
+    tokens: float | None = None
+    for room in rooms:
+        if room is None:
+            continue
+        if room.requests is not None and (requests is None or room.requests.limit > requests):
+            requests = room.requests.limit
+        if room.tokens is not None and (tokens is None or room.tokens.limit > tokens):
+            tokens = room.tokens.limit
+    return (requests, tokens)
 
 
 def roomiest(rooms: Sequence[Headroom | None], now: float, tokens: int, start: int) -> int | None:
@@ -123,14 +141,15 @@ def roomiest(rooms: Sequence[Headroom | None], now: float, tokens: int, start: i
     """
     assumed = largest_limits(rooms)
     best: int | None = None
-    best_rank = (0.0, 0)
+    best_left = 0.0
+    best_pending = 0
     n = len(rooms)
     for offset in range(n):
         i = (start + offset) % n
         room = rooms[i]
         if room is None:
             continue
-        rank = (headroom(room, now, tokens, assumed), -room.pending)
-        if best is None or rank > best_rank:
-            best, best_rank = i, rank
+        left = headroom(room, now, tokens, assumed)
+        if best is None or left > best_left or (left == best_left and room.pending < best_pending):
+            best, best_left, best_pending = i, left, room.pending
     return best

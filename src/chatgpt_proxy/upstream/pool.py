@@ -192,6 +192,7 @@ class KeyPool:
         self.name = name
         self.policy = policy
         self.strategy: Strategy = strategy
+        self._weighs_room = strategy == "least_headroom"  # the others keep no Headroom
         self._keys = tuple(UpstreamKey(f"{name}#{i}", s) for i, s in enumerate(secrets, 1))
         self._by_alias = {key.alias: key for key in self._keys}
         self._clock = clock
@@ -225,7 +226,7 @@ class KeyPool:
             exclude = {*barred, *(key.alias for key in self._keys if key.alias in exclude)}
         if self.strategy == "random":
             key = self._pick_random(now, exclude)
-        elif self.strategy == "least_headroom":
+        elif self._weighs_room:
             key = self._pick_roomiest(now, exclude, tokens)
         else:
             key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
@@ -262,11 +263,11 @@ class KeyPool:
         self._take(key, tokens)
         return key
 
-    @staticmethod
-    def _take(key: UpstreamKey, tokens: int) -> None:
+    def _take(self, key: UpstreamKey, tokens: int) -> None:
         key.inflight += 1
         key.requests += 1
-        key.room.send(tokens)
+        if self._weighs_room:
+            key.room.send(tokens)
 
     def answered(
         self, key: UpstreamKey, headers: Mapping[str, str] | None = None, tokens: int = 0
@@ -274,14 +275,13 @@ class KeyPool:
         """The attempt on ``key`` (acquired with ``tokens``) has its answer's ``headers``, or
         will have none (``None``): it no longer counts as unanswered, and the rate limits those
         headers tell are kept when the strategy weighs them."""
-        if self.strategy != "least_headroom":
-            headers = None  # only least_headroom reads them: the others skip the parsing
-        key.room.answered(headers, tokens, self._clock())
+        if self._weighs_room:
+            key.room.answered(headers, tokens, self._clock())
 
     def release(self, key: UpstreamKey) -> None:
         if key.inflight > 0:
             key.inflight -= 1
-        if key.inflight == 0:
+        if key.inflight == 0 and self._weighs_room:
             key.room.forget_pending()  # nothing in flight: nothing unanswered, whatever was told
 
     def report_success(self, key: UpstreamKey) -> None:
