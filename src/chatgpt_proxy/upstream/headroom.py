@@ -96,7 +96,7 @@ def fraction_left(seen: Seen | None, now: float, cost: float, assumed: float | N
             return 1.0
         share = (assumed - cost) / assumed
         return share if share < 1.0 else 1.0
-    # Seen.left, written out: this runs for every key on every request.
+    # The linear refill, written out (no call: this runs for every key on every request).
     limit, remaining, reset, at = seen
     elapsed = now - at
     if elapsed >= reset:
