@@ -7,6 +7,7 @@ bench/run.sh measures it next to chatgpt-proxy to tell the cost of the framework
 cost of the proxy's own work::
 
     python bench/passthrough.py --port 8081 --upstream http://127.0.0.1:8080
+    python bench/passthrough.py --port 8081 --upstream URL --connections 0 --reuse-port  # x N
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from aiohttp import web
 _FORWARD = ("Content-Type", "Accept")
 
 
-async def serve(port: int, upstream: str) -> None:
+async def serve(port: int, upstream: str, *, connections: int, reuse_port: bool) -> None:
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1000), cookie_jar=aiohttp.DummyCookieJar()
+        connector=aiohttp.TCPConnector(limit=connections), cookie_jar=aiohttp.DummyCookieJar()
     )
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -63,7 +64,8 @@ async def serve(port: int, upstream: str) -> None:
         handler_cancellation=os.environ.get("PASSTHROUGH_HANDLER_CANCELLATION", "1") == "1",
     )
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=8192, reuse_port=reuse_port or None)
+    await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -77,9 +79,18 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench/passthrough.py", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="http://host:port (no path)")
+    parser.add_argument(
+        "--connections", type=int, default=1000, help="upstream connections at most (0: no cap)"
+    )
+    parser.add_argument(
+        "--reuse-port", action="store_true", help="SO_REUSEPORT: several of these on one port"
+    )
     args = parser.parse_args(argv)
+    upstream = args.upstream.rstrip("/")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.port, args.upstream.rstrip("/")))
+        runner.run(
+            serve(args.port, upstream, connections=args.connections, reuse_port=args.reuse_port)
+        )
     return 0
 
 

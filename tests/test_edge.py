@@ -4,7 +4,9 @@ per-address connection count."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
+import openai
 import orjson
 import pytest
 from aiohttp import web
@@ -14,6 +16,7 @@ from chatgpt_proxy.edge import ConnectionCounts, Edge, InFlightGate
 from chatgpt_proxy.errors import Overloaded
 from chatgpt_proxy.ids import UniqueIds
 from chatgpt_proxy.settings import ServerSettings
+from harness import Proxy
 
 
 async def _ok(request: web.BaseRequest) -> web.StreamResponse:
@@ -126,3 +129,33 @@ def test_a_raw_answer_is_a_whole_http_1_1_response_that_closes() -> None:
     assert "Connection: close" in lines
     assert f"Content-Length: {len(body)}" in lines
     assert orjson.loads(body)["error"]["code"] == "server_overloaded"
+
+
+def test_past_its_streams_and_its_queue_the_proxy_refuses_at_once_with_retry_after(
+    make_proxy: Callable[..., Proxy],
+) -> None:
+    """Streams fill every slot and the queue has no room: the next request is a 503 with
+    retry-after straight away. (A queued request would wait an hour here: the SDK's own
+    timeout would fail the test long before.)"""
+    proxy = make_proxy(
+        server={"max_requests_in_flight": 2, "max_pending_requests": 0, "pending_timeout": 3600}
+    )
+    client = proxy.client()
+    slow = [{"role": "user", "content": "held [[fault:long:400]][[fault:slow:0.2]]"}]
+    held = [
+        client.chat.completions.create(model="gpt-4o-mini", messages=slow, stream=True)
+        for _ in range(2)
+    ]
+    try:
+        for stream in held:
+            next(iter(stream))
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "one more"}]
+            )
+        assert refused.value.status_code == 503
+        assert refused.value.code == "server_overloaded"
+        assert refused.value.response.headers["retry-after"] == "1"
+    finally:
+        for stream in held:
+            stream.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +16,12 @@ from openai.types import ModerationMultiModalInputParam
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from fake_openai import (
+    AZURE_API_VERSION,
     DEFAULT_REPLY,
+    DEPLOYMENTS,
     FAKE_KEYS,
     ORGANIZATION,
+    REALTIME_REPLY,
     REDIRECT_TARGET,
     TRANSCRIPT,
     FakeOpenAI,
@@ -644,3 +648,71 @@ def test_open_requests_counts_streams_until_they_end(
         pass
     assert fake.wait_for_open_requests(0)
     assert fake.open_requests == 0
+
+
+def test_azure_shape_as_the_sdks_azure_client_speaks_it(fake: FakeOpenAI) -> None:
+    """The SDK's own Azure client is the reference for the fake's Azure shape."""
+    deployment = next(name for name, model in DEPLOYMENTS.items() if model == "gpt-4o")
+    with openai.AzureOpenAI(
+        azure_endpoint=fake.url or "",
+        api_key=KEY,
+        api_version=AZURE_API_VERSION,
+        max_retries=0,
+    ) as azure:
+        reply = azure.chat.completions.create(
+            model=deployment, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert reply.model == "gpt-4o"
+    sent = fake.last()
+    assert sent.path == f"/openai/deployments/{deployment}/chat/completions"
+    assert sent.headers["api-key"] == KEY and sent.query["api-version"] == AZURE_API_VERSION
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "status"),
+    [
+        ("", {"api-key": KEY}, 400),  # no api-version
+        (f"?api-version={AZURE_API_VERSION}", {"Authorization": f"Bearer {KEY}"}, 401),
+    ],
+)
+def test_azure_shape_needs_its_api_version_and_api_key(
+    fake: FakeOpenAI, query: str, headers: dict[str, str], status: int
+) -> None:
+    url = f"{fake.url}/openai/deployments/gpt4o-deployment/chat/completions{query}"
+    answer = httpx2.post(url, json={"messages": []}, headers=headers)
+    assert answer.status_code == status
+
+
+@pytest.fixture
+def quiet_websockets() -> Iterator[None]:
+    """The websockets client logs its handshake's headers at DEBUG: here that is the upstream
+    key this test sends the fake itself, which the session's leak scan must not mistake for
+    the proxy's."""
+    logger = logging.getLogger("websockets")
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(previous)
+
+
+@pytest.mark.usefixtures("quiet_websockets")
+def test_realtime_session_echoes_text_with_usage(fake: FakeOpenAI) -> None:
+    client = openai.OpenAI(base_url=fake.base_url, api_key=KEY, max_retries=0)
+    with client.realtime.connect(model="gpt-realtime") as connection:
+        assert connection.recv().type == "session.created"
+        connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "yo"}],
+            }
+        )
+        connection.response.create()
+        events = []
+        while not events or events[-1].type != "response.done":
+            events.append(connection.recv())
+    done = events[-1]
+    assert done.type == "response.done" and done.response.usage is not None
+    assert done.response.usage.total_tokens == 1 + len((REALTIME_REPLY + "yo").split())
+    (session,) = fake.realtime_sessions
+    assert session.key == KEY and session.texts() == ["yo"]

@@ -31,6 +31,12 @@ def test_only_headers_the_api_understands_go_up_with_the_upstream_key() -> None:
     }
 
 
+def test_an_api_key_upstream_gets_the_key_in_its_own_header_and_no_bearer() -> None:
+    client = _headers(Authorization="Bearer pk-client", Api_Key="sk-client-sent")
+    sent = upstream_request_headers(client, "sk-upstream", auth="api-key")
+    assert dict(sent) == {"api-key": "sk-upstream"}
+
+
 def test_the_upstream_account_is_named_only_when_configured() -> None:
     sent = upstream_request_headers(
         _headers(), "sk-upstream", organization="org-ours", project="proj_ours"

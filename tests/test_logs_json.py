@@ -55,15 +55,32 @@ def test_access_lines_as_json_carry_the_request_fields() -> None:
             0.0123,
             endpoint="models",
         )
+        access.request(
+            "req_2",
+            "POST",
+            "/v1/chat/completions",
+            200,
+            "key_1",
+            "m",
+            "openai#1",
+            0.5,
+            endpoint="chat.completions",
+            usage=(3, 4, 7),
+            cost=0.00021,
+        )
         access.flush()
 
     asyncio.run(write())
-    record = orjson.loads(stream.getvalue())
+    record, chat = (orjson.loads(line) for line in stream.getvalue().splitlines())
     assert record["logger"] == "chatgpt_proxy.access" and record["level"] == "INFO"
     assert record["path"] == "/v1/models/***" and SECRET not in stream.getvalue()
     assert (record["request_id"], record["status"], record["key_id"]) == ("req_1", 200, "key_1")
     assert (record["endpoint"], record["model"], record["upstream"]) == ("models", "m", "openai#1")
     assert record["latency_ms"] == 12.3
+    # A request that used no tokens says nothing of them; one that did says how many.
+    assert "total_tokens" not in record and "cost" not in record
+    tokens = (chat["prompt_tokens"], chat["completion_tokens"], chat["total_tokens"])
+    assert tokens == (3, 4, 7) and chat["cost"] == 0.00021
 
 
 def test_the_proxy_writes_json_access_lines(make_proxy: Callable[..., Proxy]) -> None:
@@ -78,4 +95,6 @@ def test_the_proxy_writes_json_access_lines(make_proxy: Callable[..., Proxy]) ->
     assert chat["key_id"] == proxy.key_id and chat["status"] == 200
     assert chat["endpoint"] != "-" and chat["model"] == "gpt-4o-mini"
     assert chat["upstream"].startswith("openai#")
+    assert chat["total_tokens"] > 0
+    assert chat["total_tokens"] == chat["prompt_tokens"] + chat["completion_tokens"]
     assert not any(key in line for key in FAKE_KEYS for line in lines)

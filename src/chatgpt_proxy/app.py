@@ -40,6 +40,7 @@ from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.idle import IdleWatch
 from chatgpt_proxy.upstream.prober import Prober
 from chatgpt_proxy.upstream.router import Router
+from chatgpt_proxy.upstream.sockets import SocketOpener
 from chatgpt_proxy.upstream.transport import AiohttpTransport
 
 
@@ -80,7 +81,12 @@ async def _open_state(
     router = Router.from_settings(settings.upstreams, settings.pool)
     redactor = Redactor(router.secrets())
     task_errors = TaskErrors()  # failed runs of the background tasks below, for /metrics
-    transport = AiohttpTransport(max_connections=settings.server.max_upstream_connections)
+    server = settings.server
+    lasting = server.max_upstream_connections
+    transport = AiohttpTransport(
+        max_connections=server.max_requests_in_flight if lasting is None else lasting,
+        short_connections=server.max_short_upstream_connections,
+    )
     stack.push_async_callback(transport.close)
     idle = IdleWatch(settings.timeouts.stream_idle, errors=task_errors)
     idle.start()
@@ -152,6 +158,7 @@ async def _open_state(
         redactor,
         catalog,
         objects=ObjectOwners(store),
+        sockets=SocketOpener(transport, settings.timeouts, settings.retries),
     )
     state.redis = link.client if link is not None else None
     state.shared = shared

@@ -17,11 +17,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
-
-from chatgpt_proxy.upstream.transport import TransportResponse
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Closable(Protocol):
+    """What a shutdown can end: an upstream answer being relayed, a Realtime session."""
+
+    def close(self) -> None: ...
 
 
 class Drain:
@@ -30,14 +34,14 @@ class Drain:
     __slots__ = ("_tasks", "_timer", "draining", "ending", "streams")
 
     def __init__(self) -> None:
-        self.streams: set[TransportResponse] = set()
+        self.streams: set[Closable] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False  # stopping: no new upstream call starts
         self.ending = False  # the grace period is over: the streams left are being ended
         self._timer: asyncio.TimerHandle | None = None
 
     @contextmanager
-    def track(self, response: TransportResponse) -> Iterator[None]:
+    def track(self, response: Closable) -> Iterator[None]:
         self.streams.add(response)
         try:
             yield
@@ -63,7 +67,8 @@ class Drain:
             self._timer = asyncio.get_running_loop().call_later(grace, self.end_streams)
 
     def end_streams(self) -> None:
-        """Close every relayed stream's upstream connection; each relay sends an error event."""
+        """Close every relayed stream's upstream connection (each relay sends an error event)
+        and every Realtime session (with an error event and close code 1001)."""
         self.ending = True
         for response in list(self.streams):
             response.close()

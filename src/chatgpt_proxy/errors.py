@@ -40,6 +40,7 @@ OpenAI's ``type``/``code``, so the whole proxy answers in OpenAI's envelope::
 
     TransportError                          not an HTTP error: the wire to an upstream failed
     ├── ConnectFailed                       no answer began (refused, DNS, TLS, dropped early)
+    │   └── SocketRefused                   a WebSocket upgrade answered with another status
     ├── TransportTimeout                    nothing arrived in time (connect, headers, body)
     └── BrokenBody                          the answer began, then broke off (reset, cut short)
 
@@ -363,6 +364,14 @@ class TransportError(Exception):
 class ConnectFailed(TransportError):
     """No answer began: the connection could not be opened (refused, DNS, TLS) or was lost
     before the answer's headers."""
+
+
+class SocketRefused(ConnectFailed):
+    """A WebSocket upgrade the upstream answered with an HTTP status instead (401, 429...)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TransportTimeout(TransportError):

@@ -52,6 +52,8 @@ class RequestContext:
     upstream: str = "-"
     headers: Mapping[str, str] | None = None  # the x-ratelimit-* headers of the client key
     stream: web.StreamResponse | None = None  # a streamed answer whose headers were sent
+    usage: tuple[int, int, int] | None = None  # metered prompt, completion and total tokens
+    cost: float | None = None  # metered, in USD
 
     def stamp(self, response: web.StreamResponse) -> None:
         """Put the headers every answer carries on ``response``, before it is prepared."""

@@ -46,12 +46,18 @@ def upstream_request_headers(
     *,
     organization: str | None = None,
     project: str | None = None,
+    auth: str = "bearer",
 ) -> CIMultiDict[str]:
+    """The headers of a request upstream: the client's that the API understands, then the
+    upstream key, as ``auth`` says (``bearer``, or Azure's ``api-key`` header)."""
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in client_headers.items():
         if name.lower() in _CLIENT_TO_UPSTREAM:
             headers.add(name, value)
-    headers["Authorization"] = f"Bearer {secret}"
+    if auth == "api-key":
+        headers["api-key"] = secret
+    else:
+        headers["Authorization"] = f"Bearer {secret}"
     if organization:
         headers["OpenAI-Organization"] = organization
     if project:

@@ -136,8 +136,10 @@ class AccessLog:
         upstream: str,
         elapsed: float,
         endpoint: str = "-",
+        usage: tuple[int, int, int] | None = None,
+        cost: float | None = None,
     ) -> None:
-        """One request's line.
+        """One request's line; ``usage`` is the prompt, completion and total tokens metered.
 
         Only what did not come from the proxy itself (the path and the model the client
         sent, the configured upstream alias) is scrubbed, each remembered once scrubbed:
@@ -157,6 +159,11 @@ class AccessLog:
                 "upstream": upstream,
                 "latency_ms": round(elapsed * 1000, 1),
             }
+            if usage is not None:
+                names = ("prompt_tokens", "completion_tokens", "total_tokens")
+                fields.update(zip(names, usage, strict=True))
+            if cost is not None:
+                fields["cost"] = cost
             self._add_json(message, fields)
             return
         self._add(

@@ -266,3 +266,10 @@ class Metering:
         )
         exchange.used_tokens = usage.total_tokens if usage is not None else 0
         exchange.cost = cost or 0.0
+        if usage is not None:  # for the access log
+            exchange.context.usage = (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens,
+            )
+        exchange.context.cost = cost

@@ -30,6 +30,10 @@ logger = logging.getLogger("chatgpt_proxy.server")
 
 # Young objects the collector may gather before it runs (CPython's default: 700).
 _GC_YOUNG_THRESHOLD = 50_000
+# Connections the kernel may hold for the process to accept (capped by net.core.somaxconn):
+# thousands of clients that open their streams at once overflowed 1,024, and an overflowed
+# accept queue costs a client a SYN retry (1 s, then 3 s...) or a reset.
+_LISTEN_BACKLOG = 8192
 
 
 class _OpenAIErrorHandler(RequestHandler):
@@ -316,7 +320,7 @@ async def _serve(settings: Settings, host: str, port: int, *, reuse_port: bool) 
         shutdown_timeout=settings.server.grace_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=_LISTEN_BACKLOG)
     await site.start()
     logger.info("chatgpt-proxy listening on http://%s:%d", host, port)
     _tune_gc()

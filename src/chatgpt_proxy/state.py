@@ -47,6 +47,7 @@ from chatgpt_proxy.shared_state import SharedState
 from chatgpt_proxy.sse import error_event
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.router import Router
+from chatgpt_proxy.upstream.sockets import SocketOpener
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -70,6 +71,7 @@ class AppState:
     redactor: Redactor
     catalog: ModelCatalog
     objects: ObjectOwners  # who owns each stored object (response...), in the database
+    sockets: SocketOpener  # WebSockets upstream (the Realtime API)
     access_log: AccessLog | None = None  # None when access_log is off
     # Unique request ids without a system call each.
     request_ids: UniqueIds = field(default_factory=lambda: UniqueIds("req_", digits=10))
@@ -132,6 +134,8 @@ def _observe(state: AppState, request: web.Request, ctx: RequestContext, status:
             ctx.upstream,
             elapsed,
             endpoint=ctx.endpoint,
+            usage=ctx.usage,
+            cost=ctx.cost,
         )
 
 

@@ -5,6 +5,7 @@ passes them all goes up byte for byte and is metered to its key."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -109,3 +110,39 @@ def test_a_path_outside_the_allowlist_is_not_forwarded(proxy: Proxy, fake: FakeO
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_url"
     assert fake.requests == []
+
+
+def test_open_streams_holding_every_upstream_connection_leave_moderation_its_own(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    """Short calls have upstream connections of their own: with streams holding all of
+    ``max_upstream_connections``, a new request's moderation (and an embeddings call) is
+    answered at once, and the new request waits only for its own upstream connection."""
+    proxy = make_proxy(
+        server={"max_upstream_connections": 2},
+        moderation={"enabled": True, "check_embeddings": True},
+    )
+    client = proxy.client()
+    slow = [{"role": "user", "content": "held [[fault:long:400]][[fault:slow:0.2]]"}]
+    held = [client.chat.completions.create(model="gpt-4o-mini", messages=slow, stream=True)]
+    held.append(client.chat.completions.create(model="gpt-4o-mini", messages=slow, stream=True))
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            for stream in held:
+                next(iter(stream))  # both streams under way: every lasting connection taken
+            embedded = client.embeddings.create(model="text-embedding-3-small", input="short call")
+            assert len(embedded.data) == 1
+            third = [{"role": "user", "content": "third request"}]
+            waiting = pool.submit(
+                client.chat.completions.create, model="gpt-4o-mini", messages=third
+            )
+            wait_for(
+                lambda: any("third request" in str(call) for call in fake.moderation_calls),
+                timeout=10,
+                message="the third request's moderation never reached the upstream",
+            )
+            assert fake.count(CHAT) == 2  # the third waits for a lasting connection
+        finally:
+            for stream in held:
+                stream.close()
+        assert waiting.result(timeout=30).choices[0].message.content

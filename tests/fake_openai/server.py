@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 from . import faults
 from . import payloads as p
 from .ratelimits import KeyLimits, limit_exceeded
+from .realtime import RealtimeSession, serve_session
 from .records import FormPart, Received, read_parts
 from .streams import CUT_FLAG, ChunkWriter, cut_connection, open_stream
 
@@ -37,6 +38,10 @@ AUDIO_TYPES = {
     "pcm": "audio/pcm",
 }
 MAX_BODY = 64 * 1024 * 1024
+# Azure OpenAI's shape, under /openai: deployment name -> the model it runs.
+DEPLOYMENTS = {"gpt4o-deployment": "gpt-4o", "mini-deployment": "gpt-4o-mini"}
+AZURE_API_VERSION = "2024-10-21"
+REALTIME_REPLY = "You said: "
 
 
 STARTED = web.RequestKey("fake_openai_started", float)
@@ -54,6 +59,7 @@ class _State:
     speech_inputs: list[str] = field(default_factory=list)
     scripts: dict[str, faults.KeyScript] = field(default_factory=dict)
     responses: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+    realtime: list[RealtimeSession] = field(default_factory=list)
     open_requests: int = 0  # requests whose handler has not returned yet (streams included)
     limits: dict[str, KeyLimits] = field(default_factory=dict)
     limited: dict[str, int] = field(default_factory=dict)  # key -> 429s for its limits
@@ -65,6 +71,11 @@ def _normalize(path: str) -> str:
 
 class FakeOpenAI:
     """An imitation of the OpenAI API under /v1, with recording and scripted faults.
+
+    Azure OpenAI's shape is served too, under /openai/deployments/{deployment}/...: the key
+    in an ``api-key`` header, an ``api-version`` query parameter required, the model named by
+    the deployment (``DEPLOYMENTS``). The Realtime API is a WebSocket at /v1/realtime
+    (``realtime.py``).
 
     Runs on a BackgroundLoop thread; every public method is safe to call from the test thread.
     """
@@ -161,6 +172,12 @@ class FakeOpenAI:
             return list(self._state.moderation_calls)
 
     @property
+    def realtime_sessions(self) -> list[RealtimeSession]:
+        """Every Realtime WebSocket session so far, oldest first (live objects)."""
+        with self._lock:
+            return list(self._state.realtime)
+
+    @property
     def speech_inputs(self) -> list[str]:
         with self._lock:
             return list(self._state.speech_inputs)
@@ -241,6 +258,12 @@ class FakeOpenAI:
         r.add_post("/v1/audio/speech", self._speech)
         r.add_post("/v1/audio/transcriptions", self._transcribe)
         r.add_post("/v1/audio/translations", self._transcribe)
+        r.add_get("/v1/realtime", self._realtime)
+        r.add_post("/v1/realtime/client_secrets", self._client_secret)
+        azure = "/openai/deployments/{deployment}"
+        r.add_post(azure + "/chat/completions", self._chat_completions)
+        r.add_post(azure + "/completions", self._completions)
+        r.add_post(azure + "/embeddings", self._embeddings)
         return app
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -281,8 +304,12 @@ class FakeOpenAI:
                 parts = await read_parts(body, request.headers[hdrs.CONTENT_TYPE])
             except Exception as exc:
                 bad_form = f"Could not parse multipart form: {exc}"
+        azure = request.path.startswith("/openai/")
         auth = request.headers.get(hdrs.AUTHORIZATION, "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if azure:
+            key = request.headers.get("api-key")
+        else:
+            key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         received = Received(
             method=request.method,
             path=request.path,
@@ -310,6 +337,10 @@ class FakeOpenAI:
             script = self._consume_script(key) if accepted and key else None
         if not accepted:
             return faults.invalid_key(key)
+        if azure and request.query.get("api-version") != AZURE_API_VERSION:
+            return faults.error_response(
+                400, "Missing or unsupported api-version.", "invalid_request_error"
+            )
 
         data: dict[str, Any] = {}
         if body and request.content_type == "application/json":
@@ -323,6 +354,14 @@ class FakeOpenAI:
                     "invalid_request_error",
                 )
             data = loaded if isinstance(loaded, dict) else {}
+        if azure:
+            deployed = DEPLOYMENTS.get(request.match_info.get("deployment", ""))
+            if deployed is None:
+                return self._not_found(
+                    "The API deployment for this resource does not exist.",
+                    code="DeploymentNotFound",
+                )
+            data["model"] = deployed  # Azure answers with the deployment's model
         request[BODY] = data
         model = str(data.get("model") or received.form().get("model") or "gpt-4o-mini")
 
@@ -614,6 +653,29 @@ class FakeOpenAI:
         if found is None:
             return self._response_not_found(request)
         return await self._answer(request, p.input_items(found[0]))
+
+    # ------------------------------------------------------------ realtime
+
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        received: Received = request[RECEIVED]
+        session = RealtimeSession(received.key, received.query, received.headers, None)
+        with self._changed:
+            self._state.realtime.append(session)
+            self._changed.notify_all()
+        try:
+            return await serve_session(request, session, REALTIME_REPLY)
+        finally:
+            with self._changed:
+                self._changed.notify_all()
+
+    async def _client_secret(self, request: web.Request) -> web.StreamResponse:
+        session = request[BODY].get("session") or {}
+        answer = {
+            "value": "ek_" + p.new_id("")[:24],
+            "expires_at": int(time.time()) + 600,
+            "session": {"type": "realtime", "model": "gpt-realtime", **session},
+        }
+        return await self._answer(request, answer)
 
     # ------------------------------------------------------------ audio
 

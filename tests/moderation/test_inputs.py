@@ -205,6 +205,24 @@ def test_responses_prompt_template_variables() -> None:
 # ---------------------------------------------------------------- answers
 
 
+def test_realtime_client_events_text_and_instructions() -> None:
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}]}
+    assert moderation_items("realtime", {"type": "conversation.item.create", "item": item}) == ["a"]
+    update = {"type": "session.update", "session": {"type": "realtime", "instructions": "b"}}
+    assert moderation_items("realtime", update) == ["b"]
+    create = {"type": "response.create", "response": {"instructions": "c", "input": [item]}}
+    assert moderation_items("realtime", create) == ["c", "a"]
+    audio = {"type": "input_audio_buffer.append", "audio": "UklGRg=="}
+    assert moderation_items("realtime", audio) == []  # audio passes as it is
+    assert moderation_items("realtime", {"type": "session.update", "session": "x"}) == []
+
+
+def test_realtime_sessions_made_for_a_client_their_instructions() -> None:
+    secret = {"session": {"type": "realtime", "model": "gpt-realtime", "instructions": "d"}}
+    assert moderation_items("realtime.client_secrets", secret) == ["d"]
+    assert moderation_items("realtime.sessions", {"instructions": "e"}) == ["e"]
+
+
 def test_output_items_of_each_answer_shape() -> None:
     chat = {"choices": [{"message": {"role": "assistant", "content": "chat says"}}]}
     assert output_items("chat.completions", chat) == ["chat says"]

@@ -46,8 +46,21 @@ def test_an_upstreams_base_url_is_an_http_url_without_its_trailing_slash() -> No
         {"name": "openai", "keys": ["  "]},
         {"name": "has space", "keys": ["k"]},
         {"name": "openai", "keys": ["k"], "strategy": "fastest"},
+        {"name": "openai", "keys": ["k"], "auth": "basic"},
+        {"name": "openai", "keys": ["k"], "query": {"a&b": "1"}},
+        {"name": "openai", "keys": ["k"], "deployments": {"gpt-4o": "../admin"}},
+        {"name": "openai", "keys": ["k"], "deployments": {"gpt-4o": "a/b"}},
     ],
-    ids=["no-keys", "blank-key", "bad-name", "bad-strategy"],
+    ids=[
+        "no-keys",
+        "blank-key",
+        "bad-name",
+        "bad-strategy",
+        "bad-auth",
+        "bad-query-name",
+        "deployment-climbs",
+        "deployment-two-segments",
+    ],
 )
 def test_bad_upstreams_are_refused(upstream: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):

@@ -9,7 +9,7 @@ import pytest
 
 from chatgpt_proxy.errors import BrokenBody, ConnectFailed, TransportTimeout
 from chatgpt_proxy.upstream.fake_transport import SSE, Answer, FakeTransport, Pause
-from chatgpt_proxy.upstream.transport import Timeouts, TransportRequest
+from chatgpt_proxy.upstream.transport import SocketRequest, Timeouts, TransportRequest
 
 
 def _request(timeouts: Timeouts = Timeouts()) -> TransportRequest:  # noqa: B008 (frozen)
@@ -79,3 +79,9 @@ def test_a_close_ends_a_pending_read_as_a_dropped_connection() -> None:
 
     with pytest.raises(BrokenBody):
         asyncio.run(scenario())
+
+
+def test_the_fake_opens_no_websockets() -> None:
+    request = SocketRequest("ws://u.invalid/v1/realtime", {})
+    with pytest.raises(ConnectFailed, match="no WebSockets"):
+        asyncio.run(FakeTransport().connect_socket(request))

@@ -13,8 +13,21 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from chatgpt_proxy.errors import BrokenBody, ConnectFailed, TransportError, TransportTimeout
-from chatgpt_proxy.upstream.transport import AiohttpTransport, Timeouts, TransportRequest
+from chatgpt_proxy.errors import (
+    BrokenBody,
+    ConnectFailed,
+    SocketRefused,
+    TransportError,
+    TransportTimeout,
+)
+from chatgpt_proxy.upstream.transport import (
+    AiohttpTransport,
+    SocketFrame,
+    SocketRequest,
+    Timeouts,
+    TransportRequest,
+    sendable_close_code,
+)
 
 Scenario = Callable[[AiohttpTransport, str], Awaitable[Any]]
 LONG = 30.0  # an upstream that would stall this long is cut off by the limits long before
@@ -60,6 +73,25 @@ async def _redirect(request: web.Request) -> web.StreamResponse:
     return web.Response(status=302, headers={"Location": "/json"})
 
 
+async def _socket(request: web.Request) -> web.StreamResponse:
+    """Echoes each frame back (pings too, as pongs); closes with 4002 when told to."""
+    if request.headers.get("Authorization") != "Bearer sk-x":
+        return web.json_response({"error": {"message": "no"}}, status=401)
+    ws = web.WebSocketResponse(protocols=("realtime",), autoping=False)
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT and message.data == "close please":
+            await ws.close(code=4002)
+        elif message.type == web.WSMsgType.TEXT:
+            await ws.send_str(message.data)
+        elif message.type == web.WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+        elif message.type == web.WSMsgType.PING:
+            await ws.pong(message.data)
+            await ws.ping(b"yours")
+    return ws
+
+
 def _serve(scenario: Scenario) -> Any:
     async def main() -> Any:
         app = web.Application()
@@ -70,6 +102,7 @@ def _serve(scenario: Scenario) -> Any:
             ("/silent", _silent_after_one),
             ("/reset", _reset_mid_body),
             ("/redirect", _redirect),
+            ("/socket", _socket),
         ]:
             app.router.add_get(path, handler)
         server = TestServer(app)
@@ -212,6 +245,70 @@ def test_close_from_another_task_ends_a_pending_read() -> None:
     assert ended == b"" or isinstance(ended, BrokenBody)
 
 
+def _socket_request(base: str, key: str = "sk-x") -> SocketRequest:
+    url = base.replace("http://", "ws://") + "/socket"
+    return SocketRequest(url, {"Authorization": f"Bearer {key}"}, ("realtime",), PATIENT)
+
+
+def test_a_socket_carries_every_kind_of_frame_and_the_close_code() -> None:
+    async def scenario(transport: AiohttpTransport, base: str) -> list[SocketFrame]:
+        socket = await transport.connect_socket(_socket_request(base))
+        assert socket.protocol == "realtime"
+        frames = []
+        for frame in (SocketFrame("text", "hi"), SocketFrame("binary", b"\x00")):
+            await socket.send(frame)
+            frames.append(await socket.receive())
+        await socket.send(SocketFrame("ping", b"p"))
+        frames += [await socket.receive(), await socket.receive()]
+        await socket.send(SocketFrame("text", "close please"))
+        frames.append(await socket.receive())
+        await socket.close()
+        return frames
+
+    assert _serve(scenario) == [
+        SocketFrame("text", "hi"),
+        SocketFrame("binary", b"\x00"),
+        SocketFrame("pong", b"p"),
+        SocketFrame("ping", b"yours"),
+        SocketFrame("close", code=4002),
+    ]
+
+
+def test_a_refused_upgrade_is_socket_refused_with_its_status() -> None:
+    async def scenario(transport: AiohttpTransport, base: str) -> SocketRefused:
+        with pytest.raises(SocketRefused) as caught:
+            await transport.connect_socket(_socket_request(base, key="sk-wrong"))
+        return caught.value
+
+    refused = _serve(scenario)
+    assert refused.status == 401
+    assert isinstance(refused.__cause__, aiohttp.WSServerHandshakeError)
+    assert "sk-wrong" not in str(refused)
+
+
+def test_a_socket_to_nowhere_is_connect_failed() -> None:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+
+    async def main() -> None:
+        transport = AiohttpTransport()
+        try:
+            with pytest.raises(ConnectFailed):
+                await transport.connect_socket(_socket_request(f"http://127.0.0.1:{port}"))
+        finally:
+            await transport.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("code", "sent"), [(None, 1000), (1005, 1000), (1006, 1000), (4001, 4001), (99, 1000)]
+)
+def test_only_sendable_close_codes_are_passed_on(code: int | None, sent: int) -> None:
+    assert sendable_close_code(code) == sent
+
+
 def test_nothing_above_the_transport_talks_to_aiohttps_client() -> None:
     """The one boundary: above it, no module imports aiohttp's client side or catches its
     errors (the server side, ``aiohttp.web``, is another matter)."""
@@ -229,6 +326,8 @@ def test_nothing_above_the_transport_talks_to_aiohttps_client() -> None:
         "catalog.py",
         "drain.py",
         "moderation/openai_engine.py",
+        "upstream/sockets.py",
+        "api/realtime.py",
     ]
     for name in above:
         tree = ast.parse((root / name).read_text())
@@ -250,3 +349,25 @@ def test_nothing_above_the_transport_talks_to_aiohttps_client() -> None:
 )
 def test_limits_cut_to_a_deadline(limits: Timeouts, seconds: float, expected: Timeouts) -> None:
     assert limits.within(seconds) == expected
+
+
+def test_short_calls_have_connections_of_their_own_when_streams_hold_every_other() -> None:
+    """Streams holding all of the lasting lane's connections leave short calls theirs."""
+
+    async def scenario(transport: AiohttpTransport, base: str) -> bytes:
+        held = []
+        for _ in range(4):  # the lane's whole cap (max_connections=4), each stream left open
+            request = _get(base + "/silent", Timeouts(5.0, 5.0))
+            request.lasting = True
+            held.append(await transport.send(request))
+        try:
+            response = await transport.send(_get(base + "/json"))
+            try:
+                return await response.read(1000)
+            finally:
+                response.release()
+        finally:
+            for stream in held:
+                stream.close()
+
+    assert _serve(scenario) == b'{"echo": "Bearer sk-x"}'

@@ -8,6 +8,7 @@ from chatgpt_proxy.api.interactions import interaction_routes
 from chatgpt_proxy.api.me import me_routes
 from chatgpt_proxy.api.models import model_routes
 from chatgpt_proxy.api.proxy import proxy_routes
+from chatgpt_proxy.api.realtime import realtime_routes
 from chatgpt_proxy.console import add_console
 from chatgpt_proxy.exchange import no_route
 from chatgpt_proxy.state import STATE, served
@@ -16,7 +17,9 @@ from chatgpt_proxy.state import STATE, served
 def add_routes(app: web.Application) -> None:
     """Every route of ``app``, whose ``STATE`` is set: the proxy's pipelines are built here."""
     # /v1/models before /v1/models/{model}, which would not match it anyway
-    routes = [*model_routes(), *proxy_routes(app[STATE]), *admin_routes(), *health_routes()]
+    state = app[STATE]
+    routes = [*model_routes(), *proxy_routes(state), *realtime_routes(state)]
+    routes += [*admin_routes(), *health_routes()]
     settings = app[STATE].settings
     if settings.console.enabled:
         routes += add_console(app, settings)

@@ -55,6 +55,9 @@ from chatgpt_proxy.upstream.router import Router
 BodyKind = Literal["json", "multipart", "none"]
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:@\-/]{1,256}$")
+# Forwarded calls answered at once, sent over the short calls' upstream connections (the
+# moderation checks' too) rather than over those of streams and generations.
+_SHORT_CALLS = ("/embeddings", "/moderations", "/models")
 # What a path segment may hold unquoted (RFC 3986 pchar), as the OpenAI SDK quotes them.
 _PATH_SAFE = "!$&'()*+,;=:@"
 # Fields with which an SDK would reach another host or account; never sent upstream.
@@ -78,6 +81,7 @@ class Endpoint:
     upstream_path: str
     body: BodyKind = "json"
     accepts_json: bool = False  # a multipart endpoint that also takes a JSON body
+    model_in: str | None = None  # the body's object that names the model, if not the body
 
 
 ENDPOINTS = (
@@ -119,6 +123,20 @@ ENDPOINTS = (
         "none",
     ),
     Endpoint("models.retrieve", "GET", "/v1/models/{model:.+}", "/models/{model}", "none"),
+    Endpoint(
+        "realtime.client_secrets",
+        "POST",
+        "/v1/realtime/client_secrets",
+        "/realtime/client_secrets",
+        model_in="session",
+    ),
+    Endpoint("realtime.sessions", "POST", "/v1/realtime/sessions", "/realtime/sessions"),
+    Endpoint(
+        "realtime.transcription_sessions",
+        "POST",
+        "/v1/realtime/transcription_sessions",
+        "/realtime/transcription_sessions",
+    ),
 )
 
 
@@ -201,6 +219,8 @@ class ReadBody:
             return await forward(exchange)
         raw, document = await read_json(request, self._server.max_body_bytes)
         _set_body(exchange, raw, document, document.get("stream") is True)
+        if endpoint.model_in is not None:
+            _set_model(exchange, document.get(endpoint.model_in))
         raw = _strip_foreign_fields(exchange, raw)
         exchange.estimate = estimate_tokens(exchange.document, len(raw))
         return await forward(exchange)
@@ -235,6 +255,14 @@ def _set_body(exchange: Exchange, body: Body, document: Mapping[str, Any], strea
         model,
         stream,
     )
+
+
+def _set_model(exchange: Exchange, holder: object) -> None:
+    """The model named by an object of the body (a Realtime client secret's ``session``)."""
+    model = holder.get("model") if isinstance(holder, dict) else None
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("`model` must be a string.", param="model")
+    exchange.model = model
 
 
 def _refuse_foreign_fields(fields: Mapping[str, Any]) -> None:
@@ -313,6 +341,7 @@ class Send:
             holder_key=exchange.holder_key,
             model=exchange.model,
             tokens=exchange.estimate,
+            lasting=exchange.stream or not exchange.path.startswith(_SHORT_CALLS),
         )
         exchange.sent_at = time.monotonic()  # the upstream may be working on it from now
         try:

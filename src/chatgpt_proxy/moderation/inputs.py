@@ -8,6 +8,8 @@ it: the proxy never fetches it (DESIGN §3.2); the moderation endpoint does::
     # ["hi"]
     moderation_items("responses", {"instructions": "be brief", "input": "hi"})
     # ["be brief", "hi"]
+    moderation_items("realtime", {"type": "session.update", "session": {"instructions": "hi"}})
+    # ["hi"]: one Realtime client event (its audio is not text, and passes as it is)
 
 Multipart endpoints (image edits, transcriptions) pass their text fields as a plain mapping.
 Anything malformed is skipped rather than refused: the upstream judges the request's shape.
@@ -53,6 +55,11 @@ def moderation_items(
         _strings(document.get("input"), items)
     elif endpoint == "moderations" and moderations:
         _moderation_input(document.get("input"), items)
+    elif endpoint == "realtime":
+        _realtime_event(document, items)
+    elif endpoint.startswith("realtime."):  # a session made for a client: its instructions
+        session = document.get("session")
+        _strings((session if isinstance(session, dict) else document).get("instructions"), items)
     # images.variations carries an image file only; the multipart upload is not inspected.
     return _nonblank(items)
 
@@ -189,6 +196,26 @@ def _response_parts(parts: list[Any], items: list[Item]) -> None:
             if isinstance(url, str) and url:
                 items.append(image_item(url))
         # input_file and input_audio: not text nor image, see _content.
+
+
+def _realtime_event(event: Mapping[str, Any], items: list[Item]) -> None:
+    """The text of one Realtime client event: a conversation item's, the instructions of a
+    session or a response, and the items a response is given as its input."""
+    kind = event.get("type")
+    if kind == "conversation.item.create":
+        item = event.get("item")
+        if isinstance(item, dict):
+            _response_item(item, items)
+    elif kind in ("session.update", "response.create"):
+        body = event.get("session" if kind == "session.update" else "response")
+        if not isinstance(body, dict):
+            return
+        _strings(body.get("instructions"), items)
+        entries = body.get("input")
+        if isinstance(entries, list):
+            for entry in entries:
+                if isinstance(entry, dict):
+                    _response_item(entry, items)
 
 
 def _moderation_input(value: object, items: list[Item]) -> None:

@@ -18,6 +18,9 @@ from chatgpt_proxy.settings.console import ConsoleSettings
 from chatgpt_proxy.settings.moderation import ModerationSettings
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_QUERY_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+# One path segment, as Azure names deployments: nothing that could climb out of the path.
+_DEPLOYMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 
 
 class ServerSettings(_Section):
@@ -51,8 +54,19 @@ class ServerSettings(_Section):
         description="seconds between writes of the usage summed in memory (a clean shutdown "
         "writes what is left)",
     )
-    max_upstream_connections: int = Field(
-        1000, ge=1, description="open connections to all upstreams together, at most"
+    max_upstream_connections: int | None = Field(
+        None,
+        ge=0,
+        description="open connections to all upstreams together for streams and other answers "
+        "that may last (0: no cap; default: max_requests_in_flight, so that an admitted "
+        "request never waits for one)",
+    )
+    max_short_upstream_connections: int = Field(
+        500,
+        ge=1,
+        description="open connections to all upstreams together for short calls (moderation "
+        "checks, model lists, embeddings, key probes), kept apart from those of streams so "
+        "that open streams never make a new request wait for its moderation",
     )
     access_log: bool = Field(
         True, description="log one line per request (written in batches, at most 0.1 s late)"
@@ -61,7 +75,8 @@ class ServerSettings(_Section):
     log_format: Literal["text", "json"] = Field(
         "text",
         description="text lines, or one JSON object per line (time, level, logger, message; "
-        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms)",
+        "access lines also request_id, key_id, endpoint, model, upstream, status, latency_ms "
+        "and, once metered, prompt_tokens, completion_tokens, total_tokens and cost)",
     )
     root_path: str = Field(
         "",
@@ -82,16 +97,25 @@ class ServerSettings(_Section):
         "reading) before it is dropped, and its upstream call with it",
     )
     max_connections_per_address: int = Field(
-        2048,
+        9000,
         ge=0,
         description="open connections from one client address, at most (0: no cap); behind a "
-        "load balancer every client shares its address",
+        "load balancer every client shares its address, so the default lets one address hold "
+        "every request in flight and waiting (and leaves it short of the whole fd budget)",
     )
     max_requests_in_flight: int = Field(
-        4096, ge=0, description="requests one process serves at once, streams included (0: no cap)"
+        8000,
+        ge=0,
+        description="requests one process serves at once, open streams included (0: no cap). "
+        "An HTTP/1.1 stream holds two file descriptors (client and upstream): 8,000 streams, "
+        "the waiting requests and the short calls' connections fit a limit of 20,000 open "
+        "files with room to spare; raise it with that limit (ulimit -n)",
     )
     max_pending_requests: int = Field(
-        1024, ge=0, description="requests that may wait for one of those slots; past it, a 503"
+        1000,
+        ge=0,
+        description="requests that may wait for one of those slots, each at most "
+        "pending_timeout; past it, a 503 with retry-after at once",
     )
     pending_timeout: float = Field(
         1.0, gt=0, description="seconds a request may wait for a slot before a 503"
@@ -115,6 +139,23 @@ class UpstreamSettings(_Section):
     )
     organization: str | None = Field(None, description="OpenAI-Organization sent upstream")
     project: str | None = Field(None, description="OpenAI-Project sent upstream")
+    auth: Literal["bearer", "api-key"] = Field(
+        "bearer",
+        description="how a key is sent upstream: bearer (Authorization: Bearer, OpenAI and most "
+        "OpenAI-style APIs) or api-key (an api-key header, Azure OpenAI)",
+    )
+    query: dict[str, str] = Field(
+        {},
+        description="fixed query parameters added to every upstream URL, over the client's own "
+        'of the same name (Azure OpenAI: {api-version: "2024-10-21"})',
+    )
+    deployments: dict[str, str] = Field(
+        {},
+        description="model name -> deployment (Azure OpenAI): a request for a listed model goes "
+        "to BASE_URL/deployments/DEPLOYMENT/... (base_url https://RESOURCE.openai.azure.com/"
+        "openai); chat, completions, embeddings, images and audio calls only (a Realtime "
+        "socket gets ?deployment=DEPLOYMENT)",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -122,6 +163,22 @@ class UpstreamSettings(_Section):
         if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
             raise ValueError("must be an http(s) URL such as https://api.openai.com/v1")
         return value.rstrip("/")
+
+    @field_validator("query")
+    @classmethod
+    def _plain_query(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _QUERY_NAME.match(name):
+                raise ValueError(f"query parameter name {name!r} is not a plain name")
+        return value
+
+    @field_validator("deployments")
+    @classmethod
+    def _plain_deployments(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, deployment in value.items():
+            if not _DEPLOYMENT.match(deployment):
+                raise ValueError(f"deployment {deployment!r} of {model!r} is not a plain name")
+        return value
 
     @field_validator("keys")
     @classmethod

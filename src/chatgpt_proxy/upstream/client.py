@@ -50,6 +50,8 @@ from chatgpt_proxy.upstream.transport import (
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_HEAD = 64 * 1024  # read of a JSON answer to see that it is JSON
 _JSON_START = re.compile(rb"[^ \t\r\n]")
+# A 404's codes saying that the key's account lacks the model (Azure: its deployment).
+_MODEL_REFUSALS = frozenset({"model_not_found", "DeploymentNotFound"})
 _ANSWERS_ANY_TYPE = "/audio/"  # speech, transcripts as text, srt or vtt; the rest is JSON or SSE
 
 Body = bytes | AsyncIterable[bytes] | None
@@ -77,6 +79,9 @@ class Outbound:
     holder_key: str | None = None
     model: str | None = None  # the model the body names: a key whose account refuses it is barred
     tokens: int = 0  # the request's estimated tokens, weighed by the least_headroom strategy
+    # The answer may take minutes (a stream, a generation): sent over the lasting lane's
+    # connections, apart from short calls (``TransportRequest.lasting``).
+    lasting: bool = False
 
 
 @dataclass(slots=True)
@@ -217,9 +222,7 @@ class UpstreamClient:
         # A later try may wait no longer than what is left.
         first_limits = limits.within(request_time)
         replayable = outbound.body is None or isinstance(outbound.body, bytes | ReplayableBody)
-        url = upstream.settings.base_url + outbound.path
-        if outbound.query:
-            url += "?" + outbound.query
+        url = upstream.url(outbound.path, outbound.query, outbound.model)
         self._budget.record_request()
         tried: set[str] = set()
         failures = 0
@@ -301,10 +304,13 @@ class UpstreamClient:
             key.secret,
             organization=upstream.settings.organization,
             project=upstream.settings.project,
+            auth=upstream.settings.auth,
         )
         if isinstance(outbound.body, ReplayableBody):
             headers["Content-Length"] = str(outbound.body.size)
-        request = TransportRequest(outbound.method, url, headers, outbound.body, limits)
+        request = TransportRequest(
+            outbound.method, url, headers, outbound.body, limits, outbound.lasting
+        )
         handed_on = False
         answer_headers: CIMultiDictProxy[str] | None = None
         try:
@@ -379,7 +385,7 @@ class UpstreamClient:
         )
         if refusal and not _is_html(response):
             raw = await _error_head(response)
-            if status == 403 or _error_code(_parsed(raw)) == "model_not_found":
+            if status == 403 or _error_code(_parsed(raw)) in _MODEL_REFUSALS:
                 # The key's account may not use this model; another account may.
                 if outbound.model is not None:
                     pool.report_refused_model(key, outbound.model, status)

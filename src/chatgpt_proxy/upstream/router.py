@@ -1,11 +1,13 @@
-"""Which upstream serves a model: the first whose glob patterns match (DESIGN §1)."""
+"""Which upstream serves a model: the first whose glob patterns match (DESIGN §1), and where on
+it a request goes (``Upstream.url``: its base URL, deployment paths and fixed query)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from urllib.parse import unquote_plus, urlencode
 
 from chatgpt_proxy.errors import ModelNotFound
 from chatgpt_proxy.memo import Memo
@@ -13,6 +15,8 @@ from chatgpt_proxy.settings import PoolSettings, UpstreamSettings
 from chatgpt_proxy.upstream.pool import KeyPool, PoolPolicy
 
 _MAX_REMEMBERED = 4096  # model names are the client's
+# The calls Azure OpenAI serves below a deployment (/openai/deployments/{deployment}/...).
+_DEPLOYMENT_PATHS = ("/chat/completions", "/completions", "/embeddings", "/images/", "/audio/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,28 @@ class Upstream:
 
     def serves(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.settings.models)
+
+    def url(self, path: str, query: str = "", model: str | None = None) -> str:
+        """The absolute URL of ``path`` (below ``base_url``) with the client's ``query``: a
+        model with a deployment goes to its deployment's path, and the upstream's fixed
+        query parameters replace the client's of the same name.
+
+        >>> azure.url("/chat/completions", "", "gpt-4o")
+        'https://res.openai.azure.com/openai/deployments/gpt4o/chat/completions?api-version=...'
+        """
+        settings = self.settings
+        fixed = settings.query
+        deployments = settings.deployments
+        deployment = deployments.get(model) if deployments and model is not None else None
+        if deployment is not None and path.startswith(_DEPLOYMENT_PATHS):
+            path = f"/deployments/{deployment}{path}"
+        elif deployment is not None and path == "/realtime":
+            # Azure's Realtime socket names its deployment in the query instead.
+            fixed = {**fixed, "deployment": deployment}
+        url = settings.base_url + path
+        if fixed:
+            query = _with_fixed(query, fixed)
+        return url + "?" + query if query else url
 
 
 class Router:
@@ -91,3 +117,15 @@ class Router:
     def secrets(self) -> list[str]:
         """Every upstream key, for the log redactor: the one place they are listed together."""
         return [key.secret for upstream in self.upstreams for key in upstream.pool.keys()]
+
+
+def _with_fixed(query: str, fixed: Mapping[str, str]) -> str:
+    """``query`` as the client sent it (its encoding kept), less the parameters ``fixed``
+    sets, then ``fixed``'s: the client cannot choose another api-version."""
+    kept = [
+        pair
+        for pair in query.split("&")
+        if pair and unquote_plus(pair.partition("=")[0]) not in fixed
+    ]
+    kept.append(urlencode(fixed))
+    return "&".join(kept)
