@@ -361,6 +361,42 @@ def test_key_rate_limit_for_n_requests(client: openai.OpenAI, fake: FakeOpenAI) 
     assert reply_of(client) == DEFAULT_REPLY
 
 
+def test_key_limits_are_told_and_enforced(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    fake.limit_key(KEY, requests=2, tokens=10_000, window=60)
+    first = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=100
+    )
+    told = first.headers
+    assert (told["x-ratelimit-limit-requests"], told["x-ratelimit-remaining-requests"]) == (
+        "2",
+        "1",
+    )
+    assert told["x-ratelimit-reset-requests"].endswith("s")  # a Go duration: "29.999s"
+    assert told["x-ratelimit-limit-tokens"] == "10000"
+    assert 9_800 < int(told["x-ratelimit-remaining-tokens"]) <= 9_900  # the body / 4 + max_tokens
+    assert reply_of(client) == DEFAULT_REPLY
+    with pytest.raises(openai.RateLimitError) as caught:
+        chat(client, "hi")
+    assert caught.value.code == "rate_limit_exceeded"
+    assert caught.value.type == "requests"
+    assert "on requests per min (RPM): Limit 2, Used 2, Requested 1." in caught.value.message
+    assert caught.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 29_000 < int(caught.value.response.headers["retry-after-ms"]) <= 30_000
+    assert fake.limited(KEY) == 1 and fake.limited() == 1 and fake.limited(OTHER_KEY) == 0
+    fake.reset()
+    assert reply_of(client) == DEFAULT_REPLY
+
+
+def test_a_token_limit_refuses_a_request_too_large(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    fake.limit_key(KEY, requests=100, tokens=50, window=60)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=64
+        )
+    assert caught.value.type == "tokens"
+    assert "on tokens per min (TPM): Limit 50, Used 0, Requested" in caught.value.message
+
+
 def test_key_faults_only_touch_their_key(fake: FakeOpenAI) -> None:
     fake.script_key(KEY, "no_quota")
     with openai.OpenAI(base_url=fake.base_url, api_key=OTHER_KEY, max_retries=0) as other:

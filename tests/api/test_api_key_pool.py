@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -283,6 +284,28 @@ def test_least_busy_avoids_a_key_with_a_stream_in_flight(
         quick = fake.keys_used()[1:]
     idle = KEY2 if busy == KEY1 else KEY1
     assert quick.count(idle) == expected
+
+
+@pytest.mark.parametrize(
+    ("strategy", "refused"), [("least_headroom", False), ("round_robin", True)]
+)
+def test_least_headroom_sends_each_request_where_the_upstream_has_room(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI, strategy: str, refused: bool
+) -> None:
+    # Three keys of 2, 6 and 4 requests a minute: twelve requests fit if each goes where there
+    # is room, as the keys' own x-ratelimit-* headers tell; in turn, the first key overflows.
+    limits = {FAKE_KEYS[0]: 2, FAKE_KEYS[1]: 6, FAKE_KEYS[2]: 4}
+    for key, requests in limits.items():
+        fake.limit_key(key, requests=requests, window=60)
+    proxy = make_proxy(upstreams=_upstream(fake, keys=3, strategy=strategy))
+    for _ in range(12):
+        assert _chat(proxy) == DEFAULT_REPLY
+    assert (fake.limited() > 0) is refused
+    if not refused:
+        used = Counter(fake.keys_used())
+        assert used == limits
+        rooms = [key.room for key in proxy.state.router.upstreams[0].pool.keys()]
+        assert [room.requests.remaining if room.requests else None for room in rooms] == [0] * 3
 
 
 def test_strategies_per_upstream(make_proxy: Callable[..., Proxy], fake: FakeOpenAI) -> None:

@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 from . import faults
 from . import payloads as p
 from .objects import RECEIVED, StoredObjects
+from .ratelimits import KeyLimits, limit_exceeded
 from .realtime import RealtimeSession, serve_session
 from .records import FormPart, Received, read_parts
 from .streams import CUT_FLAG, ChunkWriter, cut_connection, open_stream
@@ -47,6 +48,7 @@ REALTIME_REPLY = "You said: "
 STARTED = web.RequestKey("fake_openai_started", float)
 BODY = web.RequestKey("fake_openai_json", dict)
 FAULTS = web.RequestKey("fake_openai_faults", faults.PromptFaults)
+LIMIT_HEADERS = web.RequestKey("fake_openai_limit_headers", dict)
 
 
 @dataclass
@@ -59,6 +61,8 @@ class _State:
     responses: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
     realtime: list[RealtimeSession] = field(default_factory=list)
     open_requests: int = 0  # requests whose handler has not returned yet (streams included)
+    limits: dict[str, KeyLimits] = field(default_factory=dict)
+    limited: dict[str, int] = field(default_factory=dict)  # key -> 429s for its limits
 
 
 def _normalize(path: str) -> str:
@@ -112,6 +116,22 @@ class FakeOpenAI:
             raise ValueError(f"unknown key fault {fault!r}; one of {sorted(faults.KEY_FAULTS)}")
         with self._lock:
             self._state.scripts[key] = faults.KeyScript(fault, times, retry_after, headers)
+
+    def limit_key(
+        self, key: str, *, requests: int, tokens: int | None = None, window: float = 60.0
+    ) -> None:
+        """Enforce on `key` at most `requests` requests (and `tokens` tokens: the body's bytes
+        / 4 plus its max_tokens, as OpenAI estimates) per `window` seconds, refilled
+        continuously; its answers tell where it stands in x-ratelimit-* headers, and a request
+        past a limit gets OpenAI's 429 rate_limit_exceeded. Moderation calls are not limited."""
+        with self._lock:
+            self._state.limits[key] = KeyLimits.new(requests, tokens, window, time.monotonic())
+
+    def limited(self, key: str | None = None) -> int:
+        """How many requests (with `key`, or any) were refused for a key's limits."""
+        with self._lock:
+            counts = self._state.limited
+            return counts.get(key, 0) if key is not None else sum(counts.values())
 
     def clear_script(self, key: str) -> None:
         with self._lock:
@@ -253,6 +273,7 @@ class FakeOpenAI:
         started = request.get(STARTED, time.monotonic())
         elapsed = max(1, int((time.monotonic() - started) * 1000))
         defaults = p.openai_headers(elapsed)
+        response.headers.update(request.get(LIMIT_HEADERS) or {})
         for name, value in defaults.items():
             response.headers.setdefault(name, value)
 
@@ -355,6 +376,10 @@ class FakeOpenAI:
             if script.headers:
                 answer.headers.update(script.headers)
             return answer
+        if request.path != "/v1/moderations" and key in self._state.limits:
+            refused = self._limit(request, key, body, data, model)
+            if refused is not None:
+                return refused
 
         # Moderation has its own switches: a marker in a prompt the proxy moderates must fault
         # the real call, not the moderation call that precedes it.
@@ -371,6 +396,23 @@ class FakeOpenAI:
                     request, prompt_faults.terminal, key=key, model=model
                 )
         return await handler(request)
+
+    def _limit(
+        self, request: web.Request, key: str, body: bytes, data: dict[str, Any], model: str
+    ) -> web.Response | None:
+        """Charge the key's limits for this request: its 429 if they cannot hold it."""
+        most = data.get("max_completion_tokens") or data.get("max_tokens")
+        cost = len(body) // 4 + (most if isinstance(most, int) else 0)
+        with self._lock:
+            limits = self._state.limits.get(key)
+            if limits is None:
+                return None
+            kind, wait, headers = limits.admit(cost, time.monotonic())
+            if kind is not None:
+                self._state.limited[key] = self._state.limited.get(key, 0) + 1
+                return limit_exceeded(model, kind, limits, cost, wait, headers)
+        request[LIMIT_HEADERS] = headers
+        return None
 
     def _consume_script(self, key: str) -> faults.KeyScript | None:
         script = self._state.scripts.get(key)

@@ -1,14 +1,25 @@
-"""Reading the hints of headers: upstream resets and client timeouts."""
+"""Reading the hints of headers: upstream resets and rate limits, client timeouts."""
 
 from __future__ import annotations
 
 import email.utils
+import math
 import time
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from chatgpt_proxy.upstream.hints import client_timeout, parse_duration, reset_seconds
+from chatgpt_proxy.upstream.hints import (
+    RateLimit,
+    client_timeout,
+    parse_duration,
+    rate_limit,
+    reset_seconds,
+)
+from fake_openai.ratelimits import format_duration
 
 
 def _headers(**values: str) -> CIMultiDictProxy[str]:
@@ -76,3 +87,91 @@ def test_client_timeout(value: str, expected: float | None) -> None:
     headers = _headers(x_stainless_read_timeout=value)
     assert client_timeout(headers) == expected
     assert client_timeout(_headers()) is None
+
+
+# ---------------------------------------------------------------- durations, as a property
+
+_SECONDS = st.integers(min_value=0, max_value=10**7)  # milliseconds, as OpenAI rounds them
+
+
+@given(_SECONDS)
+def test_every_duration_the_upstream_spells_is_read_back(millis: int) -> None:
+    assert parse_duration(format_duration(millis / 1000)) == pytest.approx(millis / 1000)
+
+
+@given(
+    st.integers(min_value=0, max_value=99),
+    st.integers(min_value=0, max_value=59),
+    st.decimals(min_value=0, max_value=60, places=3),
+)
+def test_hours_minutes_and_fractional_seconds_add_up(
+    hours: int, minutes: int, seconds: Any
+) -> None:
+    text = f"{hours}h{minutes}m{seconds}s"
+    assert parse_duration(text) == pytest.approx(hours * 3600 + minutes * 60 + float(seconds))
+
+
+@given(st.text(alphabet="0123456789.hmsuµn -e+", max_size=30) | st.text(max_size=30))
+def test_any_text_is_a_finite_duration_or_none(text: str) -> None:
+    seconds = parse_duration(text)
+    assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0s", 0.0), ("500us", 0.0005), ("500µs", 0.0005), ("7ns", 7e-9), ("1" * 400 + "h", None)],
+)
+def test_parse_duration_reads_go_spellings(text: str, expected: float | None) -> None:
+    assert parse_duration(text) == (pytest.approx(expected) if expected is not None else None)
+
+
+# ---------------------------------------------------------------- rate limits told
+
+
+def test_rate_limit_reads_limit_remaining_and_reset() -> None:
+    headers = _headers(
+        x_ratelimit_limit_requests="60",
+        x_ratelimit_remaining_requests="59",
+        x_ratelimit_reset_requests="1s",
+        x_ratelimit_limit_tokens="150000",
+        x_ratelimit_remaining_tokens="149984",
+        x_ratelimit_reset_tokens="6m0s",
+    )
+    assert rate_limit(headers, "requests") == RateLimit(60, 59, 1.0)
+    assert rate_limit(headers, "tokens") == RateLimit(150000, 149984, 360.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, None),
+        ({"x_ratelimit_limit_requests": "60"}, None),
+        ({"x_ratelimit_remaining_requests": "6"}, None),
+        ({"x_ratelimit_limit_requests": "0", "x_ratelimit_remaining_requests": "0"}, None),
+        ({"x_ratelimit_limit_requests": "nan", "x_ratelimit_remaining_requests": "1"}, None),
+        ({"x_ratelimit_limit_requests": "9", "x_ratelimit_remaining_requests": "x"}, None),
+        # Told without a sound reset; what remains kept within [0, limit].
+        ({"x_ratelimit_limit_requests": "9", "x_ratelimit_remaining_requests": "3"}, (9, 3, None)),
+        (
+            {
+                "x_ratelimit_limit_requests": "9",
+                "x_ratelimit_remaining_requests": "12",
+                "x_ratelimit_reset_requests": "soon",
+            },
+            (9, 9, None),
+        ),
+        (
+            {
+                "x_ratelimit_limit_requests": "9",
+                "x_ratelimit_remaining_requests": "-4",
+                "x_ratelimit_reset_requests": "999h",
+            },
+            (9, 0, 86400.0),
+        ),
+    ],
+)
+def test_rate_limit_passes_over_unsound_values(
+    values: dict[str, str], expected: tuple[float, float, float | None] | None
+) -> None:
+    told = rate_limit(_headers(**values), "requests")
+    assert told == (RateLimit(*expected) if expected is not None else None)

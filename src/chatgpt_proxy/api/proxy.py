@@ -475,6 +475,7 @@ class Send:
             exchange.stream,
             holder_key=exchange.holder_key,
             model=exchange.model,
+            tokens=exchange.estimate,
             lasting=exchange.stream or not exchange.path.startswith(_SHORT_CALLS),
             preferred_key=exchange.preferred_key,
         )

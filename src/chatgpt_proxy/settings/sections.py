@@ -145,8 +145,12 @@ class UpstreamSettings(_Section):
     base_url: str = Field(DEFAULT_BASE_URL, description="the upstream's API root, with /v1")
     keys: tuple[SecretStr, ...] = Field(min_length=1, description="upstream API keys")
     models: tuple[str, ...] = Field(("*",), description="glob patterns of the models it serves")
-    strategy: Literal["round_robin", "random", "least_busy"] = Field(
-        "round_robin", description="how a key is chosen for each request"
+    strategy: Literal["round_robin", "random", "least_busy", "least_headroom"] = Field(
+        "round_robin",
+        description="how a key is chosen for each request: round_robin (in turn), random, "
+        "least_busy (fewest requests in flight), or least_headroom (the most room left under "
+        "the upstream's own x-ratelimit-* request and token limits, refilled toward the limit "
+        "as their reset nears, requests not yet answered counted against it: avoids 429s)",
     )
     organization: str | None = Field(None, description="OpenAI-Organization sent upstream")
     project: str | None = Field(None, description="OpenAI-Project sent upstream")

@@ -80,6 +80,7 @@ class Outbound:
     # The alias of the key holding the stored object this request is about: that key or none.
     holder_key: str | None = None
     model: str | None = None  # the model the body names: a key whose account refuses it is barred
+    tokens: int = 0  # the request's estimated tokens, weighed by the least_headroom strategy
     # The answer may take minutes (a stream, a generation): sent over the lasting lane's
     # connections, apart from short calls (``TransportRequest.lasting``).
     lasting: bool = False
@@ -274,16 +275,17 @@ class UpstreamClient:
         if outbound.holder_key is not None:
             # Only the holder's account has the object: its failure is the answer, and a
             # second look at the key says whether that is "retired" (409) or "retry" (last).
-            key = pool.acquire_exact(outbound.holder_key)
+            key = pool.acquire_exact(outbound.holder_key, outbound.tokens)
             if last is None:
                 return key
+            pool.answered(key, None, outbound.tokens)
             pool.release(key)
             raise last
         if outbound.preferred_key is not None and last is None:
             with contextlib.suppress(ProxyError):  # away: any key will do for a new object
                 return pool.acquire_exact(outbound.preferred_key)
         try:
-            return pool.acquire(exclude=tried, model=model)
+            return pool.acquire(exclude=tried, model=model, tokens=outbound.tokens)
         except ProxyError:
             if last is None:
                 raise
@@ -291,6 +293,7 @@ class UpstreamClient:
         # (all cooling, all retired, all refusing the model), unless a key we already tried
         # is still in play.
         key = pool.acquire(model=model)
+        pool.answered(key)
         pool.release(key)
         raise last
 
@@ -320,8 +323,10 @@ class UpstreamClient:
             outbound.method, url, headers, outbound.body, limits, outbound.lasting
         )
         handed_on = False
+        answer_headers: CIMultiDictProxy[str] | None = None
         try:
             response = await self._transport.send(request)
+            answer_headers = response.headers
         except TransportTimeout:
             upstream.pool.release(key)
             upstream.pool.report_failure(key)
@@ -333,6 +338,9 @@ class UpstreamClient:
         except BaseException:
             upstream.pool.release(key)
             raise
+        finally:
+            # Answered or never to be: the key's limits as its headers tell (least_headroom).
+            upstream.pool.answered(key, answer_headers, outbound.tokens)
         try:
             verdict = await self._judge(upstream, key, outbound, response)
             if isinstance(verdict, bytes):

@@ -17,7 +17,13 @@ when no other key is usable the pool still hands out the ejected key due back so
 Apart from its state, a key may be barred from one model for a while: its account refused that
 model (a 403, or a 404 ``model_not_found``) while another account may serve it. The pool is
 pure logic with an injected clock and RNG; callers bracket each attempt with ``acquire()`` and
-``release()`` and report what the upstream answered in between.
+``release()``, tell ``answered()`` when the answer's headers come (or that none will), and
+report what the upstream answered in between.
+
+Strategies: ``round_robin`` takes the usable keys in turn, ``random`` draws one, ``least_busy``
+takes the key with the fewest requests in flight, and ``least_headroom`` the key with the most
+room left under the upstream's own rate limits (``upstream.headroom``), so that 429s are
+avoided rather than survived. Ties go round-robin in every strategy but ``random``.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from chatgpt_proxy.errors import (
@@ -42,8 +48,9 @@ from chatgpt_proxy.errors import (
     UpstreamRateLimited,
 )
 from chatgpt_proxy.memo import Memo, key_chars
+from chatgpt_proxy.upstream.headroom import Headroom, roomiest
 
-Strategy = Literal["random", "round_robin", "least_busy"]
+Strategy = Literal["random", "round_robin", "least_busy", "least_headroom"]
 
 MIN_COOLDOWN = 0.1
 MAX_COOLDOWN = 3600.0
@@ -109,6 +116,7 @@ class UpstreamKey:
     retired_reason: str | None = None
     requests: int = 0
     failures: int = 0
+    room: Headroom = field(default_factory=Headroom)  # its rate limits, for least_headroom
 
     def __repr__(self) -> str:
         return f"<UpstreamKey {self.alias} {self.state}>"
@@ -185,6 +193,7 @@ class KeyPool:
         self.name = name
         self.policy = policy
         self.strategy: Strategy = strategy
+        self._weighs_room = strategy == "least_headroom"  # the others keep no Headroom
         self._keys = tuple(UpstreamKey(f"{name}#{i}", s) for i, s in enumerate(secrets, 1))
         self._by_alias = {key.alias: key for key in self._keys}
         self._clock = clock
@@ -205,11 +214,14 @@ class KeyPool:
         pool._by_alias = {copy.alias: copy}
         return pool
 
-    def acquire(self, exclude: Container[str] = (), model: str | None = None) -> UpstreamKey:
+    def acquire(
+        self, exclude: Container[str] = (), model: str | None = None, tokens: int = 0
+    ) -> UpstreamKey:
         """Choose a usable key whose alias is not in ``exclude`` (the keys this request tried).
 
-        Keys barred from ``model`` are passed over. (A request about a stored object goes to
-        the key holding it, through ``acquire_exact``.)
+        Keys barred from ``model`` are passed over. ``tokens`` is the request's estimated
+        size, which ``least_headroom`` weighs (and counts against the key until ``answered``).
+        (A request about a stored object goes to the key holding it, through ``acquire_exact``.)
         """
         now = self._clock()
         barred = self._barred_from(model, now) if model is not None and self._barred else ()
@@ -217,17 +229,18 @@ class KeyPool:
             exclude = {*barred, *(key.alias for key in self._keys if key.alias in exclude)}
         if self.strategy == "random":
             key = self._pick_random(now, exclude)
+        elif self._weighs_room:
+            key = self._pick_roomiest(now, exclude, tokens)
         else:
             key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
         if key is None and not self._in_play(now, barred):
             key = self._back_soonest(now, exclude)
         if key is None:
             raise self._unavailable(now, exclude, barred, model)
-        key.inflight += 1
-        key.requests += 1
+        self._take(key, tokens)
         return key
 
-    def acquire_exact(self, alias: str) -> UpstreamKey:
+    def acquire_exact(self, alias: str, tokens: int = 0) -> UpstreamKey:
         """The key ``alias`` itself, for a request about an object that only its account holds.
 
         Never another key: a retired or unknown one is a ``ResourceUnavailable`` (409), a
@@ -250,13 +263,29 @@ class KeyPool:
             raise UpstreamError(
                 f"The upstream key {alias} holding this object is failing; retry shortly."
             )
+        self._take(key, tokens)
+        return key
+
+    def _take(self, key: UpstreamKey, tokens: int) -> None:
         key.inflight += 1
         key.requests += 1
-        return key
+        if self._weighs_room:
+            key.room.send(tokens)
+
+    def answered(
+        self, key: UpstreamKey, headers: Mapping[str, str] | None = None, tokens: int = 0
+    ) -> None:
+        """The attempt on ``key`` (acquired with ``tokens``) has its answer's ``headers``, or
+        will have none (``None``): it no longer counts as unanswered, and the rate limits those
+        headers tell are kept when the strategy weighs them."""
+        if self._weighs_room:
+            key.room.answered(headers, tokens, self._clock())
 
     def release(self, key: UpstreamKey) -> None:
         if key.inflight > 0:
             key.inflight -= 1
+        if key.inflight == 0 and self._weighs_room:
+            key.room.forget_pending()  # nothing in flight: nothing unanswered, whatever was told
 
     def report_success(self, key: UpstreamKey) -> None:
         key.consecutive_failures = 0
@@ -405,6 +434,19 @@ class KeyPool:
         if best is not None:
             self._cursor = (best_index + 1) % n
         return best
+
+    def _pick_roomiest(
+        self, now: float, exclude: Container[str], tokens: int
+    ) -> UpstreamKey | None:
+        rooms = [
+            key.room if key.alias not in exclude and _usable(key, now) else None
+            for key in self._keys
+        ]
+        index = roomiest(rooms, now, tokens, self._cursor)
+        if index is None:
+            return None
+        self._cursor = (index + 1) % len(self._keys)
+        return self._keys[index]
 
     def _barred_from(self, model: str, now: float) -> set[str]:
         barred = set()
