@@ -17,7 +17,7 @@ run: install  ## install and start the proxy (SQLite, in-memory limits, no other
 	$(BIN)/chatgpt-proxy serve
 
 test: install  ## the whole test suite
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 4 --dist loadfile  # four processes: most tests wait on servers, not the CPU
 
 deploy-test: install  ## build the container image and run it with podman (tests/deploy/)
 	PYTEST=$(BIN)/pytest deploy/test.sh

@@ -136,25 +136,20 @@ def test_cut_responses_stream_ends_with_an_error_event(proxy: Proxy) -> None:
 # ---------------------------------------------------------------- slow streams
 
 
-def test_first_chunk_of_a_slow_stream_arrives_without_buffering(proxy: Proxy) -> None:
-    delay = 0.3
-    started = time.monotonic()
+def test_first_chunk_of_a_stream_arrives_while_the_upstream_is_still_at_work(
+    proxy: Proxy,
+) -> None:
+    # The upstream sends one chunk, then goes silent until the connection closes: a proxy that
+    # held chunks back would deliver nothing before its stream idle limit (minutes, past the
+    # test's timeout), and then an upstream_timeout event.
     with proxy.http().stream(
         "POST",
         "/v1/chat/completions",
-        json=_chat_body(f"[[fault:slow:{delay}]] [[fault:long:5]]", stream=True),
+        json=_chat_body("[[fault:stall:1]]", stream=True),
         headers=_auth(proxy),
     ) as response:
-        chunks = response.iter_raw()
-        first = next(chunks)
-        first_at = time.monotonic() - started
-        second = next(chunks)
-        second_at = time.monotonic() - started
-        rest = b"".join(chunks)
-    assert first.startswith(b"data: ")
-    assert first_at < delay + 0.4, f"first chunk after {first_at:.2f}s"
-    assert second_at - first_at >= delay * 0.5  # chunks come as made, not all at the end
-    assert second.startswith(b"data: ") and rest.endswith(b"data: [DONE]\n\n")
+        first = next(response.iter_raw())
+    assert first.startswith(b"data: ") and b"upstream_timeout" not in first
 
 
 def test_slow_stream_completes_through_the_sdk(proxy: Proxy) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import openai
@@ -24,15 +23,13 @@ def test_a_silent_stream_ends_with_an_upstream_timeout_event(
     request = {
         "model": "gpt-4o-mini",
         "stream": True,
-        "messages": [{"role": "user", "content": "[[fault:slow:1.5]] hi"}],
+        # One chunk, then silence until the connection closes: only the watch can end it.
+        "messages": [{"role": "user", "content": "[[fault:stall:1]] hi"}],
     }
-    started = time.monotonic()
     body = proxy.post_json("/v1/chat/completions", orjson.dumps(request)).content
-    elapsed = time.monotonic() - started
     events = _events(body)
     assert events[-1] != b"[DONE]"
     assert orjson.loads(events[-1])["error"]["code"] == "upstream_timeout"
-    assert elapsed < 1.5  # ended by the watch, not by the upstream's next chunk
     assert fake.wait_for_disconnect(timeout=2.0, path="/v1/chat/completions") is not None
 
 
