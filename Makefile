@@ -17,7 +17,7 @@ run: install  ## install and start the proxy (SQLite, in-memory limits, no other
 	$(BIN)/chatgpt-proxy serve
 
 test: install  ## the whole test suite
-	$(BIN)/pytest -q -n 4 --dist loadfile  # four processes: most tests wait on servers, not the CPU
+	$(BIN)/pytest -q -n 2 --dist loadfile  # two processes, one test file to each
 
 deploy-test: install  ## build the container image and run it with podman (tests/deploy/)
 	PYTEST=$(BIN)/pytest deploy/test.sh

@@ -187,7 +187,7 @@ def proxy_settings(fake: FakeOpenAI, tmp_path: Path, **overrides: Any) -> Settin
         "moderation": {"enabled": False},
         "retries": {"backoff_base": 0.01, "backoff_max": 0.05},
         "server": {"grace_seconds": 2},
-        # The suite runs in four processes on as few as two cores, where Redis may take longer
+        # The suite runs in two processes on as few as two cores, where Redis may take longer
         # than production's 0.5 s to answer; past it, limits would fall back to per process and
         # stop being exact. The outage tests set their own.
         "limits": {"redis_timeout": 5.0},
