@@ -69,13 +69,6 @@ def _raise_fd_limit() -> int:
     return hard
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _connections_to(pid: int, port: int) -> int:
     """Established TCP connections of process ``pid`` whose remote port is ``port``."""
     inodes = set()
@@ -110,7 +103,7 @@ class Sampler:
     def run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(OSError):
-                self.rss_peak = max(self.rss_peak, _rss_kib(self.pid))
+                self.rss_peak = max(self.rss_peak, lib.rss_kib(self.pid)[0])
             self.connections_peak = max(
                 self.connections_peak, _connections_to(self.pid, self.upstream_port)
             )
@@ -326,7 +319,7 @@ def _raw(args: argparse.Namespace, up_port: int) -> int:
             command = [sys.executable, __file__, "--client-only", kind, base, str(count)]
             process = subprocess.Popen(command, stdout=subprocess.PIPE)
             time.sleep(1.0)  # imported, not yet sending
-            idle = _rss_kib(process.pid)
+            idle = lib.rss_kib(process.pid)[0]
             cpu = lib.cputime(process.pid)
             spent = cpu
             with Sampler(process.pid, up_port).running() as sampler:
@@ -420,7 +413,7 @@ def main(argv: list[str]) -> int:
             for proxy in proxies:
                 proxy.wake()
                 url = f"http://127.0.0.1:{proxy.port}/v1/chat/completions"
-                idle = _rss_kib(proxy.process.pid)
+                idle = lib.rss_kib(proxy.process.pid)[0]
                 cpu = lib.cputime(proxy.process.pid)
                 with Sampler(proxy.process.pid, up_port).running() as sampler:
                     rung = asyncio.run(streams(url, proxy.key, count))

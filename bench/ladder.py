@@ -265,8 +265,8 @@ def rss_kib(pids: list[int]) -> tuple[int, int]:
     """(current, peak) RSS in KiB, summed over ``pids``."""
     now = peak = 0
     for pid in pids:
-        current, high = lib.rss(pid).split()
-        now, peak = now + int(current), peak + int(high)
+        current, high = lib.rss_kib(pid)
+        now, peak = now + current, peak + high
     return now, peak
 
 

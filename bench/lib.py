@@ -377,16 +377,22 @@ def wait(url: str, timeout: float) -> int:
     return 1
 
 
-def rss(pid: int) -> str:
-    values = {"VmRSS": "0", "VmHWM": "0"}
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(current, peak) RSS of ``pid`` in KiB, from /proc (VmRSS, VmHWM); zeros once it is gone."""
+    values = {"VmRSS": 0, "VmHWM": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             name, _, rest = line.partition(":")
             if name in values:
-                values[name] = rest.split()[0]
+                values[name] = int(rest.split()[0])
     except OSError:
         pass
-    return f"{values['VmRSS']} {values['VmHWM']}"
+    return values["VmRSS"], values["VmHWM"]
+
+
+def rss(pid: int) -> str:
+    """``rss_kib`` as the "VmRSS_kB VmHWM_kB" line the shell scripts read."""
+    return "{} {}".format(*rss_kib(pid))
 
 
 def cputime(pid: int) -> float:

@@ -116,10 +116,6 @@ async def _client(
 # --- the measuring side --------------------------------------------------------------------
 
 
-def _rss_kib(pid: int) -> int:
-    return int(lib.rss(pid).split()[0])
-
-
 def _round(url: str, key: str, args: argparse.Namespace, fake: FakeOpenAI, pid: int) -> dict:
     client = subprocess.Popen(
         [sys.executable, __file__, "--client", url, key, str(args.streams), str(args.words),
@@ -129,7 +125,7 @@ def _round(url: str, key: str, args: argparse.Namespace, fake: FakeOpenAI, pid: 
     peak = most_open = 0
     dumped_at = 0.0
     while client.poll() is None:
-        rss, open_now = _rss_kib(pid), fake.open_requests
+        rss, open_now = lib.rss_kib(pid)[0], fake.open_requests
         if open_now >= most_open:
             most_open, peak = open_now, max(peak, rss)
             if args.tracemalloc and open_now and time.monotonic() - dumped_at > 2.0:
@@ -218,7 +214,7 @@ def main(argv: list[str]) -> int:
             _client(url, key, 20, 2, 0.01, args.prompt_bytes)
         )  # warm: imports, first connections
         time.sleep(1.0)
-        idle = _rss_kib(process.pid)
+        idle = lib.rss_kib(process.pid)[0]
         if args.tracemalloc:
             os.kill(process.pid, signal.SIGUSR1)
         print(f"idle RSS: {idle:,} KiB ({args.streams:,} streams of {args.words} chunks "
@@ -228,7 +224,7 @@ def main(argv: list[str]) -> int:
         for number in range(1, args.rounds + 1):
             fake.reset()
             result = _round(url, key, args, fake, process.pid)
-            after = _rss_kib(process.pid)
+            after = lib.rss_kib(process.pid)[0]
             per_stream = (result["peak_rss_kib"] - idle) / max(result["most_open"], 1)
             print(
                 f"round {number}: {result['whole']:,} whole, {result['broken']:,} broken "
@@ -238,14 +234,14 @@ def main(argv: list[str]) -> int:
                 f"{per_stream:.1f} KiB per open stream; {after:,} KiB after", flush=True
             )  # fmt: skip
             failed |= result["whole"] != args.streams
-        print(f"VmHWM (peak of the whole run): {int(lib.rss(process.pid).split()[1]):,} KiB")
+        print(f"VmHWM (peak of the whole run): {lib.rss_kib(process.pid)[1]:,} KiB")
         if args.tracemalloc:
             _top_growth(args.tracemalloc)
         if args.misses:
-            before = _rss_kib(process.pid)
+            before = lib.rss_kib(process.pid)[0]
             _misses(url, key, args.misses)
             print(f"{args.misses:,} distinct moderation inputs: RSS {before:,} → "
-                  f"{_rss_kib(process.pid):,} KiB")  # fmt: skip
+                  f"{lib.rss_kib(process.pid)[0]:,} KiB")  # fmt: skip
         return 1 if failed else 0
     finally:
         if process is not None:

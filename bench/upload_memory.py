@@ -88,11 +88,6 @@ async def upload(url: str, key: str, size: int) -> tuple[int, str]:
         return answer.status, await answer.text()
 
 
-def _kb(pid: int) -> tuple[int, int]:
-    current, peak = lib.rss(pid).split()
-    return int(current), int(peak)
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=500, help="size of the upload")
@@ -112,14 +107,14 @@ def main(argv: list[str]) -> int:
         if lib.wait(url + "/healthz", 30.0):
             return 2
         status, _ = asyncio.run(upload(url, key, 1024))  # imports and pools warmed up
-        idle, _ = _kb(process.pid)
+        idle, _ = lib.rss_kib(process.pid)
 
         sampled = [idle]
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.02):
-                sampled.append(_kb(process.pid)[0])
+                sampled.append(lib.rss_kib(process.pid)[0])
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -128,7 +123,7 @@ def main(argv: list[str]) -> int:
         seconds = time.monotonic() - began
         done.set()
         sampler.join()
-        _, high_water = _kb(process.pid)
+        _, high_water = lib.rss_kib(process.pid)
         peak = max(max(sampled), high_water)
         figures = {
             "upload_mb": args.megabytes,
