@@ -7,6 +7,15 @@ on the test server, skipped when unreachable).
 
     .venv/bin/python bench/console_scale.py                       # both backends
     .venv/bin/python bench/console_scale.py --keys 10000 --usage 100000 --backends sqlite
+
+Filling takes minutes of CPU per backend. To time again on the same data (after a change of the
+code, say), keep the databases: ``--sqlite-file PATH`` and ``--postgres-database NAME`` fill
+them only while they hold no client key, migrate them first either way (so a new migration's
+backfill is timed too), and leave them in place; ``--pages by=key`` times only the pages whose
+path contains that text::
+
+    .venv/bin/python bench/console_scale.py --sqlite-file /tmp/console.db \
+        --postgres-database cgp_bench_console --pages by=key
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from chatgpt_proxy.app import create_app
 from chatgpt_proxy.keystore import KeyStore, UsageEvent
 from chatgpt_proxy.keystore.engine import create_engine
-from chatgpt_proxy.keystore.schema import client_keys, usage_key_days
+from chatgpt_proxy.keystore.schema import client_keys, usage_events, usage_key_days
 from chatgpt_proxy.settings import Settings
 from services import POSTGRES_URLS, _probe_postgres
 
@@ -88,34 +97,49 @@ async def fill(url: str, keys: int, usage: int) -> list[str]:
     return ids
 
 
-async def count_daily(url: str) -> int:
+async def count_rows(url: str, table: sa.Table) -> int:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            return int(
-                await conn.scalar(sa.select(sa.func.count()).select_from(usage_key_days)) or 0
-            )
+            return int(await conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
+    finally:
+        await engine.dispose()
+
+
+async def kept_key_ids(url: str) -> list[str]:
+    """The ids ``fill`` gave the keys of a database it filled before, in its order."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            query = sa.select(client_keys.c.id).order_by(client_keys.c.id)
+            return list((await conn.scalars(query)).all())
     finally:
         await engine.dispose()
 
 
 @contextlib.asynccontextmanager
-async def postgres_database(server: str) -> AsyncIterator[str]:
-    name = "cgp_bench_" + secrets.token_hex(4)
+async def postgres_database(server: str, kept: str | None) -> AsyncIterator[str]:
+    """A database on ``server``: ``kept`` (created if missing, left in place) or a fresh one."""
+    name = kept or "cgp_bench_" + secrets.token_hex(4)
     admin = create_engine(server)
     async with admin.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        exists = await conn.scalar(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+        )
+        if not exists:
+            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
         yield server.rsplit("/", 1)[0] + "/" + name
     finally:
-        async with admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if kept is None:
+            async with admin.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
 
 
-async def time_pages(url: str, key_id: str, repeat: int) -> list[tuple[str, float, int]]:
+async def time_pages(url: str, key_id: str, repeat: int, only: str) -> list[tuple[str, float, int]]:
     settings = Settings.model_validate(
         {
             # An upstream nobody calls: the pages read the database and the pool only.
@@ -159,7 +183,7 @@ async def time_pages(url: str, key_id: str, repeat: int) -> list[tuple[str, floa
                 "/admin/login", data={"password": ADMIN_KEY}, headers={"Origin": base.rstrip("/")}
             ) as answer:
                 assert answer.status in (200, 303), answer.status
-            for page in pages:
+            for page in (page for page in pages if only in page):
                 times = []
                 status = 0
                 for _ in range(repeat):
@@ -175,19 +199,29 @@ async def time_pages(url: str, key_id: str, repeat: int) -> list[tuple[str, floa
     return results
 
 
-async def bench_backend(name: str, url: str, keys: int, usage: int, repeat: int) -> None:
+async def bench_backend(name: str, url: str, options: argparse.Namespace) -> None:
+    started = time.perf_counter()
     store = await KeyStore.open(url)
     await store.migrate()
     await store.close()
+    migrated = time.perf_counter() - started
     started = time.perf_counter()
-    ids = await fill(url, keys, usage)
-    daily = await count_daily(url)
+    ids = await kept_key_ids(url)
+    if ids:
+        how = f"kept from an earlier run; migrated in {migrated:.1f} s"
+    else:
+        ids = await fill(url, options.keys, options.usage)
+        how = f"filled in {time.perf_counter() - started:.0f} s"
+    usage = await count_rows(url, usage_events)
+    daily = await count_rows(url, usage_key_days)
     print(
-        f"\n### {name}: {keys:,} keys, {usage:,} usage rows, {daily:,} per-key-day sums (filled in "
-        f"{time.perf_counter() - started:.0f} s)\n"
+        f"\n### {name}: {len(ids):,} keys, {usage:,} usage rows, {daily:,} per-key-day sums "
+        f"({how})\n"
     )
     print("| page | median ms | status |\n|---|---:|---:|", flush=True)
-    for page, seconds, status in await time_pages(url, ids[len(ids) // 2], repeat):
+    for page, seconds, status in await time_pages(
+        url, ids[len(ids) // 2], options.repeat, options.pages
+    ):
         print(f"| `{page}` | {seconds * 1000:.0f} | {status} |")
 
 
@@ -197,23 +231,28 @@ def main() -> None:
     parser.add_argument("--usage", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--sqlite-file", help="keep (or reuse) the SQLite database in this file")
+    parser.add_argument("--postgres-database", help="keep (or reuse) this PostgreSQL database")
+    parser.add_argument("--pages", default="", help="time only pages whose path contains this")
     args = parser.parse_args()
     backends = args.backends.split(",")
-    sizes = (args.keys, args.usage, args.repeat)
     if "sqlite" in backends:
-        with tempfile.TemporaryDirectory() as tmp:
-            asyncio.run(bench_backend("SQLite", f"sqlite:///{tmp}/bench.db", *sizes))
+        if args.sqlite_file:
+            asyncio.run(bench_backend("SQLite", f"sqlite:///{args.sqlite_file}", args))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                asyncio.run(bench_backend("SQLite", f"sqlite:///{tmp}/bench.db", args))
     if "postgresql" in backends:
         server, reason = _probe_postgres()
         if server is None:
             print(f"\nPostgreSQL not reachable at {POSTGRES_URLS[0]} ({reason}): skipped")
         else:
-            asyncio.run(bench_postgres(server, *sizes))
+            asyncio.run(bench_postgres(server, args))
 
 
-async def bench_postgres(server: str, keys: int, usage: int, repeat: int) -> None:
-    async with postgres_database(server) as url:
-        await bench_backend("PostgreSQL", url, keys, usage, repeat)
+async def bench_postgres(server: str, options: argparse.Namespace) -> None:
+    async with postgres_database(server, options.postgres_database) as url:
+        await bench_backend("PostgreSQL", url, options)
 
 
 if __name__ == "__main__":
