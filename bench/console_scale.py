@@ -106,6 +106,18 @@ async def count_rows(url: str, table: sa.Table) -> int:
         await engine.dispose()
 
 
+async def analyze(url: str) -> None:
+    """Statistics for PostgreSQL's planner, as autovacuum gathers them a minute after a fill
+    this size: without them it takes a table just filled or created for a few rows."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(sa.text("ANALYZE"))
+    finally:
+        await engine.dispose()
+
+
 async def kept_key_ids(url: str) -> list[str]:
     """The ids ``fill`` gave the keys of a database it filled before, in its order."""
     engine = create_engine(url)
@@ -212,6 +224,8 @@ async def bench_backend(name: str, url: str, options: argparse.Namespace) -> Non
     else:
         ids = await fill(url, options.keys, options.usage)
         how = f"filled in {time.perf_counter() - started:.0f} s"
+    if url.startswith("postgresql"):
+        await analyze(url)
     usage = await count_rows(url, usage_events)
     daily = await count_rows(url, usage_key_days)
     print(

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
-from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent, migrator
+from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent
 from chatgpt_proxy.keystore.schema import (
     client_keys,
     usage_day_totals,
     usage_events,
     usage_key_days,
+    usage_key_weeks,
 )
-from stores import migrated
+from chatgpt_proxy.keystore.usage_queries import week_of
+from stores import migrate_to, migrated
 
 LONG = timedelta(hours=1)
 
@@ -132,17 +132,10 @@ def test_usage_reports_group_by_day_model_and_key(database_url: str) -> None:
     asyncio.run(scenario())
 
 
-def _upgrade_to_0002(connection: sa.Connection) -> None:
-    config = migrator.alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, "0002")
-
-
 def test_migration_0003_sums_the_usage_recorded_before_it(database_url: str) -> None:
     async def scenario() -> None:
         async with await KeyStore.open(database_url) as store:
-            async with store._engine.begin() as conn:  # the schema before the console
-                await conn.run_sync(_upgrade_to_0002)
+            await migrate_to(database_url, "0002")  # the schema before the console
             key_id = "key_0000000000000001"
             now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
             async with store._engine.begin() as conn:
@@ -213,7 +206,8 @@ async def _sums(store: KeyStore, table: sa.TableClause, groups: tuple[str, ...])
         kept = (await conn.execute(sa.select(table))).all()
     expected: dict[tuple[str, ...], list[float]] = {}
     for event in events:
-        values = {**event._mapping, "day": event.created_at.date().isoformat()}
+        day = event.created_at.date()
+        values = {**event._mapping, "day": day.isoformat(), "week": week_of(day).isoformat()}
         sums = expected.setdefault(tuple(values[name] for name in groups), [0] * len(SUMS))
         for n, name in enumerate(SUMS):
             sums[n] += values[name] or 0
@@ -229,7 +223,11 @@ async def _sums(store: KeyStore, table: sa.TableClause, groups: tuple[str, ...])
 
 
 SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
-SUM_TABLES = ((usage_key_days, ("day", "key_id")), (usage_day_totals, ("day", "model", "upstream")))
+SUM_TABLES = (
+    (usage_key_days, ("day", "key_id")),
+    (usage_key_weeks, ("week", "key_id")),
+    (usage_day_totals, ("day", "model", "upstream")),
+)
 
 
 def test_the_per_day_sums_stay_equal_to_the_sums_of_the_events(database_url: str) -> None:
@@ -273,15 +271,6 @@ def test_the_per_day_sums_stay_equal_to_the_sums_of_the_events(database_url: str
     asyncio.run(scenario())
 
 
-def _migrate_to(revision: str, down: bool) -> Callable[[sa.Connection], None]:
-    def run(connection: sa.Connection) -> None:
-        config = migrator.alembic_config()
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
-
-    return run
-
-
 def test_migration_0005_keeps_the_sums_both_ways(database_url: str) -> None:
     async def scenario() -> None:
         async with migrated(database_url) as store:
@@ -305,14 +294,13 @@ def test_migration_0005_keeps_the_sums_both_ways(database_url: str) -> None:
                     for model, minutes in (("a", 0), ("b", 10), ("a", 40))
                 ]
             )
-            async with store._engine.begin() as conn:
-                await conn.run_sync(_migrate_to("0004", down=True))
+            await migrate_to(database_url, "0004", down=True)
             groups = ("day", "key_id", "model", "upstream")
             daily = sa.table("usage_daily", *(sa.column(name) for name in (*groups, *SUMS)))
             assert len(await _sums(store, daily, groups)) == 3  # summed again from the events
-            async with store._engine.begin() as conn:
-                await conn.run_sync(_migrate_to("head", down=False))
+            await migrate_to(database_url, "head")
             counts = [len(await _sums(store, table, groups)) for table, groups in SUM_TABLES]
-            assert counts == [2, 3]  # by key: 2 days; by model and upstream: a and b, then a
+            # By key: 2 days, 1 week; by model and upstream: a and b, then a.
+            assert counts == [2, 1, 3]
 
     asyncio.run(scenario())

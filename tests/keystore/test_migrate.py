@@ -46,11 +46,12 @@ def test_migrated_schema_matches_the_metadata(database_url: str) -> None:
         "console_sessions",
         "audit_events",
         "usage_key_days",
+        "usage_key_weeks",
         "usage_day_totals",
         VERSION_TABLE,
     }
     assert diff == []
-    assert heads == ["0006"]
+    assert heads == ["0007"]
 
 
 def test_migrating_twice_changes_nothing(database_url: str) -> None:
@@ -62,7 +63,7 @@ def test_migrating_twice_changes_nothing(database_url: str) -> None:
             assert await store.list() == [key]
 
     asyncio.run(scenario())
-    assert asyncio.run(inspect(database_url))[2] == ["0006"]
+    assert asyncio.run(inspect(database_url))[2] == ["0007"]
 
 
 def test_replicas_migrating_at_once_do_not_race(database_url: str) -> None:
@@ -71,4 +72,4 @@ def test_replicas_migrating_at_once_do_not_race(database_url: str) -> None:
 
     asyncio.run(scenario())
     tables, diff, heads = asyncio.run(inspect(database_url))
-    assert "client_keys" in tables and diff == [] and heads == ["0006"]
+    assert "client_keys" in tables and diff == [] and heads == ["0007"]

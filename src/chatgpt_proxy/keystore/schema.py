@@ -157,6 +157,21 @@ usage_key_days = _usage_sums(
     sqlite_with_rowid=False,
 )
 
+# Per week (the date of its Monday, UTC) and client key: a report by key over a month reads the
+# weeks it covers whole from here, its first and last few days from usage_key_days, so about
+# half the rows (a key used on several days of a week has one row for them). Laid out as above.
+usage_key_weeks = _usage_sums(
+    "usage_key_weeks",
+    sa.Column("week", sa.String(10), primary_key=True),
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sqlite_with_rowid=False,
+)
+# The keys with the most tokens in a week, read from the top: the report by key reads only the
+# keys that can be among its largest (usage_queries._candidates).
+sa.Index(
+    "ix_usage_key_weeks_week_total_tokens", usage_key_weeks.c.week, usage_key_weeks.c.total_tokens
+)
+
 # Per UTC day, model and upstream key, every client key together: the reports by day, model and
 # upstream key read a few rows per day.
 usage_day_totals = _usage_sums(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from chatgpt_proxy.keystore.schema import (
     usage_day_totals,
     usage_events,
     usage_key_days,
+    usage_key_weeks,
 )
 from chatgpt_proxy.keystore.text import storable
 from chatgpt_proxy.keystore.values import UsageEvent, UsageRow
@@ -59,10 +60,25 @@ _DAILY_BATCH = 500  # rows per statement: well under SQLite's limit of bound par
 
 
 def daily_upserts(dialect: str, rows: Sequence[dict[str, Any]]) -> list[sa.Executable]:
-    """Statements that add ``rows`` (from ``event_rows``) to the per-day sums: per key
-    (``usage_key_days``) and per model and upstream key (``usage_day_totals``)."""
-    statements = _sum_upserts(dialect, usage_key_days, ("day", "key_id"), rows)
-    return statements + _sum_upserts(dialect, usage_day_totals, ("day", "model", "upstream"), rows)
+    """Statements that add ``rows`` (from ``event_rows``) to the sums: per key and day
+    (``usage_key_days``) and week (``usage_key_weeks``), and per day, model and upstream key
+    (``usage_day_totals``)."""
+    dated = [_dated(row) for row in rows]
+    return [
+        *_sum_upserts(dialect, usage_key_days, ("day", "key_id"), dated),
+        *_sum_upserts(dialect, usage_key_weeks, ("week", "key_id"), dated),
+        *_sum_upserts(dialect, usage_day_totals, ("day", "model", "upstream"), dated),
+    ]
+
+
+def week_of(day: date) -> date:
+    """The Monday of ``day``'s week: what ``usage_key_weeks.week`` holds."""
+    return day - timedelta(days=day.weekday())
+
+
+def _dated(row: dict[str, Any]) -> dict[str, Any]:
+    day = row["created_at"].astimezone(UTC).date()
+    return {**row, "day": day.isoformat(), "week": week_of(day).isoformat()}
 
 
 def _sum_upserts(
@@ -71,8 +87,7 @@ def _sum_upserts(
     # The rows are summed per group first: one statement may not touch a row twice.
     summed: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
-        day = row["created_at"].astimezone(UTC).date().isoformat()
-        group = tuple(day if name == "day" else row[name] for name in groups)
+        group = tuple(row[name] for name in groups)
         sums = summed.get(group)
         if sums is None:
             sums = summed[group] = dict(zip(groups, group, strict=True))
@@ -142,35 +157,128 @@ def totals_query(key_id: str, since: datetime | None) -> sa.Select[Any]:
 
 
 REPORT_GROUPS = ("day", "model", "key", "upstream")
+REPORT_LIMIT = 1000
+# Periods of up to this many weeks get the report by key from the keys that can be in it only
+# (see _candidates); longer ones sum every key's rows.
+_PRUNED_WEEKS = 60
 
 
-def report_query(since: date, until: date, by: str) -> sa.Select[Any]:
-    """Every key's requests, tokens and cost on the UTC days ``since`` to ``until`` included,
+def report_query(since: date, until: date, by: str, limit: int = REPORT_LIMIT) -> sa.Select[Any]:
+    """Every key's requests, tokens and cost on the UTC days ``since`` to ``until``, included,
     per day, model, key or upstream key: one row per group, as ``group`` (a day as text),
-    largest first except days, which come in order. At most 1000 groups.
+    largest first (then by group) except days, which come in order. At most ``limit``.
 
-    From the per-day sums: one row per key and day for the report by key, a few rows per day
-    for the others, however many requests they stand for.
+    From the sums kept with every write: a few rows per day for the reports by day, model and
+    upstream key; for the report by key, a row per key and week the period covers whole, and
+    per key and day for the days before and after those weeks, of the keys that can be among
+    the largest.
     """
     if by not in REPORT_GROUPS:
         raise ValueError(f"by must be one of {REPORT_GROUPS}")
-    table = usage_key_days if by == "key" else usage_day_totals
-    group = table.c["key_id" if by == "key" else by]
-    tokens = sa.func.sum(table.c.total_tokens)
-    query = (
-        sa.select(
-            group.label("group"),
-            sa.func.sum(table.c.requests).label("requests"),
-            sa.func.sum(table.c.prompt_tokens).label("prompt_tokens"),
-            sa.func.sum(table.c.completion_tokens).label("completion_tokens"),
-            tokens.label("total_tokens"),
-            sa.func.sum(table.c.cost).label("cost"),
-        )
-        .where(table.c.day >= since.isoformat())
-        .where(table.c.day <= until.isoformat())
-        .group_by(group)
+    if by == "key":
+        keys = _candidates(since, until, limit)
+        return _largest(_key_rows(since, until, keys), "key_id", limit)
+    rows = (
+        sa.select(usage_day_totals)
+        .where(usage_day_totals.c.day >= since.isoformat())
+        .where(usage_day_totals.c.day <= until.isoformat())
+        .subquery()
     )
-    return query.order_by(group if by == "day" else tokens.desc()).limit(1000)
+    return _largest(rows, by, limit, in_order=by == "day")
+
+
+def _largest(rows: sa.Subquery, by: str, limit: int, *, in_order: bool = False) -> sa.Select[Any]:
+    group = rows.c[by]
+    tokens = sa.func.sum(rows.c.total_tokens)
+    sums = [sa.func.sum(rows.c[name]).label(name) for name in _DAILY_SUMS]
+    order = [group] if in_order else [tokens.desc(), group]
+    query = sa.select(group.label("group"), *sums).group_by(group)
+    return query.order_by(*order).limit(limit)
+
+
+def _candidates(since: date, until: date, limit: int) -> sa.Select[Any] | None:
+    """The keys that can be among the ``limit`` largest, in a query; None to take every key.
+
+    A key whose sum over the period is at least some bound L has, in one of the n weeks the
+    period touches, at least L / n (its days in the period are part of those weeks). L is the
+    limit-th largest sum over the period among the limit largest keys of one week: at most the
+    limit-th largest among every key. So the keys with a week of at least L / n include every
+    key of the report, ties included, and the report from them alone is the same. With traffic
+    as it goes, a few keys make most of it: for 100,000 keys they are a few thousand. Each step
+    reads an index range (usage_key_weeks by week and tokens) or a key's rows by primary key.
+    """
+    weeks = [week_of(since)]
+    while weeks[-1] < week_of(until):
+        weeks.append(weeks[-1] + timedelta(days=7))
+    if len(weeks) > _PRUNED_WEEKS:
+        return None
+    table = usage_key_weeks
+    whole = [week for week in weeks if since <= week and week + timedelta(days=6) <= until]
+    seeds = (
+        sa.select(table.c.key_id)
+        .where(table.c.week == (whole or weeks)[-1].isoformat())
+        .order_by(table.c.total_tokens.desc())
+        .limit(limit)
+        .cte("seeds")
+    )
+    seeded = _key_rows(since, until, sa.select(seeds.c.key_id))
+    sums = sa.select(sa.func.sum(seeded.c.total_tokens).label("tokens"))
+    sums_by_key = sums.group_by(seeded.c.key_id).subquery()
+    bound = (
+        sa.select(sums_by_key.c.tokens)
+        .order_by(sums_by_key.c.tokens.desc())
+        .offset(limit - 1)
+        .limit(1)
+        .scalar_subquery()
+    )
+    # ceil(L / n) in integers. Fewer than ``limit`` seeds with usage: no bound, every key.
+    least = (sa.func.coalesce(sa.cast(bound, sa.BigInteger), 0) + len(weeks) - 1) // len(weeks)
+    candidates = (
+        sa.select(table.c.key_id)
+        .where(table.c.week.in_([week.isoformat() for week in weeks]))
+        .where(table.c.total_tokens >= least)
+        .cte("candidates")
+    )
+    return sa.select(candidates.c.key_id)
+
+
+def _key_rows(since: date, until: date, keys: sa.Select[Any] | None) -> sa.Subquery:
+    """The per-key rows that add up to ``since`` to ``until``: the weeks in it whole, the days
+    in it outside those weeks; those of ``keys`` only (each read by its primary key), or of
+    every key."""
+    first = week_of(since + timedelta(days=6))  # the first Monday on or after since
+    last = week_of(until + timedelta(days=1)) - timedelta(days=7)  # the last ending by until
+    if first > last:  # no whole week
+        parts = [_rows(usage_key_days, "day", since, until, keys)]
+    else:
+        parts = [_rows(usage_key_weeks, "week", first, last, keys, step=7)]
+        if since < first:
+            parts.append(_rows(usage_key_days, "day", since, first - timedelta(days=1), keys))
+        if last + timedelta(days=6) < until:
+            parts.append(_rows(usage_key_days, "day", last + timedelta(days=7), until, keys))
+    return sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+
+
+def _rows(
+    table: sa.Table,
+    period: str,
+    first: date,
+    last: date,
+    keys: sa.Select[Any] | None,
+    *,
+    step: int = 1,
+) -> sa.Select[Any]:
+    query = sa.select(*(table.c[name] for name in ("key_id", *_DAILY_SUMS)))
+    if keys is None:
+        return query.where(table.c[period] >= first.isoformat()).where(
+            table.c[period] <= last.isoformat()
+        )
+    # Each period named, so that the database looks each key up in each period by the primary
+    # key (period, key_id) instead of reading every key's rows of the range.
+    periods = [
+        (first + timedelta(days=n)).isoformat() for n in range(0, (last - first).days + 1, step)
+    ]
+    return query.where(table.c[period].in_(periods), table.c.key_id.in_(keys))
 
 
 def minutes_query(dialect: str, since: datetime) -> sa.Select[Any]:
