@@ -602,8 +602,8 @@ def _client_key(row: sa.RowMapping) -> ClientKey:
 
 async def _add_daily(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Add the rows just written to usage_events to the per-day sums, in the same transaction."""
-    for statement in usage_queries.daily_upserts(conn.dialect.name, rows):
-        await conn.execute(statement)
+    for statement, sums in usage_queries.daily_upserts(conn.dialect.name, rows):
+        await conn.execute(statement, sums)
 
 
 async def _fetch_key(conn: AsyncConnection, key_id: str) -> ClientKey | None:

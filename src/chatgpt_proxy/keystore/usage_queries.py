@@ -56,18 +56,21 @@ def _event_row(event: UsageEvent) -> dict[str, Any]:
 
 
 _DAILY_SUMS = ("requests", *_TOKEN_COLUMNS, "cost")
-_DAILY_BATCH = 500  # rows per statement: well under SQLite's limit of bound parameters
 
 
-def daily_upserts(dialect: str, rows: Sequence[dict[str, Any]]) -> list[sa.Executable]:
-    """Statements that add ``rows`` (from ``event_rows``) to the sums: per key and day
-    (``usage_key_days``) and week (``usage_key_weeks``), and per day, model and upstream key
-    (``usage_day_totals``)."""
+def daily_upserts(
+    dialect: str, rows: Sequence[dict[str, Any]]
+) -> list[tuple[sa.Executable, list[dict[str, Any]]]]:
+    """Statements, each with its rows, that add ``rows`` (from ``event_rows``) to the sums: per
+    key and day (``usage_key_days``) and week (``usage_key_weeks``), and per day, model and
+    upstream key (``usage_day_totals``). Each is one statement run for many rows (an
+    executemany): compiled once, where a statement of many VALUES was compiled anew for every
+    write, and that compiling was most of a write's time."""
     dated = [_dated(row) for row in rows]
     return [
-        *_sum_upserts(dialect, usage_key_days, ("day", "key_id"), dated),
-        *_sum_upserts(dialect, usage_key_weeks, ("week", "key_id"), dated),
-        *_sum_upserts(dialect, usage_day_totals, ("day", "model", "upstream"), dated),
+        _sum_upsert(dialect, usage_key_days, ("day", "key_id"), dated),
+        _sum_upsert(dialect, usage_key_weeks, ("week", "key_id"), dated),
+        _sum_upsert(dialect, usage_day_totals, ("day", "model", "upstream"), dated),
     ]
 
 
@@ -81,10 +84,10 @@ def _dated(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "day": day.isoformat(), "week": week_of(day).isoformat()}
 
 
-def _sum_upserts(
+def _sum_upsert(
     dialect: str, table: sa.Table, groups: tuple[str, ...], rows: Sequence[dict[str, Any]]
-) -> list[sa.Executable]:
-    # The rows are summed per group first: one statement may not touch a row twice.
+) -> tuple[sa.Executable, list[dict[str, Any]]]:
+    # The rows are summed per group first: one write adds to each row of sums once.
     summed: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
         group = tuple(row[name] for name in groups)
@@ -94,18 +97,12 @@ def _sum_upserts(
             sums.update(dict.fromkeys(_DAILY_SUMS, 0))
         for name in _DAILY_SUMS:
             sums[name] += row[name] or 0
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = list(summed.values())
-    statements: list[sa.Executable] = []
-    for start in range(0, len(values), _DAILY_BATCH):
-        statement = insert(table).values(values[start : start + _DAILY_BATCH])
-        statements.append(
-            statement.on_conflict_do_update(
-                index_elements=list(groups),
-                set_={name: table.c[name] + statement.excluded[name] for name in _DAILY_SUMS},
-            )
-        )
-    return statements
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    statement = insert.on_conflict_do_update(
+        index_elements=list(groups),
+        set_={name: table.c[name] + insert.excluded[name] for name in _DAILY_SUMS},
+    )
+    return statement, list(summed.values())
 
 
 def summary_query(dialect: str, key_id: str, since: date | None) -> sa.Select[Any]:
