@@ -195,14 +195,7 @@ class Target:
         return pids
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        lib.stop_processes(self.processes, grace=15.0)
 
 
 def _is_worker(pid: int) -> bool:
@@ -453,10 +446,7 @@ def main(argv: list[str]) -> int:
                 print(render(rungs, args.gap) + "\n", flush=True)
         return 0
     finally:
-        for fake in fakes:
-            fake.terminate()
-        for fake in fakes:
-            fake.wait()
+        lib.stop_processes(fakes)
         if own_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -185,8 +185,7 @@ def main(argv: list[str]) -> int:
     finally:
         for target in targets.values():
             target.stop()
-        nginx.terminate()
-        nginx.wait()
+        lib.stop_processes([nginx])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,11 +1,12 @@
-"""A key store for tests: opened on a database URL, migrated, closed afterwards."""
+"""A key store for tests: opened on a database URL, migrated, closed afterwards; usage events."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
-from chatgpt_proxy.keystore import KeyStore
+from chatgpt_proxy.keystore import KeyStore, UsageEvent
 
 
 @contextlib.asynccontextmanager
@@ -14,3 +15,21 @@ async def migrated(database_url: str) -> AsyncIterator[KeyStore]:
     async with await KeyStore.open(database_url) as store:
         await store.migrate()
         yield store
+
+
+def usage_event(key_id: str, **changes: Any) -> UsageEvent:
+    """A chat completion's usage by ``key_id``, with ``changes`` to its fields."""
+    fields: dict[str, Any] = {
+        "key_id": key_id,
+        "model": "gpt-4o-mini",
+        "upstream": "openai#1",
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "latency_ms": 120,
+        "cost": 0.25,
+    }
+    fields.update(changes)
+    return UsageEvent(**fields)
