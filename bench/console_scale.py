@@ -93,7 +93,7 @@ async def fill(url: str, keys: int, usage: int) -> list[str]:
                 )
                 for _ in range(min(BATCH, usage - start))
             ]
-            assert not await store.record_usage(events)
+            assert not await store.usage.record(events)
     return ids
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -250,16 +250,17 @@ def main(argv: list[str]) -> int:
     if args.load_cpu is not None:
         os.sched_setaffinity(0, {int(c) for c in args.load_cpu.split(",")})
     up_port, proxy_port = lib.free_ports(2)
-    processes: list[subprocess.Popen[bytes]] = []
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    try:
+    with contextlib.ExitStack() as stack:
+        if own_tmp:
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         upstream_cmd = [sys.executable, __file__, "--upstream-only", str(up_port)]
         upstream_cmd += ["--delay", str(args.delay), "--chunks", str(args.chunks)]
-        processes.append(subprocess.Popen(_pinned(args.load_cpu, upstream_cmd)))
+        stack.enter_context(lib.running(_pinned(args.load_cpu, upstream_cmd)))
         config = tmp / "proxy.yaml"
         config.write_text(
             lib.proxy_conf(
@@ -272,11 +273,8 @@ def main(argv: list[str]) -> int:
             )
         )
         key = lib.create_key(cgp, config, "first-chunk")
-        with open(tmp / "proxy.log", "wb") as log:
-            serve = [str(cgp), "serve", "--config", str(config)]
-            processes.append(
-                subprocess.Popen(_pinned(args.server_cpu, serve), stdout=log, stderr=log)
-            )
+        serve = [str(cgp), "serve", "--config", str(config)]
+        stack.enter_context(lib.running(_pinned(args.server_cpu, serve), log=tmp / "proxy.log"))
         for url in (
             f"http://127.0.0.1:{up_port}/v1/models",
             f"http://127.0.0.1:{proxy_port}/healthz",
@@ -296,17 +294,6 @@ def main(argv: list[str]) -> int:
         if args.markdown:
             args.markdown.write_text(text + "\n")
         return 0
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if own_tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +49,7 @@ from fuzzing import (  # noqa: E402
 from servers import BackgroundLoop, is_serving  # noqa: E402
 
 ADMIN_KEY = "admin-key-for-the-fuzzer-0123456789"
+CGP = Path(sys.executable).with_name("chatgpt-proxy")
 
 
 class Tally:
@@ -122,12 +125,10 @@ def explore(
     one()
 
 
-def start_proxy(
-    tmp: Path, upstream: str, **sections: dict[str, object]
-) -> tuple[subprocess.Popen[bytes], str, str]:
-    """``chatgpt-proxy serve`` in front of the fake upstream, with its SQLite store in ``tmp``
-    (``sections`` add to the config's sections); the process, its URL and a client key."""
-    cgp = Path(sys.executable).with_name("chatgpt-proxy")
+def proxy_config(tmp: Path, upstream: str, **sections: dict[str, object]) -> tuple[Path, str, str]:
+    """A config for ``chatgpt-proxy serve`` in front of the fake upstream, with its SQLite store
+    in ``tmp`` (``sections`` add to the config's sections): its path, the proxy's URL and a
+    client key."""
     (port,) = lib.free_ports(1)
     config = tmp / "proxy.yaml"
     data = json.loads(
@@ -145,22 +146,20 @@ def start_proxy(
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     config.write_text(json.dumps(data, indent=2))  # JSON is YAML
-    key = lib.create_key(cgp, config, "fuzz")
-    with open(tmp / "proxy.log", "wb") as log:
-        process = subprocess.Popen(
-            [str(cgp), "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
-    return process, f"http://127.0.0.1:{port}", key
+    key = lib.create_key(CGP, config, "fuzz")
+    return config, f"http://127.0.0.1:{port}", key
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if the proxy has not exited within 10 s."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+@contextlib.contextmanager
+def proxy_running(
+    tmp: Path, upstream: str, **sections: dict[str, object]
+) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
+    """``chatgpt-proxy serve`` with ``proxy_config``'s config, its log in ``tmp``: the process,
+    its URL and a client key; stopped on leaving."""
+    config, url, key = proxy_config(tmp, upstream, **sections)
+    serve = [str(CGP), "serve", "--config", str(config)]
+    with lib.running(serve, log=tmp / "proxy.log") as process:
+        yield process, url, key
 
 
 def main(argv: list[str]) -> int:
@@ -182,14 +181,15 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="cgp-fuzz-"))
     loop = BackgroundLoop("fuzz-fake-upstream")
-    process = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        stack.callback(loop.close)
         fake = FakeOpenAI()
         fake.url = loop.start_app(fake.app)
         sections = unthrottled()
         if args.moderation:
             sections["moderation"] = {"enabled": True, "check_output": True}
-        process, url, key = start_proxy(tmp, fake.base_url, **sections)
+        process, url, key = stack.enter_context(proxy_running(tmp, fake.base_url, **sections))
         if lib.wait(url + "/healthz", 30.0):
             print((tmp / "proxy.log").read_text(errors="replace")[-2000:], file=sys.stderr)
             return 2
@@ -216,11 +216,6 @@ def main(argv: list[str]) -> int:
         if not serving:
             return 2
         return 1 if tally.failures() else 0
-    finally:
-        if process is not None:
-            stop(process)
-        loop.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

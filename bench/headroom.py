@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,19 +115,13 @@ def run(fake: FakeOpenAI, cgp: Path, tmp: Path, strategy: str, args: argparse.Na
     (port,) = lib.free_ports(1)
     config = _config(tmp, port, fake.base_url, strategy, len(LIMITS))
     key = lib.create_key(cgp, config, "headroom")
-    with open(tmp / f"{strategy}.log", "wb") as log:
-        serve = subprocess.Popen(
-            [str(cgp), "serve", "--config", str(config)], stdout=log, stderr=log
-        )
-    try:
+    log = tmp / f"{strategy}.log"
+    with lib.running([str(cgp), "serve", "--config", str(config)], log=log):
         if lib.wait(f"http://127.0.0.1:{port}/healthz", 30.0):
-            raise SystemExit(f"the proxy did not start: see {tmp / f'{strategy}.log'}")
+            raise SystemExit(f"the proxy did not start: see {log}")
         _limit(fake, args.window)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         answers, seconds = asyncio.run(_load(url, key, args.rate, args.seconds))
-    finally:
-        serve.terminate()
-        serve.wait(timeout=10)
     used = Counter(r.key for r in fake.requests if r.path == "/v1/chat/completions")
     statuses = [status for status, _ in answers]
     served = sum(1 for status in statuses if status == 200)

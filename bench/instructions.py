@@ -34,8 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,21 +44,6 @@ from chatgpt_proxy.settings import ServerSettings  # noqa: E402
 
 CHAT = "/v1/chat/completions"
 _TOTALS = re.compile(rb"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
-
-
-@contextmanager
-def running(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class Counted:
@@ -119,7 +102,7 @@ def measure(
         "--dump-line=no",
     ]
     body = lib.request_body(stream=args.stream).encode()
-    with running(valgrind + argv, tmp / f"{name}.log") as process:
+    with lib.running(valgrind + argv, log=tmp / f"{name}.log", grace=30.0) as process:
         if lib.wait(f"http://127.0.0.1:{port}/healthz", 300.0):
             sys.stderr.write((tmp / f"{name}.log").read_text()[-3000:])
             raise RuntimeError(f"{name} did not come up under valgrind")
@@ -179,7 +162,7 @@ def main(argv: list[str]) -> int:
         (tmp / "upstream.conf").write_text(lib.upstream_conf(tmp, json_port, sse_port, http2=http2))
         upstream = sse_port if args.stream else json_port
         nginx_argv = [nginx, "-p", str(tmp), "-e", str(tmp / "nginx.err"), "-c"]
-        with running([*nginx_argv, str(tmp / "upstream.conf")], tmp / "nginx.log"):
+        with lib.running([*nginx_argv, str(tmp / "upstream.conf")], log=tmp / "nginx.log"):
             if not http2 and lib.wait(f"http://127.0.0.1:{json_port}/v1/models", 30.0):
                 raise RuntimeError("the nginx upstream did not come up")
             config = tmp / "proxy.yaml"

@@ -195,14 +195,7 @@ class Target:
         return pids
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        lib.stop_processes(self.processes, grace=15.0)
 
 
 def _is_worker(pid: int) -> bool:
@@ -345,7 +338,7 @@ def load(target: Target, streams: int, clients: int, ramp: float) -> Rung:
     return rung
 
 
-def render(rungs: list[Rung]) -> str:
+def render(rungs: list[Rung], gap: float) -> str:
     head = (
         "| streams | target | processes | whole | refused | other | first byte p50 | p99 "
         "| total p50 | peak RSS | RSS/stream above idle | open sockets (peak) | CPU/stream |"
@@ -375,7 +368,7 @@ def render(rungs: list[Rung]) -> str:
             by_rung.setdefault(r.streams, {})[r.target] = statistics.median(r.first)
     for streams, medians in by_rung.items():
         if len(medians) == 2:
-            own = 0.25  # the upstream's own first byte: its first event comes after one gap
+            own = gap  # the upstream's own first byte: its first event comes after one gap
             ratio = (medians["chatgpt-proxy"] - own) / max(medians["pass-through"] - own, 1e-3)
             notes.append(
                 f"{streams:,}: first byte over the upstream's own, proxy/pass-through {ratio:.2f}x"
@@ -450,13 +443,10 @@ def main(argv: list[str]) -> int:
                     rungs.append(load(target, streams, args.clients, args.ramp))
                 finally:
                     target.stop()
-                print(render(rungs) + "\n", flush=True)
+                print(render(rungs, args.gap) + "\n", flush=True)
         return 0
     finally:
-        for fake in fakes:
-            fake.terminate()
-        for fake in fakes:
-            fake.wait()
+        lib.stop_processes(fakes)
         if own_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -17,6 +17,7 @@ Standard library only (run.sh may call it before the venv has the project instal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 MODEL = "gpt-4o-mini"
@@ -286,15 +288,37 @@ def proxy_conf(
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
-def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+@contextlib.contextmanager
+def running(
+    argv: Sequence[str], *, log: Path | None = None, grace: float = 10.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` started, its output (stdout and stderr) in ``log`` if given; on leaving, however
+    left, stopped as ``stop_processes`` stops it::
+
+        with lib.running([cgp, "serve", "--config", conf], log=tmp / "proxy.log") as proxy:
+            lib.wait(url, 30.0)
+            print(lib.rss_kib(proxy.pid))
+    """
+    if log is None:
+        process = subprocess.Popen(argv)
+    else:
+        with open(log, "wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        stop_processes([process], grace)
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
     """Stop ``processes`` in reverse order of start (woken first, if parked with SIGSTOP);
-    killed when one does not end within 10 s."""
+    killed when one does not end within ``grace`` seconds."""
     for process in reversed(processes):
         process.send_signal(signal.SIGCONT)
         process.terminate()
     for process in reversed(processes):
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

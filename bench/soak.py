@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -32,7 +33,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 import lib  # noqa: E402
-from fuzz import start_proxy, stop  # noqa: E402
+from fuzz import proxy_running  # noqa: E402
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from servers import BackgroundLoop  # noqa: E402
@@ -172,13 +173,14 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="cgp-soak-"))
     loop = BackgroundLoop("soak-fake-upstream")
-    process = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        stack.callback(loop.close)
         fake = FakeOpenAI()
         fake.url = loop.start_app(fake.app)
         limit = args.streams + args.leavers + 100
-        process, url, key = start_proxy(
-            tmp, fake.base_url, server={"max_upstream_connections": limit}
+        process, url, key = stack.enter_context(
+            proxy_running(tmp, fake.base_url, server={"max_upstream_connections": limit})
         )
         if lib.wait(url + "/healthz", 30.0):
             return 2
@@ -187,11 +189,6 @@ def main(argv: list[str]) -> int:
             fake.reset()  # counts per round; nothing is open between rounds
             failed |= not run_round(number, url, key, args, fake, process.pid)
         return 1 if failed else 0
-    finally:
-        if process is not None:
-            stop(process)
-        loop.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 import lib  # noqa: E402
-from fuzz import start_proxy, stop  # noqa: E402
+from fuzz import CGP, proxy_config  # noqa: E402
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from servers import BackgroundLoop  # noqa: E402
@@ -190,23 +191,20 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="cgp-stream-memory-"))
     loop = BackgroundLoop("stream-memory-fake-upstream")
-    process = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        stack.callback(loop.close)
         fake = FakeOpenAI()
         fake.url = loop.start_app(fake.app)
         server = {"max_upstream_connections": args.streams + 100}
-        process, url, key = start_proxy(
+        config, url, key = proxy_config(
             tmp, fake.base_url, server=server, moderation={"enabled": True}
         )
-        if args.tracemalloc:  # the same proxy again, under tracemalloc
-            stop(process)
+        serve = [str(CGP), "serve", "--config", str(config)]
+        if args.tracemalloc:  # the same proxy, under tracemalloc
             args.tracemalloc.mkdir(parents=True, exist_ok=True)
-            serve = ["serve", "--config", str(tmp / "proxy.yaml")]  # as start_proxy wrote it
-            with open(tmp / "proxy.log", "ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-c", _TRACED_PROXY, str(args.tracemalloc), *serve],
-                    stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+            serve = [sys.executable, "-c", _TRACED_PROXY, str(args.tracemalloc), *serve[1:]]
+        process = stack.enter_context(lib.running(serve, log=tmp / "proxy.log"))
         if lib.wait(url + "/healthz", 30.0):
             print((tmp / "proxy.log").read_text()[-2000:], file=sys.stderr)
             return 2
@@ -243,11 +241,6 @@ def main(argv: list[str]) -> int:
             print(f"{args.misses:,} distinct moderation inputs: RSS {before:,} → "
                   f"{lib.rss_kib(process.pid)[0]:,} KiB")  # fmt: skip
         return 1 if failed else 0
-    finally:
-        if process is not None:
-            stop(process)
-        loop.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -34,7 +35,7 @@ from aiohttp import web
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 import lib  # noqa: E402
-from fuzz import start_proxy, stop  # noqa: E402
+from fuzz import proxy_running  # noqa: E402
 
 from servers import BackgroundLoop  # noqa: E402
 
@@ -97,13 +98,14 @@ def main(argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.CRITICAL)
     tmp = Path(tempfile.mkdtemp(prefix="cgp-upload-"))
     loop = BackgroundLoop("upload-sink-upstream")
-    process = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        stack.callback(loop.close)
         app, received = sink()
         upstream = loop.start_app(app) + "/v1"
         size = args.megabytes * MB
         server = {"max_file_bytes": size + MB, "upload_spool_dir": str(tmp)}
-        process, url, key = start_proxy(tmp, upstream, server=server)
+        process, url, key = stack.enter_context(proxy_running(tmp, upstream, server=server))
         if lib.wait(url + "/healthz", 30.0):
             return 2
         status, _ = asyncio.run(upload(url, key, 1024))  # imports and pools warmed up
@@ -140,11 +142,6 @@ def main(argv: list[str]) -> int:
             print(text[:500])
         ok = status == 200 and figures["arrived_whole"] and peak - idle <= args.budget * 1024
         return 0 if ok else 1
-    finally:
-        if process is not None:
-            stop(process)
-        loop.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

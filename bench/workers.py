@@ -108,6 +108,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--rpm", type=int, default=200, help="the limit checked for exactness")
     args = parser.parse_args(argv)
+    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    if missing:
+        hint = "Debian/Ubuntu: apt-get install -y wrk nginx-light; bench/run.sh installs them too"
+        print(f"bench/workers.py needs {' and '.join(missing)} ({hint})", file=sys.stderr)
+        return 2
 
     cgp = Path(sys.executable).parent / "chatgpt-proxy"
     tmp = Path(tempfile.mkdtemp(prefix="workers."))
@@ -180,8 +185,7 @@ def main(argv: list[str]) -> int:
     finally:
         for target in targets.values():
             target.stop()
-        nginx.terminate()
-        nginx.wait()
+        lib.stop_processes([nginx])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

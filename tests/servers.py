@@ -94,6 +94,11 @@ class BackgroundLoop:
             self._runners[url] = runner
         return url
 
+    def runner(self, url: str) -> web.BaseRunner:
+        """The runner serving ``url`` (as returned by `start_app`)."""
+        with self._lock:
+            return self._runners[url]
+
     def stop_app(self, url: str, timeout: float = 30) -> None:
         """Stop the app served at `url` (as returned by `start_app`); unknown URLs are ignored."""
         with self._lock:

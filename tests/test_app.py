@@ -65,7 +65,7 @@ def test_shutdown_writes_what_the_meter_holds_and_stops_being_ready(
 
     async def written() -> int:
         async with await KeyStore.open(state.settings.database_url) as store:
-            tokens, _ = await store.usage_totals(proxy.key_id)
+            tokens, _ = await store.usage.totals(proxy.key_id)
             return tokens
 
     assert proxy.loop.run(written()) > 0

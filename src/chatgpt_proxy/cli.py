@@ -290,7 +290,7 @@ def keys_update(
 @_friendly
 def keys_usage(key_id: str, as_json: bool, config_path: str | None) -> None:
     """Show a key's usage by day and model."""
-    rows = _with_store(_settings(config_path), lambda store: store.usage_summary(key_id))
+    rows = _with_store(_settings(config_path), lambda store: store.usage.summary(key_id))
     if as_json:
         click.echo(orjson.dumps([row.to_dict() for row in rows]).decode())
         return
@@ -382,7 +382,7 @@ def discord_block(user_id: str, config_path: str | None) -> None:
     _discord_user(user_id)
 
     async def block(store: KeyStore) -> tuple[ClientKey, ...]:
-        revoked = await store.block_owner(owner_of(user_id))
+        revoked = await store.owners.block(owner_of(user_id))
         for key in revoked:
             await announce_key_change(settings, key.id)
         return revoked
@@ -398,7 +398,7 @@ def discord_block(user_id: str, config_path: str | None) -> None:
 def discord_unblock(user_id: str, config_path: str | None) -> None:
     """Let a blocked Discord user ask for a key again (revoked keys stay revoked)."""
     _discord_user(user_id)
-    if not _with_store(_settings(config_path), lambda s: s.unblock_owner(owner_of(user_id))):
+    if not _with_store(_settings(config_path), lambda s: s.owners.unblock(owner_of(user_id))):
         raise click.ClickException(f"discord user {user_id} was not blocked")
     click.echo(f"unblocked discord user {user_id}")
 

@@ -136,7 +136,7 @@ class Meter:
                 return
             batch, self._tallies = self._tallies, {}
             try:
-                refused = await self._store.record_usage([_event(g, t) for g, t in batch.items()])
+                refused = await self._store.usage.record([_event(g, t) for g, t in batch.items()])
             except Exception:
                 # Kept whatever the failure: the database away, or a bug that a restart fixes.
                 for group, tally in batch.items():

@@ -30,6 +30,9 @@ logger = logging.getLogger("chatgpt_proxy.server")
 
 # Young objects the collector may gather before it runs (CPython's default: 700).
 _GC_YOUNG_THRESHOLD = 50_000
+# A timer that fires this much later than it was due found the event loop busy elsewhere (a
+# burst of work, a starved process): the time it lost was the loop's, not the client's.
+_LOOP_LAG_TOLERANCE = 0.25
 # Connections the kernel may hold for the process to accept (capped by net.core.somaxconn):
 # thousands of clients that open their streams at once overflowed 1,024, and an overflowed
 # accept queue costs a client a SYN retry (1 s, then 3 s...) or a reset.
@@ -61,6 +64,7 @@ class _OpenAIErrorHandler(RequestHandler):
         # for every request cost more than anything else the edge did per request.
         self._edge_timer: asyncio.TimerHandle | None = None
         self._edge_deadline: float | None = None
+        self._edge_delay = 0.0  # the window the deadline was set for
         self._edge_partial = False  # bytes of a request not yet begun have arrived
         self._edge_last_data = 0.0
         self._edge_send_timer: asyncio.TimerHandle | None = None
@@ -144,6 +148,7 @@ class _OpenAIErrorHandler(RequestHandler):
             self.transport.abort()
 
     def _arm(self, delay: float) -> None:
+        self._edge_delay = delay
         deadline = self._edge_deadline = self._edge_loop.time() + delay
         timer = self._edge_timer
         if timer is None or timer.when() > deadline:
@@ -159,8 +164,15 @@ class _OpenAIErrorHandler(RequestHandler):
         deadline = self._edge_deadline
         if deadline is None:
             return
-        if deadline > self._edge_loop.time():  # re-armed since the timer was set
+        now = self._edge_loop.time()
+        if deadline > now:  # re-armed since the timer was set
             self._edge_timer = self._edge_loop.call_at(deadline, self._fire)
+            return
+        if now - deadline > _LOOP_LAG_TOLERANCE:
+            # The loop could not watch the client while it was late: what the client sent
+            # meanwhile may wait unread in the socket (uvloop runs due timers before it reads).
+            # The client gets a full window again, measured by a loop that is watching.
+            self._arm(self._edge_delay)
             return
         self._edge_deadline = None
         self._expired()

@@ -103,7 +103,7 @@ def test_a_chunked_upload_becomes_the_callers_file(shared: Proxy) -> None:
 
 def _usage_total(proxy: Proxy, key_id: str) -> int:
     proxy.loop.run(proxy.state.meter.flush())
-    return proxy.loop.run(proxy.state.store.usage_totals(key_id))[0]
+    return proxy.loop.run(proxy.state.store.usage.totals(key_id))[0]
 
 
 def test_a_batch_runs_from_its_input_file_to_its_output_with_usage_recorded_once(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +56,6 @@ def test_sigterm_lets_a_stream_in_flight_finish(served: ServedProcess) -> None:
         chunks = response.iter_raw()
         received = [next(chunks)]
         served.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
         # The server stops listening at once.
         wait_for(lambda: refuses_connections(served.url), message="still accepting connections")
 
@@ -75,4 +73,3 @@ def test_sigterm_lets_a_stream_in_flight_finish(served: ServedProcess) -> None:
     assert documents[-1]["choices"][0]["finish_reason"] == "stop"
 
     assert served.process.wait(timeout=GRACE_SECONDS + 5) == 0
-    assert time.monotonic() - signalled < GRACE_SECONDS + 3

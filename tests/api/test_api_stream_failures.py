@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import httpx2
@@ -43,16 +42,17 @@ def test_a_silent_upstream_is_504(
     make_proxy: Callable[..., Proxy], fake: FakeOpenAI, prompt: str, attempts: int
 ) -> None:
     proxy = make_proxy(timeouts={"first_byte": 0.5})
-    started = time.monotonic()
-    answer = proxy.http().post(
-        "/v1/chat/completions",
-        json=_chat_body(prompt, stream=False),
-        headers=_auth(proxy),
-    )
-    elapsed = time.monotonic() - started
+    try:
+        answer = proxy.http().post(
+            "/v1/chat/completions",
+            json=_chat_body(prompt, stream=False),
+            headers=_auth(proxy),
+        )
+    except httpx2.TimeoutException:
+        pytest.fail("no answer before the client gave up (30 s): the proxy hung with the upstream")
+    # The proxy's own first-byte timeout is what ended it: its 504 says so.
     assert answer.status_code == 504
     assert answer.json()["error"]["code"] == "upstream_timeout"
-    assert elapsed < 5
     # Each abandoned attempt was seen as a disconnect upstream.
     assert fake.count("/v1/chat/completions") == attempts
     assert fake.wait_for_disconnect(timeout=2, path="/v1/chat/completions") is not None
@@ -174,10 +174,10 @@ def test_client_leaving_a_stream_cancels_the_upstream(proxy: Proxy, fake: FakeOp
         chunks = response.iter_raw()
         assert next(chunks).startswith(b"data: ")
         response.close()
-        closed = time.monotonic()
-    when = fake.wait_for_disconnect(timeout=3, path="/v1/chat/completions")
+    # Left alone, the upstream's answer would run 25 s and end whole, with no disconnect: one
+    # seen well within that was the proxy passing the client's leaving on.
+    when = fake.wait_for_disconnect(timeout=10, path="/v1/chat/completions")
     assert when is not None, "the upstream never saw the client leave"
-    assert when - closed < 0.5
     pool = proxy.state.router.upstreams[0].pool
     wait_for(
         lambda: not any(status.inflight for status in pool.snapshot()),
@@ -194,9 +194,9 @@ def test_sdk_client_closing_a_stream_cancels_the_upstream(proxy: Proxy, fake: Fa
     )
     next(iter(stream))
     stream.close()
-    closed = time.monotonic()
-    when = fake.wait_for_disconnect(timeout=3, path="/v1/chat/completions")
-    assert when is not None and when - closed < 0.5
+    # The answer would run 25 s: a disconnect within 10 s is the client's leaving passed on.
+    when = fake.wait_for_disconnect(timeout=10, path="/v1/chat/completions")
+    assert when is not None, "the upstream never saw the client leave"
 
 
 def test_client_timing_out_on_a_hanging_upstream(proxy: Proxy, fake: FakeOpenAI) -> None:
@@ -205,10 +205,9 @@ def test_client_timing_out_on_a_hanging_upstream(proxy: Proxy, fake: FakeOpenAI)
         client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "[[fault:hang]]"}]
         )
-    gave_up = time.monotonic()
-    when = fake.wait_for_disconnect(timeout=3, path="/v1/chat/completions")
+    # The proxy's own first-byte timeout is 600 s: a disconnect within 10 s is the client's.
+    when = fake.wait_for_disconnect(timeout=10, path="/v1/chat/completions")
     assert when is not None, "the upstream never saw the client leave"
-    assert when - gave_up < 1
 
 
 def test_raw_client_timing_out_on_a_hanging_stream(proxy: Proxy, fake: FakeOpenAI) -> None:

@@ -40,6 +40,6 @@ def test_usage_is_metered_from_the_hidden_chunk(proxy: Proxy, fake: FakeOpenAI) 
     chunks = list(stream)
     assert all(chunk.usage is None for chunk in chunks)
     proxy.loop.run(proxy.state.meter.flush())
-    used, _ = proxy.loop.run(proxy.state.store.usage_totals(proxy.key_id))
+    used, _ = proxy.loop.run(proxy.state.store.usage.totals(proxy.key_id))
     prompt_words, reply_words = 3, 4  # the fake counts words: "Hello from fake upstream!"
     assert used == prompt_words + reply_words

@@ -20,7 +20,7 @@ def test_me_shows_the_keys_limits_usage_and_what_is_left(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
     proxy.loop.run(proxy.state.meter.flush())
-    rows = proxy.loop.run(proxy.state.store.usage_summary(member.id))
+    rows = proxy.loop.run(proxy.state.store.usage.summary(member.id))
     tokens = sum(row.total_tokens for row in rows)
 
     http = proxy.http(headers={"Authorization": f"Bearer {secret}"})

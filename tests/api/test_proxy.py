@@ -97,7 +97,7 @@ def test_a_request_that_passes_goes_up_unchanged_and_is_metered(
 
     def metered() -> int:
         proxy.loop.run(proxy.state.meter.flush())
-        tokens, _ = proxy.loop.run(proxy.state.store.usage_totals(proxy.key_id))
+        tokens, _ = proxy.loop.run(proxy.state.store.usage.totals(proxy.key_id))
         return tokens
 
     assert wait_for(metered, message="the request was never metered") == reported

@@ -80,7 +80,7 @@ def test_text_in_text_out_with_usage_metered(proxy: Proxy, fake: FakeOpenAI) -> 
 
     def metered() -> int:
         proxy.loop.run(proxy.state.meter.flush())
-        totals = proxy.loop.run(store.usage_totals(key_id))
+        totals = proxy.loop.run(store.usage.totals(key_id))
         return int(totals[0])
 
     wait_for(lambda: metered() == usage["total_tokens"], message="usage not metered")

@@ -144,7 +144,7 @@ def test_usage_by_day_and_model(tmp_path: Path, env: dict[str, str]) -> None:
                 UsageEvent(created["id"], model, "openai#1", "chat.completions", 200, 3, 4, 7, 12)
                 for model in ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o")
             ]
-            await store.record_usage(events)
+            await store.usage.record(events)
         finally:
             await store.close()
 

@@ -74,7 +74,7 @@ def _seed(proxy: Proxy) -> None:
         )
         for n, model, status in ((3, "gpt-4o-mini", 200), (2, "gpt-4o", 200), (1, "gpt-4o", 502))
     ]
-    proxy.loop.run(store.record_usage(events))
+    proxy.loop.run(store.usage.record(events))
     proxy.client().chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
     )

@@ -48,7 +48,7 @@ def test_usage_by_day_model_and_key_with_csv(proxy: Proxy) -> None:
             requests=2,
         ),
     ]
-    proxy.loop.run(proxy.state.store.record_usage(events))
+    proxy.loop.run(proxy.state.store.usage.record(events))
     operator = sign_in(proxy)
     for by, tokens in (("day", 17), ("model", 15), ("key", 17)):
         page = operator.http.get("/admin/console/usage", params={"by": by})

@@ -52,7 +52,7 @@ def test_usage_reports_group_by_day_model_and_key(database_url: str) -> None:
             key, _ = await store.create("k", KeyPolicy())
             now = datetime.now(UTC)
             base = {"key_id": key.id, "upstream": "openai#1", "endpoint": "chat.completions"}
-            await store.record_usage(
+            await store.usage.record(
                 [
                     UsageEvent(
                         **base,
@@ -89,16 +89,16 @@ def test_usage_reports_group_by_day_model_and_key(database_url: str) -> None:
                 ]
             )
             today = now.date()
-            [day] = await store.usage_report(today, today, "day")
+            [day] = await store.usage.report(today, today, "day")
             assert day["group"] == today.isoformat() and day["requests"] == 3
-            models = await store.usage_report(today - timedelta(days=5), today, "model")
+            models = await store.usage.report(today - timedelta(days=5), today, "model")
             assert [(r["group"], r["total_tokens"]) for r in models] == [("a", 5), ("b", 0)]
-            [by_key] = await store.usage_report(today, today, "key")
+            [by_key] = await store.usage.report(today, today, "key")
             assert by_key["group"] == key.id and float(by_key["cost"]) == 0.25
-            [by_upstream] = await store.usage_report(today, today, "upstream")
+            [by_upstream] = await store.usage.report(today, today, "upstream")
             assert by_upstream["group"] == "openai#1" and by_upstream["requests"] == 3
             # A second write adds to the day's sums; an event of an unknown key adds nothing.
-            refused = await store.record_usage(
+            refused = await store.usage.record(
                 [
                     UsageEvent(
                         **base,
@@ -123,9 +123,9 @@ def test_usage_reports_group_by_day_model_and_key(database_url: str) -> None:
                 ]
             )
             assert len(refused) == 1
-            [day] = await store.usage_report(today, today, "day")
+            [day] = await store.usage.report(today, today, "day")
             assert (day["requests"], day["total_tokens"]) == (4, 5)
-            minutes = await store.usage_by_minute(now - timedelta(minutes=5))
+            minutes = await store.usage.by_minute(now - timedelta(minutes=5))
             assert [(m["requests"], m["errors"], m["tokens"]) for m in minutes] == [(4, 2, 5)]
             assert minutes[0]["minute"] == now.strftime("%Y-%m-%dT%H:%M")
 
@@ -188,7 +188,7 @@ def test_migration_0003_sums_the_usage_recorded_before_it(database_url: str) -> 
                     ],
                 )
             await store.migrate()
-            rows = await store.usage_report(now.date(), now.date() + timedelta(days=1), "day")
+            rows = await store.usage.report(now.date(), now.date() + timedelta(days=1), "day")
             assert [
                 (r["group"], r["requests"], r["total_tokens"], float(r["cost"])) for r in rows
             ] == [
@@ -252,16 +252,16 @@ def test_the_per_day_sums_stay_equal_to_the_sums_of_the_events(database_url: str
                 for n in range(60)
             ]
             for batch in range(0, 60, 20):  # batches that add to the same sums
-                assert not await store.record_usage(events[batch : batch + 20])
+                assert not await store.usage.record(events[batch : batch + 20])
             # A batch with a row the database refuses: the others, one by one, still count.
             nobody = dataclasses.replace(events[1], key_id="key_nobody")
-            assert await store.record_usage([events[2], nobody, events[3]]) == [nobody]
+            assert await store.usage.record([events[2], nobody, events[3]]) == [nobody]
             for table, groups in SUM_TABLES:
                 assert len(await _sums(store, table, groups)) > 2
             # The report reads them: the same totals by key as by day.
             since, until = start.date(), start.date() + timedelta(days=1)
-            by_key = await store.usage_report(since, until, "key")
-            by_day = await store.usage_report(since, until, "day")
+            by_key = await store.usage.report(since, until, "key")
+            by_day = await store.usage.report(since, until, "day")
             assert (
                 sum(r["total_tokens"] for r in by_key)
                 == sum(r["total_tokens"] for r in by_day)
@@ -276,7 +276,7 @@ def test_migration_0005_keeps_the_sums_both_ways(database_url: str) -> None:
         async with migrated(database_url) as store:
             key, _ = await store.create("k", KeyPolicy())
             now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
-            await store.record_usage(
+            await store.usage.record(
                 [
                     UsageEvent(
                         key_id=key.id,

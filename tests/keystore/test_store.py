@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Coroutine
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
@@ -17,13 +17,11 @@ from chatgpt_proxy.errors import InvalidRequest, StoreUnavailable
 from chatgpt_proxy.keystore import (
     KeyPolicy,
     KeyStore,
-    UsageEvent,
-    UsageRow,
     async_database_url,
     hash_secret,
 )
 from servers import wait_for_async
-from stores import migrated
+from stores import migrated, usage_event
 
 T = TypeVar("T")
 
@@ -41,23 +39,6 @@ async def raw_key_rows(database_url: str) -> list[dict[str, Any]]:
             return [dict(row._mapping) for row in result]
     finally:
         await engine.dispose()
-
-
-def event(key_id: str, **changes: Any) -> UsageEvent:
-    fields: dict[str, Any] = {
-        "key_id": key_id,
-        "model": "gpt-4o-mini",
-        "upstream": "openai#1",
-        "endpoint": "/v1/chat/completions",
-        "status": 200,
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "total_tokens": 15,
-        "latency_ms": 120,
-        "cost": 0.25,
-    }
-    fields.update(changes)
-    return UsageEvent(**fields)
 
 
 def test_create_get_list_count(database_url: str) -> None:
@@ -210,102 +191,14 @@ def test_sql_injection_looking_input_is_literal(database_url: str) -> None:
                 assert await store.get(hostile_id) is None
                 assert await store.revoke(hostile_id) is None
                 assert await store.update(hostile_id, name="pwned") is None
-                assert await store.usage_summary(hostile_id) == []
-            await store.record_usage([event(keys[0].id, model="'; DROP TABLE usage_events; --")])
-            (row,) = await store.usage_summary(keys[0].id)
+                assert await store.usage.summary(hostile_id) == []
+            await store.usage.record(
+                [usage_event(keys[0].id, model="'; DROP TABLE usage_events; --")]
+            )
+            (row,) = await store.usage.summary(keys[0].id)
             assert row.model == "'; DROP TABLE usage_events; --"
             assert await store.count() == 3
             assert all(k.state(datetime.now(UTC)) == "active" for k in await store.list())
-
-    run(scenario())
-
-
-def test_usage_summary_and_totals(database_url: str) -> None:
-    day1 = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
-    # 01:30 at +03:00 is still 22:30 UTC on March 1st: days are UTC days.
-    day1_elsewhere = datetime(2026, 3, 2, 1, 30, tzinfo=timezone(timedelta(hours=3)))
-    day2 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
-
-    async def scenario() -> None:
-        async with migrated(database_url) as store:
-            key, _ = await store.create("ci", KeyPolicy())
-            other, _ = await store.create("other", KeyPolicy())
-            await store.record_usage([])  # a no-op, not an error
-            await store.record_usage(
-                [
-                    event(key.id, created_at=day1, model="gpt-4o"),
-                    event(key.id, created_at=day1_elsewhere, model="gpt-4o", cost=None),
-                    event(key.id, created_at=day1, model="dall-e-3", total_tokens=0, cost=0.04),
-                    event(key.id, created_at=day2, model="gpt-4o", prompt_tokens=100),
-                    event(other.id, created_at=day2, model="gpt-4o", total_tokens=999),
-                ]
-            )
-            summary = await store.usage_summary(key.id)
-            assert summary == [
-                UsageRow(date(2026, 3, 1), "dall-e-3", 1, 10, 5, 0, 0.04),
-                UsageRow(date(2026, 3, 1), "gpt-4o", 2, 20, 10, 30, 0.25),
-                UsageRow(date(2026, 3, 2), "gpt-4o", 1, 100, 5, 15, 0.25),
-            ]
-            assert await store.usage_summary(key.id, since=date(2026, 3, 2)) == summary[2:]
-            assert await store.usage_summary(other.id, since=date(2026, 3, 3)) == []
-
-            tokens, cost = await store.usage_totals(key.id)
-            assert tokens == 45 and cost == pytest.approx(0.54)
-            assert await store.usage_totals(key.id, since=day2) == (15, 0.25)
-            assert await store.usage_totals("key_missing") == (0, 0.0)
-
-    run(scenario())
-
-
-def test_usage_clips_oversized_client_text(database_url: str) -> None:
-    async def scenario() -> None:
-        async with migrated(database_url) as store:
-            key, _ = await store.create("ci", KeyPolicy())
-            await store.record_usage([event(key.id, model="m" * 5000), event(key.id)])
-            models = {row.model for row in await store.usage_summary(key.id)}
-            assert models == {"m" * 200, "gpt-4o-mini"}  # the batch survived
-
-    run(scenario())
-
-
-def test_usage_for_an_unknown_key_is_refused_and_the_rest_written(database_url: str) -> None:
-    async def scenario() -> None:
-        async with migrated(database_url) as store:
-            key, _ = await store.create("ci", KeyPolicy())
-            missing = event("key_missing")
-            refused = await store.record_usage([event(key.id), missing, event(key.id, model="b")])
-            assert refused == [missing]
-            assert {row.model for row in await store.usage_summary(key.id)} == {"gpt-4o-mini", "b"}
-            assert await store.record_usage([missing]) == [missing]
-
-    run(scenario())
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"model": "gpt\x00-4o"},
-        {"model": "\ud800lone surrogate"},
-        {"model": "\x00" * 300},
-        {"endpoint": "chat\x00" * 40, "upstream": "\udfff" * 120},
-        {"prompt_tokens": 2**40, "total_tokens": 2**63, "latency_ms": -5},
-        {"cost": float("nan")},
-        {"cost": float("inf")},
-    ],
-    ids=["nul", "surrogate", "long-nul", "other-columns", "huge-ints", "nan-cost", "inf-cost"],
-)
-def test_usage_text_and_numbers_are_made_storable(
-    database_url: str, changes: dict[str, Any]
-) -> None:
-    async def scenario() -> None:
-        async with migrated(database_url) as store:
-            key, _ = await store.create("ci", KeyPolicy())
-            assert await store.record_usage([event(key.id, **changes), event(key.id)]) == []
-            rows = await store.usage_summary(key.id)
-            assert sum(row.requests for row in rows) == 2
-            assert all("\x00" not in row.model and len(row.model) <= 200 for row in rows)
-            tokens, cost = await store.usage_totals(key.id)
-            assert 0 <= tokens < 2**33 and cost == cost  # not NaN
 
     run(scenario())
 
@@ -318,8 +211,8 @@ def test_ids_no_key_can_have_match_nothing(database_url: str, junk: str) -> None
             assert await store.get(junk) is None
             assert await store.revoke(junk) is None
             assert await store.update(junk, name="x") is None
-            assert await store.usage_summary(junk) == []
-            assert await store.usage_totals(junk) == (0, 0.0)
+            assert await store.usage.summary(junk) == []
+            assert await store.usage.totals(junk) == (0, 0.0)
 
     run(scenario())
 
@@ -357,9 +250,9 @@ def test_unreachable_database_raises_store_unavailable(url: str) -> None:
                 store.create("ci", KeyPolicy()),
                 store.revoke("key_x"),
                 store.changed_since(None),
-                store.record_usage([event("key_x")]),
-                store.usage_summary("key_x"),
-                store.usage_totals("key_x"),
+                store.usage.record([usage_event("key_x")]),
+                store.usage.summary("key_x"),
+                store.usage.totals("key_x"),
             ):
                 with pytest.raises(StoreUnavailable) as caught:
                     await operation
@@ -430,30 +323,5 @@ def test_the_first_key_is_created_once_by_replicas_starting_together(database_ur
             (key,) = await store.list()
             assert key.name == "default" and key.policy.rpm == 10
             assert await store.create_if_empty("default", KeyPolicy()) is None
-
-    run(scenario())
-
-
-def test_a_row_the_database_refuses_for_its_value_is_refused_alone(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Past the cleaning (as a future column or driver might be): the database's own verdict on
-    # a value must still set that row aside, not fail the batch as if the database were down.
-    monkeypatch.setattr("chatgpt_proxy.keystore.usage_queries.storable", lambda text, limit: text)
-
-    async def scenario() -> None:
-        async with migrated(database_url) as store:
-            key, _ = await store.create("ci", KeyPolicy())
-            bad = [
-                event(key.id, model="m" * 300),  # too long for PostgreSQL's column
-                event(key.id, model="nul\x00"),  # PostgreSQL refuses NUL
-                event(key.id, model="\ud800"),  # no driver can encode it
-            ]
-            refused = await store.record_usage([event(key.id), *bad, event(key.id, model="b")])
-            assert all(e in bad for e in refused)
-            if database_url.startswith("postgresql"):
-                assert refused == bad
-            models = {row.model for row in await store.usage_summary(key.id)}
-            assert {"gpt-4o-mini", "b"} <= models
 
     run(scenario())

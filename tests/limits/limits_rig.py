@@ -120,7 +120,7 @@ class Rig:
             cost=cost,
             created_at=at or datetime.now(UTC),
         )
-        self.loop.run(self.store.record_usage([event]))
+        self.loop.run(self.store.usage.record([event]))
 
     def redis(self, *command: Any) -> Any:
         assert self.link is not None

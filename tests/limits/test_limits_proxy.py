@@ -146,6 +146,6 @@ def test_usage_is_written_on_a_clean_shutdown(
 
     async def totals() -> tuple[int, float]:
         async with await KeyStore.open(database_url) as store:
-            return await store.usage_totals(created["id"])
+            return await store.usage.totals(created["id"])
 
     assert proxy.loop.run(totals()) == (24, 0.0)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from limits_rig import Rig
-
-from chatgpt_proxy.keystore import KeyStore
 
 
 def test_the_window_slides_one_request_at_a_time(memory_rig: Rig) -> None:
@@ -62,14 +61,14 @@ def test_requests_arriving_together_read_the_store_once(memory_rig: Rig) -> None
     rig = memory_rig
     key = rig.key(total_token_budget=1_000, daily_token_budget=1_000)
     calls = []
-    original = KeyStore.usage_totals
+    original = rig.store.usage.totals
 
-    async def counting(store: KeyStore, *args: object) -> tuple[int, float]:
-        calls.append(args)
+    async def counting(key_id: str, since: datetime | None = None) -> tuple[int, float]:
+        calls.append((key_id, since))
         await asyncio.sleep(0.05)  # a slow store is the point: the others arrive meanwhile
-        return await original(store, *args)  # type: ignore[arg-type]
+        return await original(key_id, since)
 
-    rig.store.usage_totals = counting.__get__(rig.store)  # type: ignore[method-assign]
+    rig.store.usage.totals = counting  # type: ignore[method-assign]
 
     async def burst() -> None:
         await asyncio.gather(*(rig.limiter.admit(key, 1) for _ in range(10)))

@@ -183,7 +183,7 @@ def test_fields_after_the_file_are_forwarded_byte_for_byte(
     assert received.form() == {"prompt": "add a hat", "model": "dall-e-2", "n": "2"}
     # Metered (and priced) under the model that came after the file.
     spooling.loop.run(spooling.state.meter.flush())
-    rows = spooling.loop.run(spooling.state.store.usage_summary(spooling.key_id))
+    rows = spooling.loop.run(spooling.state.store.usage.summary(spooling.key_id))
     assert [row.model for row in rows] == ["dall-e-2"]
 
 

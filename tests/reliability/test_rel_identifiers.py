@@ -118,7 +118,7 @@ def _request(proxy: Proxy, case: Case) -> bytes:
 
 def _wait_for_usage(proxy: Proxy) -> int:
     def used() -> int:
-        tokens, _ = proxy.loop.run(proxy.state.store.usage_totals(proxy.key_id))
+        tokens, _ = proxy.loop.run(proxy.state.store.usage.totals(proxy.key_id))
         return tokens
 
     return wait_for(used, DEADLINE_S, "the usage was never written")

@@ -52,7 +52,7 @@ def _charged(proxy: Proxy, *, timeout: float = 5.0) -> int:
 
     def used() -> int:
         proxy.loop.run(proxy.state.meter.flush())
-        tokens, _ = proxy.loop.run(proxy.state.store.usage_totals(proxy.key_id))
+        tokens, _ = proxy.loop.run(proxy.state.store.usage.totals(proxy.key_id))
         return tokens
 
     return wait_for(used, timeout, "nothing was charged")

@@ -105,7 +105,7 @@ class Replicas:
     def usage_totals(self, key_id: str) -> tuple[int, float]:
         self.flush_meters()
         store = self.proxies[0].state.store
-        return self.proxies[0].loop.run(store.usage_totals(key_id))
+        return self.proxies[0].loop.run(store.usage.totals(key_id))
 
     @staticmethod
     def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> float:

@@ -24,7 +24,7 @@ def _pair(make_proxy: Callable[..., Proxy], database_url: str) -> tuple[Proxy, P
 def _tokens(proxies: tuple[Proxy, Proxy], key_id: str) -> int:
     for proxy in proxies:
         proxy.loop.run(proxy.state.meter.flush())
-    return proxies[0].loop.run(proxies[0].state.store.usage_totals(key_id))[0]
+    return proxies[0].loop.run(proxies[0].state.store.usage.totals(key_id))[0]
 
 
 def test_objects_made_on_one_replica_are_owned_and_held_alike_on_the_other(

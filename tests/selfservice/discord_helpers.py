@@ -166,7 +166,7 @@ def reply(proxy: Proxy, signer: Signer, body: bytes) -> dict[str, Any]:
 
 
 def owned(proxy: Proxy, user: str = USER) -> list[ClientKey]:
-    return proxy.loop.run(proxy.state.store.owned_keys(f"discord:{user}"))
+    return proxy.loop.run(proxy.state.store.owners.keys(f"discord:{user}"))
 
 
 def ask_key(proxy: Proxy, signer: Signer, user: str = USER, **kwargs: Any) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def test_block_revokes_the_users_key_and_keys_list_shows_the_owner(tmp_path: Pat
     async def issue() -> str:
         async with await KeyStore.open(url) as store:
             await store.migrate()
-            issued = await store.issue_owned(f"discord:{USER}", "member", KeyPolicy(), None)
+            issued = await store.owners.issue(f"discord:{USER}", "member", KeyPolicy(), None)
             assert issued.key is not None
             return issued.key.id
 
@@ -119,7 +119,7 @@ def test_block_revokes_the_users_key_and_keys_list_shows_the_owner(tmp_path: Pat
 
     async def refused() -> str:
         async with await KeyStore.open(url) as store:
-            return (await store.issue_owned(f"discord:{USER}", "m", KeyPolicy(), None)).outcome
+            return (await store.owners.issue(f"discord:{USER}", "m", KeyPolicy(), None)).outcome
 
     assert asyncio.run(refused()) == "blocked"
     assert run(["discord", "unblock", USER], tmp_path).returncode == 0

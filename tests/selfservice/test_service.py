@@ -75,7 +75,7 @@ def test_usage_shows_the_recorded_usage(discord_proxy: Proxy, signer: Signer) ->
         chat(discord_proxy, secret)
     discord_proxy.loop.run(discord_proxy.state.meter.flush())
     [key] = owned(discord_proxy)
-    rows = discord_proxy.loop.run(discord_proxy.state.store.usage_summary(key.id))
+    rows = discord_proxy.loop.run(discord_proxy.state.store.usage.summary(key.id))
     requests = sum(row.requests for row in rows)
     tokens = sum(row.total_tokens for row in rows)
     assert requests == 3 and tokens > 0

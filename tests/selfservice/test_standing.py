@@ -40,7 +40,7 @@ def standing_of(url: str, policy: KeyPolicy, expires: datetime | None = None) ->
         async with await KeyStore.open(url) as store:
             await store.migrate()
             key, _ = await store.create("member", policy, expires)
-            refused = await store.record_usage(
+            refused = await store.usage.record(
                 [
                     event(key, datetime(2026, 10, 31, 23, 59, tzinfo=UTC), "gpt-4o", 1000, 1.0),
                     event(key, datetime(2026, 11, 1, 0, 0, tzinfo=UTC), "gpt-4o", 400, 0.04),

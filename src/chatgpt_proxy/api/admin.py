@@ -129,7 +129,7 @@ async def key_usage(request: web.Request) -> web.Response:
     state = _authorize(request)
     key = await _key_or_404(state, request.match_info["id"])
     since = parse_since(request.query.get("since"))
-    rows = await state.store.usage_summary(key.id, since)
+    rows = await state.store.usage.summary(key.id, since)
     return _json({"object": "list", "key_id": key.id, "data": [row.to_dict() for row in rows]})
 
 
@@ -191,7 +191,7 @@ async def block_discord_user(request: web.Request) -> web.Response:
 async def unblock_discord_user(request: web.Request) -> web.Response:
     state = _authorize(request)
     user_id = _discord_user(request)
-    await state.store.unblock_owner(owner_of(user_id))
+    await state.store.owners.unblock(owner_of(user_id))
     return _json({"user_id": user_id, "blocked": False})
 
 

@@ -53,7 +53,7 @@ async def me(request: web.Request) -> web.Response:
 async def me_usage(request: web.Request) -> web.Response:
     state, key = _caller(request)
     since = _since(request.query.get("since"))
-    rows = await state.store.usage_summary(key.id, since)
+    rows = await state.store.usage.summary(key.id, since)
     return _json({"object": "list", "key_id": key.id, "data": [row.to_dict() for row in rows]})
 
 

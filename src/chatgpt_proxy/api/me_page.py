@@ -73,7 +73,7 @@ async def login(request: web.Request) -> web.Response:
         return response
     session_id = secrets.token_urlsafe(32)
     expires = datetime.now(UTC) + timedelta(hours=SESSION_HOURS)
-    await state.store.start_session(_hash(session_id), key.id, expires)
+    await state.store.owners.start_session(_hash(session_id), key.id, expires)
     response = _html(_standing_page(await Standing.of(state.store, key), _csrf(session_id)))
     response.set_cookie(
         COOKIE,
@@ -96,7 +96,7 @@ async def logout(request: web.Request) -> web.Response:
         form.get("csrf", "").encode(), _csrf(session_id).encode()
     ):
         raise PermissionDenied("Missing or invalid CSRF token.")
-    await state.store.end_session(_hash(session_id))
+    await state.store.owners.end_session(_hash(session_id))
     response = _html(_SIGN_IN)
     response.del_cookie(COOKIE, path="/me")
     return response
@@ -111,7 +111,7 @@ async def _session(state: AppState, request: web.Request) -> tuple[str, ClientKe
     session_id = request.cookies.get(COOKIE)
     if not session_id or len(session_id) > 100:
         return None
-    key = await state.store.session_key(_hash(session_id))
+    key = await state.store.owners.session_key(_hash(session_id))
     if key is None or not key.is_active(datetime.now(UTC)):
         return None  # a revoked or expired key ends its sessions too
     context(request).key_id = key.id

@@ -149,8 +149,8 @@ async def _changed(state: AppState, key: ClientKey) -> None:
 async def _key_context(state: AppState, key: ClientKey) -> dict[str, Any]:
     today = datetime.now(UTC).date()
     since = today - timedelta(days=29)
-    usage = await state.store.usage_summary(key.id, since)
-    tokens_today, cost_today = await state.store.usage_totals(
+    usage = await state.store.usage.summary(key.id, since)
+    tokens_today, cost_today = await state.store.usage.totals(
         key.id, datetime.combine(today, time.min, tzinfo=UTC)
     )
     policy = key.policy

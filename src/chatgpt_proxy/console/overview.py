@@ -27,7 +27,7 @@ async def overview_figures(request: web.Request, signed: Signed) -> web.StreamRe
 
 async def _figures(state: AppState) -> dict[str, Any]:
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    minutes = await state.store.usage_by_minute(now - _WINDOW + timedelta(minutes=1))
+    minutes = await state.store.usage.by_minute(now - _WINDOW + timedelta(minutes=1))
     by_minute = {row["minute"]: row for row in minutes}
     labels = [
         (now - _WINDOW + timedelta(minutes=n + 1)).strftime("%Y-%m-%dT%H:%M") for n in range(60)

@@ -21,7 +21,7 @@ AUDIT_PAGE = 50
 async def upstreams(request: web.Request, signed: Signed) -> web.StreamResponse:
     state = request.app[STATE]
     today = datetime.now(UTC).date()
-    served = await state.store.usage_report(today, today, "upstream")
+    served = await state.store.usage.report(today, today, "upstream")
     by_alias = {row["group"]: row for row in served}
     rows = [
         {"upstream": upstream.name, "status": status, "served": by_alias.get(status.alias)}
@@ -63,7 +63,7 @@ def _period(request: web.Request) -> tuple[date, date, str]:
 
 async def _report(request: web.Request) -> tuple[date, date, str, list[dict[str, object]]]:
     since, until, by = _period(request)
-    rows = await request.app[STATE].store.usage_report(since, until, by)
+    rows = await request.app[STATE].store.usage.report(since, until, by)
     return since, until, by, rows
 
 

@@ -7,8 +7,8 @@ one's owner (the client key) and holder (the upstream key) in the database, befo
 sees the id, so every replica can refuse it to other keys and send its follow-ups to the
 account that holds it.
 
-The statements are here; ``KeyStore`` runs them at its one error boundary. ``Ownership`` is
-the pipeline's stage that enforces all this on each request.
+The records themselves are in ``object_records.py``; ``ObjectOwners`` remembers the ones
+found, and ``Ownership`` is the pipeline's stage that enforces all this on each request.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from chatgpt_proxy.errors import ObjectNotFound, PreviousResponseNotFound, ResourceUnavailable
 from chatgpt_proxy.keystore.references import (
     BATCH,
@@ -30,7 +28,6 @@ from chatgpt_proxy.keystore.references import (
     implied_objects,
     named_objects,
 )
-from chatgpt_proxy.keystore.schema import aware_utc, stored_objects
 from chatgpt_proxy.memo import Memo
 from chatgpt_proxy.token_usage import Usage
 
@@ -89,7 +86,7 @@ class ObjectOwners:
         key = (stored.kind, stored.object_id)
         if if_absent and self._found.get(key) is not None:
             return
-        await self._store.record_object(stored, if_absent=if_absent)
+        await self._store.objects.record(stored, if_absent=if_absent)
         if not if_absent:
             self._found.remember(key, stored)
         if stored.kind != RESPONSE:
@@ -101,7 +98,7 @@ class ObjectOwners:
         files) must be held by one account."""
         found = self._homes.get(owner)
         if found is None:
-            found = await self._store.latest_object(owner, RESPONSE)
+            found = await self._store.objects.latest(owner, RESPONSE)
             if found is not None:
                 self._homes.remember(owner, found)
         return found
@@ -109,11 +106,11 @@ class ObjectOwners:
     async def forget(self, kind: str, object_id: str) -> None:
         """Drop the record of an object deleted upstream: no list shows it any more."""
         self._found.forget((kind, object_id))
-        await self._store.forget_object(kind, object_id)
+        await self._store.objects.forget(kind, object_id)
 
     async def settle(self, kind: str, object_id: str) -> bool:
         """Mark the object's usage metered: True for the one call (on any replica) that did."""
-        return await self._store.settle_object(kind, object_id)
+        return await self._store.objects.settle(kind, object_id)
 
     async def page(
         self, owner: str, kind: str, *, after: str | None, limit: int, ascending: bool
@@ -121,7 +118,7 @@ class ObjectOwners:
         """``owner``'s objects of ``kind`` after the object ``after`` (None: from the start),
         newest first unless ``ascending``: at most ``limit``, and whether there are more.
         None when ``after`` is not one of them."""
-        rows = await self._store.page_objects(owner, kind, after, limit + 1, ascending)
+        rows = await self._store.objects.page(owner, kind, after, limit + 1, ascending)
         if rows is None:
             return None
         return rows[:limit], len(rows) > limit
@@ -129,7 +126,7 @@ class ObjectOwners:
     async def find(self, kind: str, object_id: str) -> StoredObject | None:
         found = self._found.get((kind, object_id))
         if found is None:
-            found = await self._store.find_object(kind, object_id)
+            found = await self._store.objects.find(kind, object_id)
             if found is not None:
                 self._found.remember((kind, object_id), found)
         return found
@@ -305,92 +302,3 @@ class AnswerWatch:
         ):
             return Usage.from_mapping(usage)
         return None
-
-
-def insert_statement(stored: StoredObject) -> sa.Insert:
-    return stored_objects.insert().values(
-        kind=stored.kind,
-        object_id=stored.object_id,
-        owner_key_id=stored.owner_key_id,
-        upstream=stored.upstream,
-        upstream_alias=stored.upstream_alias,
-        created_at=aware_utc(stored.created_at, "created_at"),
-    )
-
-
-def find_query(kind: str, object_id: str) -> sa.Select[Any]:
-    return sa.select(stored_objects).where(
-        stored_objects.c.kind == kind, stored_objects.c.object_id == object_id
-    )
-
-
-def from_row(row: sa.RowMapping) -> StoredObject:
-    return StoredObject(
-        kind=row["kind"],
-        object_id=row["object_id"],
-        owner_key_id=row["owner_key_id"],
-        upstream=row["upstream"],
-        upstream_alias=row["upstream_alias"],
-        created_at=row["created_at"],
-    )
-
-
-def delete_statement(kind: str, object_id: str) -> sa.Delete:
-    return stored_objects.delete().where(
-        stored_objects.c.kind == kind, stored_objects.c.object_id == object_id
-    )
-
-
-def settle_statement(kind: str, object_id: str, now: datetime) -> sa.Update:
-    """Marks the object settled unless it already was: one row changed means this call did."""
-    return (
-        stored_objects.update()
-        .where(
-            stored_objects.c.kind == kind,
-            stored_objects.c.object_id == object_id,
-            stored_objects.c.settled_at.is_(None),
-        )
-        .values(settled_at=aware_utc(now, "settled_at"))
-    )
-
-
-def latest_query(owner: str, but: str) -> sa.Select[Any]:
-    """``owner``'s latest object of any kind but ``but``."""
-    table = stored_objects.c
-    return (
-        sa.select(stored_objects)
-        .where(table.owner_key_id == owner, table.kind != but)
-        .order_by(table.created_at.desc())
-        .limit(1)
-    )
-
-
-def anchor_query(owner: str, kind: str, object_id: str) -> sa.Select[Any]:
-    """Where ``owner``'s object ``object_id`` sits in the order of a list."""
-    table = stored_objects.c
-    return sa.select(table.created_at, table.object_id).where(
-        table.owner_key_id == owner, table.kind == kind, table.object_id == object_id
-    )
-
-
-def page_query(
-    owner: str, kind: str, anchor: tuple[datetime, str] | None, limit: int, ascending: bool
-) -> sa.Select[Any]:
-    """``owner``'s objects of ``kind`` in creation order (ids break ties), past ``anchor``."""
-    table = stored_objects.c
-    query = sa.select(stored_objects).where(table.owner_key_id == owner, table.kind == kind)
-    if anchor is not None:
-        created_at, object_id = anchor
-        if ascending:
-            query = query.where(
-                (table.created_at > created_at)
-                | ((table.created_at == created_at) & (table.object_id > object_id))
-            )
-        else:
-            query = query.where(
-                (table.created_at < created_at)
-                | ((table.created_at == created_at) & (table.object_id < object_id))
-            )
-    if ascending:
-        return query.order_by(table.created_at, table.object_id).limit(limit)
-    return query.order_by(table.created_at.desc(), table.object_id.desc()).limit(limit)

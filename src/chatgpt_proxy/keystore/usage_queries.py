@@ -1,6 +1,6 @@
-"""The usage queries behind ``KeyStore``: recording events and summing them per key.
+"""The usage queries behind ``UsageLedger``: recording events and summing them per key.
 
-Pure statement builders; ``store.py`` runs them and owns the error boundary.
+Pure statement builders; ``usage.py`` runs them at the store's error boundary.
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ class MemoryLimiter:
         budget = self._budgets.get(key.id)
         if budget is not None and budget.epoch == epoch:
             if budget.day != today:
-                budget.daily_tokens, budget.daily_cost = await self._store.usage_totals(
+                budget.daily_tokens, budget.daily_cost = await self._store.usage.totals(
                     key.id, day_start(today)
                 )
                 budget.day = today
@@ -180,8 +180,8 @@ class MemoryLimiter:
         return await asyncio.shield(pending)
 
     async def _seed(self, key_id: str, epoch: int, today: date) -> _Budget:
-        total_tokens, total_cost = await self._store.usage_totals(key_id)
-        daily_tokens, daily_cost = await self._store.usage_totals(key_id, day_start(today))
+        total_tokens, total_cost = await self._store.usage.totals(key_id)
+        daily_tokens, daily_cost = await self._store.usage.totals(key_id, day_start(today))
         budget = _Budget(epoch, today, total_tokens, total_cost, daily_tokens, daily_cost)
         self._budgets[key_id] = budget
         return budget

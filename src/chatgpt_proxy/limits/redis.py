@@ -152,10 +152,10 @@ class RedisLimiter:
         self, key_id: str, keys: Sequence[bytes], day: date, missing: int
     ) -> None:
         if missing & 1:
-            tokens, cost = await self._store.usage_totals(key_id)
+            tokens, cost = await self._store.usage.totals(key_id)
             await self._pipe.call(self._seed, (keys[3],), (tokens, repr(cost), _TOTAL_TTL_MS))
         if missing & 2:
-            tokens, cost = await self._store.usage_totals(key_id, day_start(day))
+            tokens, cost = await self._store.usage.totals(key_id, day_start(day))
             await self._pipe.call(self._seed, (keys[4],), (tokens, repr(cost), _DAILY_TTL_MS))
 
 

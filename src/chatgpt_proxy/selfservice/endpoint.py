@@ -63,7 +63,7 @@ class InteractionEndpoint:
         if interaction.application_id != self._settings.application_id:
             raise InvalidSignature("The interaction is for another application.")
         window = timedelta(seconds=2 * self._settings.max_age_seconds)
-        if not await self._store.first_sighting(interaction.id, window):
+        if not await self._store.owners.first_sighting(interaction.id, window):
             raise InvalidSignature("This interaction was already answered.")
         if interaction.type == InteractionType.PING:
             return _json(interactions.pong())

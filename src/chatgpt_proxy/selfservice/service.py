@@ -126,7 +126,7 @@ class SelfService:
         days = policy_settings.expires_days
         expires = None if days is None else datetime.now(UTC) + timedelta(days=days)
         owner = owner_of(user_id)
-        issue = await self._store.issue_owned(
+        issue = await self._store.owners.issue(
             owner,
             owner,
             policy,
@@ -175,7 +175,7 @@ class SelfService:
     async def usage(self, user_id: str) -> str:
         now = datetime.now(UTC)
         active = [
-            key for key in await self._store.owned_keys(owner_of(user_id)) if key.is_active(now)
+            key for key in await self._store.owners.keys(owner_of(user_id)) if key.is_active(now)
         ]
         if not active:
             return "You have no key yet: `/key` gets you one."
@@ -183,7 +183,7 @@ class SelfService:
 
     async def block(self, user_id: str) -> tuple[ClientKey, ...]:
         """Block a Discord user: their keys are revoked at once, and ``/key`` refuses them."""
-        revoked = await self._store.block_owner(owner_of(user_id))
+        revoked = await self._store.owners.block(owner_of(user_id))
         for key in revoked:
             await self._changed(key)
         return revoked

@@ -43,7 +43,7 @@ class Standing:
     @classmethod
     async def of(cls, store: KeyStore, key: ClientKey, now: datetime | None = None) -> Standing:
         today = (now or datetime.now(UTC)).date()
-        rows = await store.usage_summary(key.id, date(today.year, today.month, 1))
+        rows = await store.usage.summary(key.id, date(today.year, today.month, 1))
         return cls(key, Totals.of([r for r in rows if r.day == today]), Totals.of(rows), rows)
 
     def left_today(self) -> dict[str, Any]:

@@ -20,10 +20,8 @@ pure logic with an injected clock and RNG; callers bracket each attempt with ``a
 ``release()``, tell ``answered()`` when the answer's headers come (or that none will), and
 report what the upstream answered in between.
 
-Strategies: ``round_robin`` takes the usable keys in turn, ``random`` draws one, ``least_busy``
-takes the key with the fewest requests in flight, and ``least_headroom`` the key with the most
-room left under the upstream's own rate limits (``upstream.headroom``), so that 429s are
-avoided rather than survived. Ties go round-robin in every strategy but ``random``.
+Which usable key takes an attempt is its strategy's choice (``upstream.strategies``:
+``round_robin``, ``random``, ``least_busy``, ``least_headroom``).
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ import random
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
 from chatgpt_proxy.errors import (
     ModelNotFound,
@@ -48,9 +45,8 @@ from chatgpt_proxy.errors import (
     UpstreamRateLimited,
 )
 from chatgpt_proxy.memo import Memo, key_chars
-from chatgpt_proxy.upstream.headroom import Headroom, roomiest
-
-Strategy = Literal["random", "round_robin", "least_busy", "least_headroom"]
+from chatgpt_proxy.upstream.headroom import Headroom
+from chatgpt_proxy.upstream.strategies import Strategy, chooser_for
 
 MIN_COOLDOWN = 0.1
 MAX_COOLDOWN = 3600.0
@@ -188,8 +184,7 @@ class KeyPool:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if strategy not in get_args(Strategy):
-            raise ValueError(f"unknown key strategy {strategy!r}")
+        self._chooser = chooser_for(strategy, _usable, rng if rng is not None else random.Random())
         self.name = name
         self.policy = policy
         self.strategy: Strategy = strategy
@@ -197,8 +192,6 @@ class KeyPool:
         self._keys = tuple(UpstreamKey(f"{name}#{i}", s) for i, s in enumerate(secrets, 1))
         self._by_alias = {key.alias: key for key in self._keys}
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
-        self._cursor = 0
         # (model, alias) -> (until, status): the keys whose account refused a model.
         self._barred: Memo[tuple[str, str], tuple[float, int]] = Memo(
             _MAX_BARRED, max_bytes=_MAX_BARRED_CHARS, weigh=key_chars
@@ -227,12 +220,7 @@ class KeyPool:
         barred = self._barred_from(model, now) if model is not None and self._barred else ()
         if barred:
             exclude = {*barred, *(key.alias for key in self._keys if key.alias in exclude)}
-        if self.strategy == "random":
-            key = self._pick_random(now, exclude)
-        elif self._weighs_room:
-            key = self._pick_roomiest(now, exclude, tokens)
-        else:
-            key = self._pick_in_turn(now, exclude, least_busy=self.strategy == "least_busy")
+        key = self._chooser.pick(self._keys, now, exclude, tokens)
         if key is None and not self._in_play(now, barred):
             key = self._back_soonest(now, exclude)
         if key is None:
@@ -414,40 +402,6 @@ class KeyPool:
         key.ejections = 0
         key.retired_reason = None
 
-    def _pick_in_turn(
-        self, now: float, exclude: Container[str], *, least_busy: bool
-    ) -> UpstreamKey | None:
-        keys = self._keys
-        n = len(keys)
-        best: UpstreamKey | None = None
-        best_index = 0
-        # Scanning from a cursor that moves past each pick is what makes ties go round-robin.
-        for offset in range(n):
-            i = (self._cursor + offset) % n
-            key = keys[i]
-            if key.alias in exclude or not _usable(key, now):
-                continue
-            if best is None or key.inflight < best.inflight:
-                best, best_index = key, i
-                if not least_busy or key.inflight == 0:
-                    break
-        if best is not None:
-            self._cursor = (best_index + 1) % n
-        return best
-
-    def _pick_roomiest(
-        self, now: float, exclude: Container[str], tokens: int
-    ) -> UpstreamKey | None:
-        rooms = [
-            key.room if key.alias not in exclude and _usable(key, now) else None
-            for key in self._keys
-        ]
-        index = roomiest(rooms, now, tokens, self._cursor)
-        if index is None:
-            return None
-        self._cursor = (index + 1) % len(self._keys)
-        return self._keys[index]
-
     def _barred_from(self, model: str, now: float) -> set[str]:
         barred = set()
         for key in self._keys:
@@ -476,18 +430,6 @@ class KeyPool:
             if key.state is KeyState.EJECTED and key.alias not in exclude and now < key.until
         ]
         return min(ejected, key=lambda key: key.until) if ejected else None
-
-    def _pick_random(self, now: float, exclude: Container[str]) -> UpstreamKey | None:
-        keys = self._keys
-        if not keys:
-            return None
-        # One draw and no allocation when the key drawn is usable, the common case; the
-        # fallback draws among the usable rest, which keeps the choice uniform overall.
-        key = keys[self._rng.randrange(len(keys))]
-        if key.alias not in exclude and _usable(key, now):
-            return key
-        usable = [k for k in keys if k.alias not in exclude and _usable(k, now)]
-        return self._rng.choice(usable) if usable else None
 
     def _unavailable(
         self, now: float, exclude: Container[str], barred: Container[str], model: str | None
