@@ -100,10 +100,10 @@ def test_the_report_by_key_is_the_sum_of_the_events(database_url: str) -> None:
             keys = [(await store.create(f"k{n}", KeyPolicy()))[0].id for n in range(40)]
             events = _events(rng, keys, 3000)
             for start in range(0, len(events), 250):  # batches that add to the same sums
-                assert not await store.record_usage(events[start : start + 250])
+                assert not await store.usage.record(events[start : start + 250])
             periods = _periods(rng)
             for since, until in periods:
-                found = await store.usage_report(since, until, "key")
+                found = await store.usage.report(since, until, "key")
                 _same(found, _expected(events, since, until), (since, until))
             # With the 1000 largest of 40 keys, every key is in; with the few largest, the
             # query reads only the keys that can be among them, and must find the same.
