@@ -28,9 +28,9 @@ import orjson
 from hypothesis import strategies as st
 
 from chatgpt_proxy.api.admin import admin_routes
+from chatgpt_proxy.api.endpoints import ENDPOINTS
 from chatgpt_proxy.api.health import health_routes
 from chatgpt_proxy.api.models import model_routes
-from chatgpt_proxy.api.proxy import ENDPOINTS
 
 KINDS = ("body", "header", "path", "method", "multipart")
 _PLACEHOLDER = re.compile(r"\{[^}]+\}")

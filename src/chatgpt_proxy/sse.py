@@ -69,7 +69,7 @@ def event_start(data: bytes, offset: int) -> int:
 
 def event_stop(data: bytes, offset: int) -> int:
     """Where the event holding ``offset`` ends, terminator included (``len(data)`` if open)."""
-    ends = event_ends(data, offset) if b"\r" in data else None
+    ends = event_ends(data, offset) if data.find(b"\r") >= 0 else None
     if ends is None:
         found = data.find(b"\n\n", offset)
         return found + 2 if found >= 0 else len(data)

@@ -267,7 +267,7 @@ class _Held:
         """What may be sent now: ``b""`` while holding, everything held once released."""
         if chunk:
             self._held += chunk  # small: the event comes first
-            created = _created_in(self._held) if _CREATED in self._held else None
+            created = _created_in(self._held) if self._held.find(_CREATED) >= 0 else None
             if created is not None:
                 await self._on_created(created)
             elif len(self._held) <= _HOLD_LIMIT:
@@ -330,7 +330,7 @@ def _created_in(stream: bytes) -> dict[str, Any] | None:
     """The response that the ``response.created`` event in ``stream`` announces, once its
     data line has arrived whole (LF, CRLF or CR line ends alike), if it has an id."""
     for line in _LINE_END.split(stream)[:-1]:  # the last piece may be unfinished
-        if _CREATED in line and line.startswith(b"data:"):
+        if line.find(_CREATED) >= 0 and line.startswith(b"data:"):
             document = _json_document(line[5:])
             if document is not None and isinstance(response := document.get("response"), dict):
                 return response if isinstance(response.get("id"), str) else None

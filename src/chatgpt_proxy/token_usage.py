@@ -59,7 +59,8 @@ def usage_in_json(body: bytes) -> Usage | None:
 
 def event_data(event: bytes) -> bytes:
     """The payload of one SSE event: its ``data:`` lines, joined."""
-    if event.startswith(b"data:") and event.find(b"\n") == len(event) - 2 and b"\r" not in event:
+    # bytes.find rather than `in`, which first tries (and fails) to read its operand as a byte.
+    if event.startswith(b"data:") and event.find(b"\n") == len(event) - 2 and event.find(b"\r") < 0:
         return event[5:-2].lstrip()  # the usual event, one LF-framed data line: no split
     return b"".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
 

@@ -63,7 +63,7 @@ class Reference:
 def named_objects(raw: bytes, document: Mapping[str, Any]) -> list[Reference]:
     """The objects the JSON body ``raw`` (parsed: ``document``) names, in the order found."""
     found: list[Reference] = []
-    if _MARKER in raw:
+    if raw.find(_MARKER) >= 0:  # `in` would first try, and fail, to read it as a byte
         _walk(document, found)
     # Top level only: the Responses API's `conversation`, an id or {"id": ...}.
     conversation = document.get("conversation")
