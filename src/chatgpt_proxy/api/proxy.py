@@ -45,6 +45,7 @@ from chatgpt_proxy.exchange import Answering, Exchange, Next, Outcome, Pipeline,
 from chatgpt_proxy.keystore.objects import OBJECT_ID, Ownership
 from chatgpt_proxy.limits import Admit
 from chatgpt_proxy.metering import Metering
+from chatgpt_proxy.moderation.batch_input import ModerateBatchInput, RefuseBatchUploads
 from chatgpt_proxy.moderation.moderator import Moderate
 from chatgpt_proxy.multipart import UploadLimits, form_flag, read_multipart
 from chatgpt_proxy.redaction import Redactor
@@ -100,6 +101,11 @@ def forward_stages(endpoint: Endpoint, state: AppState) -> list[Stage]:
     )
     if state.settings.moderation.enabled:  # off, the stage would do nothing for any request
         stages.append(Moderate(state.moderator, answers=check_answers))
+        if name == "files.create":
+            max_line = state.settings.server.max_body_bytes  # a line is one request's body
+            stages.append(ModerateBatchInput(state.moderator, max_line=max_line))
+        elif name == "uploads.create":
+            stages.append(RefuseBatchUploads(state.moderator))
     stages += [
         Metering(state.meter),
         Send(state.client, state.drain, usage_stream=name in _USAGE_STREAMS),

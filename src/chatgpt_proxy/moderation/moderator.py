@@ -99,6 +99,60 @@ class Moderator:
             context = ModerationContext(endpoint, _key_id(key), strict=mode == "strict")
             await self._judge(items, context)
 
+    def applies_to(self, key: ClientKey | None) -> bool:
+        """Whether ``key``'s requests are moderated at all (enabled, and the key not exempt)."""
+        return self.settings.enabled and _mode(key) != "exempt"
+
+    async def first_blocked(
+        self, requests: Sequence[tuple[str, Mapping[str, Any]]], key: ClientKey | None
+    ) -> tuple[int, str] | None:
+        """Many requests (``(endpoint, document)``, as ``check`` takes one) judged together:
+        one engine call for all their items. The first blocked one, by its index, and the
+        reasons; the block is recorded as ``check`` records one."""
+        if not self.applies_to(key) or not requests:
+            return None
+        items: list[Item] = []
+        owners: list[int] = []  # the request each item comes from
+        for index, (endpoint, document) in enumerate(requests):
+            found = moderation_items(
+                endpoint,
+                document,
+                embeddings=self.settings.check_embeddings,
+                moderations=self.settings.check_moderations,
+            )
+            items += found
+            owners += [index] * len(found)
+        if not items:
+            return None
+        context = ModerationContext(requests[0][0], _key_id(key), strict=_mode(key) == "strict")
+        for engine in self.engines:
+            verdict = await engine.judge(items, context)
+            if verdict.blocked:
+                self._record(verdict, items, context)
+                return await self._blamed(engine, verdict, items, owners, context)
+        return None
+
+    async def _blamed(
+        self,
+        engine: Engine,
+        verdict: Verdict,
+        items: Sequence[Item],
+        owners: Sequence[int],
+        context: ModerationContext,
+    ) -> tuple[int, str]:
+        """The first request whose items blocked; an engine that does not say which items
+        did is asked again about each request's own, in order."""
+        reasons = ", ".join(verdict.reasons) or verdict.engine
+        named = [owners[i] for i in verdict.items if 0 <= i < len(owners)]
+        if named:
+            return min(named), reasons
+        for owner in sorted(set(owners)):
+            own = [item for item, o in zip(items, owners, strict=True) if o == owner]
+            if (await engine.judge(own, context)).blocked:
+                return owner, reasons
+        # Only the requests together were blocked: the first one stands for them.
+        return owners[0], reasons
+
     async def check_output(self, endpoint: str, body: bytes, key: ClientKey | None) -> None:
         """For non-streamed chat.completions, completions and responses answers, when enabled."""
         mode = _mode(key)
