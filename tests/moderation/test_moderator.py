@@ -14,7 +14,7 @@ from moderation_harness import Harness, client_key
 from redis.asyncio import Redis
 
 from chatgpt_proxy.errors import ConfigError, ContentPolicyViolation
-from chatgpt_proxy.moderation import Moderator, RulesEngine, build_moderator, cache_key
+from chatgpt_proxy.moderation import Moderator, RulesEngine, Verdict, build_moderator, cache_key
 from chatgpt_proxy.settings import RuleSettings
 from chatgpt_proxy.upstream.client import UpstreamClient
 from chatgpt_proxy.upstream.router import Router
@@ -271,3 +271,37 @@ def test_replicas_share_verdicts_through_redis(harness: Harness) -> None:
 
     harness.run(scenario())
     assert harness.fake.moderation_calls == [["a", "b"], ["c"]]
+
+
+class _Unspecific:
+    """A third-party engine that blocks without saying which item did."""
+
+    name = "unspecific"
+
+    async def judge(self, items: Any, context: Any) -> Verdict:
+        hit = any(isinstance(i, str) and "TICKET-" in i for i in items)
+        return Verdict(hit, ("tickets",) if hit else (), self.name)
+
+
+def test_many_requests_are_judged_together_and_the_first_blocked_is_named(
+    harness: Harness,
+) -> None:
+    requests: list[tuple[str, Any]] = [
+        ("chat.completions", chat("fine", "also fine")),
+        ("chat.completions", chat("")),  # no items: nothing to blame it for
+        ("chat.completions", chat("fine", "my password")),
+        ("chat.completions", chat("password again")),
+    ]
+    rules = Moderator(harness.settings(enabled=True).moderation, [RulesEngine(_rules())])
+    assert harness.run(rules.first_blocked(requests, client_key())) == (2, "no-secrets")
+    assert rules.recent_blocks()[0]["reasons"] == ["no-secrets"] and rules.blocks_total == 1
+    assert harness.run(rules.first_blocked(requests[:2], client_key())) is None
+    assert harness.run(rules.first_blocked(requests, client_key("exempt"))) is None
+
+    unspecific = Moderator(harness.settings(enabled=True).moderation, [_Unspecific()])
+    tickets = [("completions", {"prompt": p}) for p in ("a", "b", "TICKET-1", "TICKET-2")]
+    assert harness.run(unspecific.first_blocked(tickets, None)) == (2, "tickets")
+
+
+def _rules() -> list[RuleSettings]:
+    return [RuleSettings.model_validate(rule) for rule in RULES]
