@@ -41,7 +41,7 @@ _MAX_PARTS = 1000  # OpenAI's forms have a few dozen; each part costs memory to 
 _IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
 # Fields the proxy polices (allowlist, routing, moderation, metering): sent as a file part,
 # which it does not read, they would slip past it if the upstream took them as text.
-_POLICED_NAMES = frozenset({b"model", b"prompt", b"stream"})
+_POLICED_NAMES = frozenset({b"model", b"prompt", b"stream", b"purpose"})
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})  # as pydantic reads a form's true
 
 

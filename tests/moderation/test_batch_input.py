@@ -151,3 +151,18 @@ def test_batch_uploads_through_the_uploads_api_are_refused(
     assert fake.count("/v1/uploads") == 0
     assert moderated.client().uploads.create(purpose="assistants", **kwargs).id
     assert make_proxy().client().uploads.create(purpose="batch", **kwargs).id
+
+
+def test_a_purpose_sent_as_a_file_part_is_refused(moderated: Proxy, fake: FakeOpenAI) -> None:
+    # Unread as a file, it would escape the check if the upstream took it as the field.
+    answer = moderated.http().post(
+        "/v1/files",
+        headers={"Authorization": f"Bearer {moderated.key}"},
+        files=[
+            ("purpose", ("purpose.txt", b"batch", "text/plain")),
+            ("file", ("input.jsonl", _jsonl([_line(1, "FLAG:hate")]), "application/jsonl")),
+        ],
+    )
+    assert answer.status_code == 400
+    assert "`purpose` must be text" in answer.json()["error"]["message"]
+    assert fake.count("/v1/files") == 0
