@@ -166,3 +166,13 @@ def test_a_purpose_sent_as_a_file_part_is_refused(moderated: Proxy, fake: FakeOp
     assert answer.status_code == 400
     assert "`purpose` must be text" in answer.json()["error"]["message"]
     assert fake.count("/v1/files") == 0
+
+
+def test_of_several_flagged_lines_the_first_is_named(moderated: Proxy, fake: FakeOpenAI) -> None:
+    lines = [_line(n, f"question {n}") for n in range(1, 301)]
+    for n in (290, 150, 40):  # in groups judged at the same time
+        lines[n - 1] = _line(n, "FLAG:harassment")
+    with pytest.raises(openai.BadRequestError) as caught:
+        _upload(moderated, _jsonl(lines))
+    assert "line 40 " in caught.value.message
+    assert fake.count("/v1/files") == 0

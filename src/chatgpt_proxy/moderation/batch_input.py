@@ -10,7 +10,9 @@ of them unseen: with moderation on, a batch upload goes through ``POST /v1/files
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -34,6 +36,7 @@ BATCH_ENDPOINTS = {
 # Lines judged together: one moderation call for all their texts (and one per image).
 _GROUP_LINES = 32
 _GROUP_BYTES = 512 * 1024
+_IN_FLIGHT = 4  # groups judged at once: at most this many calls from one upload
 _SHOWN_ID_CHARS = 64
 
 
@@ -80,7 +83,27 @@ class RefuseBatchUploads:
 async def check_batch_file(
     moderator: Moderator, content_type: str, body: Body, key: ClientKey | None, max_line: int
 ) -> None:
-    """Judge every line of the form's file; raise for the first blocked or malformed one."""
+    """Judge every line of the form's file; raise for the first blocked or malformed one.
+
+    A few groups of lines are judged at once (each call waits on the upstream), and their
+    verdicts awaited in order: the line named is the file's first blocked one.
+    """
+    window: deque[asyncio.Task[None]] = deque()
+    try:
+        async for group in _groups(content_type, body, max_line):
+            if len(window) >= _IN_FLIGHT:
+                await window.popleft()
+            window.append(asyncio.create_task(_judge(moderator, group, key)))
+        while window:
+            await window.popleft()
+    finally:
+        for task in window:
+            task.cancel()
+        await asyncio.gather(*window, return_exceptions=True)
+
+
+async def _groups(content_type: str, body: Body, max_line: int) -> AsyncIterator[list[_Line]]:
+    """The file's requests, a few lines of one endpoint at a time; blank lines skipped."""
     group: list[_Line] = []
     size = 0
     async for number, raw in file_lines(content_type, body, max_line):
@@ -90,12 +113,12 @@ async def check_batch_file(
         if group and (
             line.endpoint != group[0].endpoint or len(group) >= _GROUP_LINES or size >= _GROUP_BYTES
         ):
-            await _judge(moderator, group, key)
+            yield group
             group, size = [], 0
         group.append(line)
         size += len(raw)
     if group:
-        await _judge(moderator, group, key)
+        yield group
 
 
 async def _judge(moderator: Moderator, group: list[_Line], key: ClientKey | None) -> None:
