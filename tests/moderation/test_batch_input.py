@@ -176,3 +176,10 @@ def test_of_several_flagged_lines_the_first_is_named(moderated: Proxy, fake: Fak
         _upload(moderated, _jsonl(lines))
     assert "line 40 " in caught.value.message
     assert fake.count("/v1/files") == 0
+
+
+def test_a_flagged_line_before_a_malformed_one_is_named(moderated: Proxy, fake: FakeOpenAI) -> None:
+    data = _jsonl([_line(1, "fine"), _line(2, "FLAG:hate")]) + b"not json\n"
+    with pytest.raises(openai.BadRequestError) as caught:
+        _upload(moderated, data)
+    assert caught.value.code == "content_policy_violation" and "line 2 " in caught.value.message

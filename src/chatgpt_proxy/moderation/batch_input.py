@@ -90,16 +90,26 @@ async def check_batch_file(
     """
     window: deque[asyncio.Task[None]] = deque()
     try:
-        async for group in _groups(content_type, body, max_line):
-            if len(window) >= _IN_FLIGHT:
-                await window.popleft()
-            window.append(asyncio.create_task(_judge(moderator, group, key)))
-        while window:
-            await window.popleft()
+        try:
+            async for group in _groups(content_type, body, max_line):
+                if len(window) >= _IN_FLIGHT:
+                    await window.popleft()
+                window.append(asyncio.create_task(_judge(moderator, group, key)))
+        except ContentPolicyViolation:
+            raise
+        except InvalidRequest:  # a malformed line: a block before it is the first fault
+            await _in_order(window)
+            raise
+        await _in_order(window)
     finally:
         for task in window:
             task.cancel()
         await asyncio.gather(*window, return_exceptions=True)
+
+
+async def _in_order(window: deque[asyncio.Task[None]]) -> None:
+    while window:
+        await window.popleft()
 
 
 async def _groups(content_type: str, body: Body, max_line: int) -> AsyncIterator[list[_Line]]:
@@ -109,7 +119,12 @@ async def _groups(content_type: str, body: Body, max_line: int) -> AsyncIterator
     async for number, raw in file_lines(content_type, body, max_line):
         if not raw.strip():
             continue
-        line = _parse(number, raw)
+        try:
+            line = _parse(number, raw)
+        except InvalidRequest:
+            if group:  # judged before the malformed line is reported
+                yield group
+            raise
         if group and (
             line.endpoint != group[0].endpoint or len(group) >= _GROUP_LINES or size >= _GROUP_BYTES
         ):
