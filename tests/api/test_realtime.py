@@ -285,6 +285,43 @@ def _spend_the_budget(proxy: Proxy, fake: FakeOpenAI) -> None:
     wait_for(lambda: fake.realtime_sessions[-1].closed, message="upstream left open")
 
 
+def test_realtime_tokens_count_toward_tpm(proxy: Proxy, fake: FakeOpenAI) -> None:
+    _fill_the_tpm_window(proxy, fake)
+
+
+def test_realtime_tokens_count_toward_a_tpm_shared_in_redis(
+    make_proxy: Callable[..., Proxy], fake: FakeOpenAI
+) -> None:
+    shared = make_proxy(
+        redis_url=redis_url(), limits={"redis_prefix": f"cgp-test-{secrets.token_hex(4)}:"}
+    )
+    _fill_the_tpm_window(shared, fake)
+
+
+def _fill_the_tpm_window(proxy: Proxy, fake: FakeOpenAI) -> None:
+    """A response's tokens fill the key's tpm window: past it the client's next
+    ``response.create`` is refused with an error event (never sent upstream), and the key's
+    HTTP requests are refused too, as if those tokens had come over HTTP."""
+    key = proxy.create_key("tpm", KeyPolicy(tpm=3))
+    with proxy.client(key=key).realtime.connect(model=MODEL) as connection:
+        _until(connection, "session.created")
+        connection.conversation.item.create(item=_user_text("five words are spent here"))
+        connection.response.create()
+        done = _until(connection, "response.done")[-1]
+        assert done["response"]["usage"]["total_tokens"] > 3
+        connection.response.create(event_id="event_again")
+        refused = _until(connection, "error")[-1]
+    assert refused["error"]["code"] == "rate_limit_exceeded"
+    assert refused["error"]["event_id"] == "event_again"
+    sent = [event["type"] for event in fake.realtime_sessions[-1].events]
+    assert sent.count("response.create") == 1
+    with pytest.raises(openai.RateLimitError) as caught:
+        proxy.client(key=key).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "rate_limit_exceeded"
+
+
 def test_client_secrets_are_forwarded(proxy: Proxy, fake: FakeOpenAI) -> None:
     secret = proxy.client().realtime.client_secrets.create(
         session={"type": "realtime", "model": MODEL, "instructions": "Be kind."}

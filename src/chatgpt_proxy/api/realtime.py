@@ -12,8 +12,10 @@ While the session lasts, frames pass as they come, both ways: text, binary, ping
 passed to the other. On the way up, the text of ``conversation.item.create``,
 ``session.update`` and ``response.create`` events is moderated: a blocked event is answered
 with an ``error`` event and never sent (audio passes as it is). On the way down, each
-``response.done`` event's usage is metered and charged to the key's budgets; once they are
-spent, the session ends with an ``error`` event (``insufficient_quota``) and close code 1008.
+``response.done`` event's usage is metered and charged to the key's budgets and to its tpm
+window; once the budgets are spent, the session ends with an ``error`` event
+(``insufficient_quota``) and close code 1008. While the tpm window is full, the client's
+``response.create`` is answered with an ``error`` event (``rate_limit_exceeded``) and not sent.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from chatgpt_proxy.errors import (
     ModelNotAllowed,
     ProxyError,
     QuotaExceeded,
+    RateLimited,
     ServiceUnavailable,
     TransportError,
 )
@@ -164,11 +167,14 @@ class _Session:
     ) -> None:
         self._state = state
         self._key = key
-        # The key with its budgets alone: each response is charged to them through the
-        # limiter, without counting as one more request (the session was counted once).
-        policy = replace(key.policy, rpm=None, tpm=None, max_concurrency=None)
-        self._budget_key = replace(key, policy=policy)
-        self._budgeted = limits_of(policy) is not None
+        # The key with its budgets and tpm alone: each response is charged to them through
+        # the limiter, without counting as one more request (the session was counted once).
+        policy = replace(key.policy, rpm=None, max_concurrency=None)
+        self._charged_key = replace(key, policy=policy)
+        self._charged = limits_of(policy) is not None
+        budgets = replace(policy, tpm=None)
+        self._budget_key = replace(key, policy=budgets)
+        self._budgeted = limits_of(budgets) is not None
         self._model = model
         self._client = client
         self._lease = lease
@@ -250,8 +256,12 @@ class _Session:
             data = frame.data
             if frame.kind == "text":
                 assert isinstance(data, str)
+                # Charged before the client sees it, so that the client's next
+                # response.create is judged with these tokens counted.
+                spent = await self._charge(data) if _RESPONSE_DONE in data else None
                 await client.send_str(data)
-                if _RESPONSE_DONE in data and not await self._charge(data):
+                if spent is not None:
+                    await client.send_str(spent)
                     return _POLICY_CLOSE
             elif frame.kind == "binary":
                 await client.send_bytes(_bytes(data))
@@ -276,22 +286,24 @@ class _Session:
             _check_model(self._key, event)
             if self._moderate:
                 await self._state.moderator.check("realtime", event, self._key)
+            if event["type"] == "response.create" and self._key.policy.tpm is not None:
+                await self._admit(self._charged_key)
         except ProxyError as err:
             return _error_event(err, event.get("event_id"))
         return None
 
-    async def _charge(self, text: str) -> bool:
-        """Meter a ``response.done`` event's usage and charge it to the key's budgets;
-        False once they are spent (the client has been told)."""
+    async def _charge(self, text: str) -> str | None:
+        """Meter a ``response.done`` event's usage and charge it to the key's budgets and tpm;
+        once the budgets are spent, the ``error`` event that ends the session."""
         try:
             event = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return True
+            return None
         if not isinstance(event, dict) or event.get("type") != "response.done":
-            return True
+            return None
         usage = usage_in_document(event)
         if usage is None:
-            return True
+            return None
         state, lease = self._state, self._lease
         cost = state.meter.pricing.cost(self._model, usage)
         now = time.monotonic()
@@ -299,18 +311,29 @@ class _Session:
         state.meter.record(
             self._key.id, self._model, lease.alias, "realtime", 200, usage, cost, latency_ms
         )
-        if not self._budgeted:
-            return True
+        if not self._charged:
+            return None
         try:
-            charge = await state.limiter.admit(self._budget_key, 0, self._model)
+            try:
+                charge = await state.limiter.admit(self._charged_key, 0, self._model)
+            except QuotaExceeded:
+                raise
+            except RateLimited:
+                # The tpm window is already full (the client's next response.create will be
+                # refused): these tokens are charged to the budgets alone.
+                charge = await state.limiter.admit(self._budget_key, 0, self._model)
             await charge.settle(usage.total_tokens, cost or 0.0)
             await charge.release()
-            check = await state.limiter.admit(self._budget_key, 0, self._model)
-            await check.release()
+            if self._budgeted:
+                await self._admit(self._budget_key)
         except QuotaExceeded as err:
-            await self._client.send_str(_error_event(err, None))
-            return False
-        return True
+            return _error_event(err, None)
+        return None
+
+    async def _admit(self, key: ClientKey) -> None:
+        """Raise the refusal of ``key``'s limits now; a check, nothing kept or counted."""
+        check = await self._state.limiter.admit(key, 0, self._model)
+        await check.release()
 
 
 def _check_model(key: ClientKey, event: Mapping[str, Any]) -> None:
