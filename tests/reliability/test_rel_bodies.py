@@ -337,21 +337,25 @@ def _send_until_answered(sock: socket.socket, chunks: Iterator[bytes]) -> int:
     return sent
 
 
-def _complete(answer: bytes) -> bool:
-    head, sep, body = answer.partition(b"\r\n\r\n")
-    if not sep:
-        return False
+def _length(head: bytes) -> int | None:
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
-            return len(body) >= int(value)
-    return False
+            return int(value)
+    return None
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    length = _length(head) if sep else None
+    return length is not None and len(body) >= length
 
 
 def _raw_error(answer: bytes, status: int, code: str | None = None) -> None:
+    """The first answer of ``answer`` is this error (a second one may have come with it)."""
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split(b" ", 2)[1] == b"%d" % status, answer[:300]
-    error = orjson.loads(body)["error"]
+    error = orjson.loads(body[: _length(head)])["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
     if code is not None:
         assert error["code"] == code, error
