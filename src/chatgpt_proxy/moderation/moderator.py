@@ -86,18 +86,11 @@ class Moderator:
         self, endpoint: str, document: Mapping[str, Any], key: ClientKey | None
     ) -> None:
         """Raise ``ContentPolicyViolation`` (or ``ModerationUnavailable``) for a blocked request."""
-        mode = _mode(key)
-        if not self.settings.enabled or mode == "exempt":
+        if not self.applies_to(key):
             return
-        items = moderation_items(
-            endpoint,
-            document,
-            embeddings=self.settings.check_embeddings,
-            moderations=self.settings.check_moderations,
-        )
+        items = self._items(endpoint, document)
         if items:
-            context = ModerationContext(endpoint, _key_id(key), strict=mode == "strict")
-            await self._judge(items, context)
+            await self._judge(items, _input_context(endpoint, key))
 
     def applies_to(self, key: ClientKey | None) -> bool:
         """Whether ``key``'s requests are moderated at all (enabled, and the key not exempt)."""
@@ -114,23 +107,17 @@ class Moderator:
         items: list[Item] = []
         owners: list[int] = []  # the request each item comes from
         for index, (endpoint, document) in enumerate(requests):
-            found = moderation_items(
-                endpoint,
-                document,
-                embeddings=self.settings.check_embeddings,
-                moderations=self.settings.check_moderations,
-            )
+            found = self._items(endpoint, document)
             items += found
             owners += [index] * len(found)
         if not items:
             return None
-        context = ModerationContext(requests[0][0], _key_id(key), strict=_mode(key) == "strict")
-        for engine in self.engines:
-            verdict = await engine.judge(items, context)
-            if verdict.blocked:
-                self._record(verdict, items, context)
-                return await self._blamed(engine, verdict, items, owners, context)
-        return None
+        context = _input_context(requests[0][0], key)
+        blocked = await self._blocked(items, context)
+        if blocked is None:
+            return None
+        engine, verdict = blocked
+        return await self._blamed(engine, verdict, items, owners, context)
 
     async def _blamed(
         self,
@@ -142,7 +129,7 @@ class Moderator:
     ) -> tuple[int, str]:
         """The first request whose items blocked; an engine that does not say which items
         did is asked again about each request's own, in order."""
-        reasons = ", ".join(verdict.reasons) or verdict.engine
+        reasons = _reasons(verdict)
         named = [owners[i] for i in verdict.items if 0 <= i < len(owners)]
         if named:
             return min(named), reasons
@@ -185,12 +172,29 @@ class Moderator:
         if self._cache is not None:
             await self._cache.close()
 
+    def _items(self, endpoint: str, document: Mapping[str, Any]) -> list[Item]:
+        return moderation_items(
+            endpoint,
+            document,
+            embeddings=self.settings.check_embeddings,
+            moderations=self.settings.check_moderations,
+        )
+
     async def _judge(self, items: Sequence[Item], context: ModerationContext) -> None:
+        blocked = await self._blocked(items, context)
+        if blocked is not None:
+            raise _violation(blocked[1], output=context.output)
+
+    async def _blocked(
+        self, items: Sequence[Item], context: ModerationContext
+    ) -> tuple[Engine, Verdict] | None:
+        """The first engine to block ``items``, and its verdict (recorded); None if none does."""
         for engine in self.engines:
             verdict = await engine.judge(items, context)
             if verdict.blocked:
                 self._record(verdict, items, context)
-                raise _violation(verdict, output=context.output)
+                return engine, verdict
+        return None
 
     def _record(self, verdict: Verdict, items: Sequence[Item], context: ModerationContext) -> None:
         self.blocks_total += 1
@@ -232,8 +236,16 @@ class Moderate:
         return await forward(exchange)
 
 
+def _reasons(verdict: Verdict) -> str:
+    return ", ".join(verdict.reasons) or verdict.engine
+
+
+def _input_context(endpoint: str, key: ClientKey | None) -> ModerationContext:
+    return ModerationContext(endpoint, _key_id(key), strict=_mode(key) == "strict")
+
+
 def _violation(verdict: Verdict, *, output: bool) -> ContentPolicyViolation:
-    reasons = ", ".join(verdict.reasons) or verdict.engine
+    reasons = _reasons(verdict)
     if output:
         return ContentPolicyViolation(
             f"The answer was withheld by the content policy: flagged for {reasons}."
