@@ -210,7 +210,31 @@ class _DiskBody(ReplayableBody):
             os.close(fd)
 
 
-class _Fields:
+class PartHeaders:
+    """The headers of the form part python-multipart is reading, from its header callbacks
+    (``on_header_field``, ``on_header_value``, ``on_header_end``): what a reader of a form's
+    parts builds on. ``_headers`` holds them by lower-case name; a reader empties it as each
+    part begins."""
+
+    def __init__(self) -> None:
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, str] = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        name = self._header_name.decode("latin-1").strip().lower()
+        self._headers[name] = self._header_value.decode("latin-1").strip()
+        self._header_name.clear()
+        self._header_value.clear()
+
+
+class _Fields(PartHeaders):
     """The text fields of a form, gathered from python-multipart's callbacks.
 
     A part with a ``filename`` is a file and is not kept (the spool has it); every other part
@@ -220,14 +244,12 @@ class _Fields:
     """
 
     def __init__(self, limit: int) -> None:
+        super().__init__()
         self.values: dict[str, FieldValue] = {}
         self.ended = False
         self._limit = limit
         self._size = 0
         self._parts = 0
-        self._header_name = bytearray()
-        self._header_value = bytearray()
-        self._headers: dict[str, str] = {}
         self._name: str | None = None
         self._value: bytearray | None = None  # None while in a file part
 
@@ -250,18 +272,6 @@ class _Fields:
         self._headers = {}
         self._name = None
         self._value = None
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_name += data[start:end]
-
-    def _header_data(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _header_end(self) -> None:
-        name = self._header_name.decode("latin-1").strip().lower()
-        self._headers[name] = self._header_value.decode("latin-1").strip()
-        self._header_name.clear()
-        self._header_value.clear()
 
     def _headers_finished(self) -> None:
         disposition, options = parse_options_header(self._headers.get("content-disposition"))

@@ -19,6 +19,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
 from chatgpt_proxy.errors import InvalidMultipart, InvalidRequest
+from chatgpt_proxy.multipart import PartHeaders
 from chatgpt_proxy.upstream.client import Body
 
 if TYPE_CHECKING:
@@ -59,15 +60,13 @@ async def _chunks(body: Body) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class _LineSplitter:
+class _LineSplitter(PartHeaders):
     """python-multipart's callbacks, splitting the data of file parts (those with a
     ``filename``) into lines as they come; text fields were read in the first pass."""
 
     def __init__(self, max_line: int) -> None:
+        super().__init__()
         self._max_line = max_line
-        self._header_name = bytearray()
-        self._header_value = bytearray()
-        self._headers: dict[str, str] = {}
         self._in_file = False
         self._number = 0
         self._partial = bytearray()
@@ -93,18 +92,6 @@ class _LineSplitter:
         self._in_file = False
         self._number = 0
         self._partial.clear()
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_name += data[start:end]
-
-    def _header_data(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _header_end(self) -> None:
-        name = self._header_name.decode("latin-1").strip().lower()
-        self._headers[name] = self._header_value.decode("latin-1").strip()
-        self._header_name.clear()
-        self._header_value.clear()
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get("content-disposition"))
