@@ -14,6 +14,13 @@ HTTP/1.1 stream holds two file descriptors and a process may hold 20,000 here::
     .venv/bin/python bench/ladder.py                       # 1,000 / 5,000 / 10,000
     .venv/bin/python bench/ladder.py --ladder 500,2000 --clients 2
 
+Two more targets split the proxy's added first byte into its parts: ``chatgpt-proxy/cached``
+sends one prompt over and over (after the warm-up, every verdict comes from the moderation
+cache) and ``chatgpt-proxy/unmoderated`` runs with moderation off::
+
+    .venv/bin/python bench/ladder.py --ladder 2000 --gap 6 --ramp 20 \
+        --targets pass-through,chatgpt-proxy,chatgpt-proxy/cached,chatgpt-proxy/unmoderated
+
 Printed per rung and target: streams whole (every chunk, then [DONE]), refused (503), other
 failures, first byte p50/p99 (request sent → first chunk; the upstream's own is 250 ms), total
 time p50, peak RSS (summed over the serving processes), RSS per stream above the idle process,
@@ -154,14 +161,15 @@ async def one_stream(
 
 
 async def run_client(
-    url: str, key: str, count: int, at: float, tag: str, ramp: float = 0.0
+    url: str, key: str, count: int, at: float, tag: str, ramp: float = 0.0, same: bool = False
 ) -> list[object]:
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=300)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     bodies = []
-    for n in range(count):  # every prompt differs: no moderation verdict comes from the cache
-        document = orjson.loads(lib.request_body(stream=True, prompt=f"ladder {tag}-{n}: hello"))
+    for n in range(count):  # unless `same`, every prompt differs: no verdict from the cache
+        prompt = "ladder: hello" if same else f"ladder {tag}-{n}: hello"
+        document = orjson.loads(lib.request_body(stream=True, prompt=prompt))
         document["stream_options"] = {"include_usage": True}
         bodies.append(orjson.dumps(document))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -186,6 +194,7 @@ class Target:
     key: str = "none"
     workers: int = 1
     config: Path | None = None
+    same_prompt: bool = False  # one prompt for every stream: its verdict comes from the cache
 
     def pids(self) -> list[int]:
         """The serving processes: the workers of a ``serve --workers N``, else the processes."""
@@ -293,7 +302,10 @@ class Rung:
 
 
 def warm_up(target: Target) -> None:
-    asyncio.run(run_client(target.url + CHAT, target.key, 50, time.time(), "warm"))
+    client = run_client(
+        target.url + CHAT, target.key, 50, time.time(), "warm", same=target.same_prompt
+    )
+    asyncio.run(client)
 
 
 def load(target: Target, streams: int, clients: int, ramp: float) -> Rung:
@@ -316,6 +328,7 @@ def load(target: Target, streams: int, clients: int, ramp: float) -> Rung:
                 repr(at),
                 f"{target.name}-{n}-{streams}",
                 repr(ramp),
+                "same" if target.same_prompt else "distinct",
             ],
             stdout=subprocess.PIPE,
         )
@@ -366,12 +379,16 @@ def render(rungs: list[Rung], gap: float) -> str:
     for r in rungs:
         if r.first:
             by_rung.setdefault(r.streams, {})[r.target] = statistics.median(r.first)
+    own = gap  # the upstream's own first byte: its first event comes after one gap
     for streams, medians in by_rung.items():
-        if len(medians) == 2:
-            own = gap  # the upstream's own first byte: its first event comes after one gap
-            ratio = (medians["chatgpt-proxy"] - own) / max(medians["pass-through"] - own, 1e-3)
+        bare = medians.pop("pass-through", None)
+        if bare is None:
+            continue
+        for name, median in medians.items():
             notes.append(
-                f"{streams:,}: first byte over the upstream's own, proxy/pass-through {ratio:.2f}x"
+                f"{streams:,}: first byte p50 over the upstream's own, {name} +"
+                f"{(median - own) * 1000:.1f} ms, pass-through +{(bare - own) * 1000:.1f} ms: "
+                f"{(median - own) / max(bare - own, 1e-3):.2f}x"
             )
     return "\n".join([*lines, "", *notes])
 
@@ -401,14 +418,15 @@ def main(argv: list[str]) -> int:
         help="seconds over which each client opens its streams (0: all in the same instant, "
         "which overflows the kernel's accept queues here and costs SYN retries and resets)",
     )
-    parser.add_argument("--client", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--upstream-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     raise_fd_limit()
     if args.client:
-        url, key, count, at, tag, ramp = args.client
+        url, key, count, at, tag, ramp, prompts = args.client
+        client = run_client(url, key, int(count), float(at), tag, float(ramp), prompts == "same")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(run_client(url, key, int(count), float(at), tag, float(ramp)))
+            results = runner.run(client)
         sys.stdout.write(json.dumps(results))
         return 0
     if args.upstream_only:
@@ -433,10 +451,14 @@ def main(argv: list[str]) -> int:
             workers = 1 if streams <= args.one_process_max else 2
             for name in args.targets.split(","):
                 target = (
-                    start_proxy(tmp, cgp, upstream, workers)
-                    if name == "chatgpt-proxy"
-                    else start_passthrough(tmp, upstream, workers)
+                    start_passthrough(tmp, upstream, workers)
+                    if name == "pass-through"
+                    else start_proxy(
+                        tmp, cgp, upstream, workers, moderation=name != "chatgpt-proxy/unmoderated"
+                    )
                 )
+                target.name = name
+                target.same_prompt = name == "chatgpt-proxy/cached"
                 try:
                     if lib.wait(target.url + "/healthz", 60.0):
                         return 1
