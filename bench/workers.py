@@ -10,10 +10,17 @@ this run, the second (less what the workers spend idle) tells whether two worker
 work per request as one (a lock or write contention between them would show there, whatever the
 machine's load). Last, a key with
 ``--rpm N`` is sent 3N requests at once over fresh connections to the two workers: Redis must
-admit exactly N::
+admit exactly N.
+
+Where two workers spend more CPU per request than one, two more figures per run tell why: the
+Redis round trips per request (Redis's own count of the reads it served: one per batch of
+commands a worker pipelines) and the times per request a worker was preempted (its
+``nonvoluntary_ctxt_switches``). ``--redis none`` keeps the limits in each worker's memory, to
+see what is left of the difference without Redis (the exactness check is then skipped)::
 
     .venv/bin/python bench/workers.py                     # 3 rounds of 10 s
     .venv/bin/python bench/workers.py --rounds 5 --duration 5 --redis redis://127.0.0.1:6379/0
+    .venv/bin/python bench/workers.py --redis none
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import redis
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -44,6 +52,8 @@ class Run:
     scenario: str
     rps: float
     cpu_per_request: float  # seconds, summed over the serving processes
+    redis_reads: float  # Redis round trips per request
+    preempted: float  # times per request a serving process was switched out against its will
 
 
 def wrk(url: str, key: str, body: str, duration: float, connections: int) -> tuple[float, int]:
@@ -59,7 +69,21 @@ def wrk(url: str, key: str, body: str, duration: float, connections: int) -> tup
     return float(rps.group(1)), int(done.group(1))
 
 
-def measure(target: Target, key: str, stream: bool, args: argparse.Namespace) -> Run:
+def preemptions(pid: int) -> int:
+    """How often the process has been switched out while it could have run."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def redis_reads(client: redis.Redis | None) -> int:
+    """The read events Redis has served: one per batch of commands a client sent."""
+    return int(client.info("stats")["total_reads_processed"]) if client is not None else 0
+
+
+def measure(
+    target: Target, key: str, stream: bool, args: argparse.Namespace, store: redis.Redis | None
+) -> Run:
     body = lib.request_body(stream=stream)
     url = target.url + "/v1/chat/completions"
     wrk(url, key, body, 2, args.connections)  # warm-up
@@ -71,11 +95,17 @@ def measure(target: Target, key: str, stream: bool, args: argparse.Namespace) ->
     time.sleep(args.idle)
     idle_rate = (sum(lib.cputime(pid) for pid in pids) - cpu) / args.idle
     cpu = sum(lib.cputime(pid) for pid in pids)
+    reads = redis_reads(store)
+    switches = sum(preemptions(pid) for pid in pids)
     began = time.monotonic()
     rps, done = wrk(url, key, body, args.duration, args.connections)
     cpu = sum(lib.cputime(pid) for pid in pids) - cpu - idle_rate * (time.monotonic() - began)
+    reads = redis_reads(store) - reads
+    switches = sum(preemptions(pid) for pid in pids) - switches
     kind = "streamed" if stream else "non-streamed"
-    return Run(f"{kind}, {target.workers} worker(s)", rps, cpu / done)
+    return Run(
+        f"{kind}, {target.workers} worker(s)", rps, cpu / done, reads / done, switches / done
+    )
 
 
 async def admitted(url: str, key: str, count: int) -> dict[int, int]:
@@ -105,7 +135,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/0", help="or none: limits in memory"
+    )
     parser.add_argument("--rpm", type=int, default=200, help="the limit checked for exactness")
     args = parser.parse_args(argv)
     missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
@@ -121,6 +153,7 @@ def main(argv: list[str]) -> int:
     (tmp / "upstream.conf").write_text(lib.upstream_conf(tmp, json_port, sse_port))
     nginx = subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(tmp / "upstream.conf")])
     targets: dict[tuple[bool, int], Target] = {}
+    store = None if args.redis == "none" else redis.Redis.from_url(args.redis)
     try:
         db = f"sqlite:///{tmp}/workers.db"
         for stream, port in ((False, json_port), (True, sse_port)):
@@ -132,7 +165,7 @@ def main(argv: list[str]) -> int:
                     upstream,
                     workers,
                     db=db,
-                    redis=args.redis,
+                    redis=None if store is None else args.redis,
                     moderation=False,
                     key_name=None if targets else "bench-first",  # the first one makes the store
                 )
@@ -150,7 +183,7 @@ def main(argv: list[str]) -> int:
             results = {}
             for which in order[shift:] + order[:shift]:
                 stream, _ = which
-                results[which] = measure(targets[which], key, stream, args)
+                results[which] = measure(targets[which], key, stream, args, store)
             runs.append([results[which] for which in order])
             print(
                 f"round {number + 1}: "
@@ -158,8 +191,11 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
         print()
-        print("| scenario | req/s (median) | CPU per request | 2 workers ÷ 1 (paired) |")
-        print("|---|---:|---:|---:|")
+        print(
+            "| scenario | req/s (median) | CPU per request | 2 workers ÷ 1 (paired) "
+            "| Redis round trips per request | preempted per request |"
+        )
+        print("|---|---:|---:|---:|---:|---:|")
         for index, which in enumerate(order):
             rps = [round_runs[index].rps for round_runs in runs]
             cpu = [round_runs[index].cpu_per_request for round_runs in runs]
@@ -168,10 +204,16 @@ def main(argv: list[str]) -> int:
                 single = order.index((which[0], 1))
                 ratio = f"{statistics.median(r[index].rps / r[single].rps for r in runs):.2f}"
             name = runs[0][index].scenario
+            reads = statistics.median(round_runs[index].redis_reads for round_runs in runs)
+            preempted = statistics.median(round_runs[index].preempted for round_runs in runs)
             print(
                 f"| {name} | {statistics.median(rps):,.0f} | "
-                f"{statistics.median(cpu) * 1e6:,.0f} µs | {ratio} |"
+                f"{statistics.median(cpu) * 1e6:,.0f} µs | {ratio} | {reads:.2f} | "
+                f"{preempted:.3f} |"
             )
+        if store is None:
+            print("\nlimits in memory: the exactness of Redis limits is not checked")
+            return 0
         limited = new_key(cgp, config, "--name", "bench-exact", "--rpm", str(args.rpm))
         time.sleep(2.0)  # as above
         url = targets[False, 2].url + "/v1/chat/completions"
