@@ -26,6 +26,7 @@ everything it starts is stopped on exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import re
@@ -132,6 +133,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle measured")
     parser.add_argument("--stream", action="store_true", help="SSE answers instead of JSON")
     parser.add_argument(
+        "--event-gap",
+        type=float,
+        metavar="SECONDS",
+        help="streams from bench/ladder.py's fake upstream instead of nginx: 9 events, each "
+        "written on its own this long apart, as a model streams (nginx sends its canned 6.9 kB "
+        "answer in one piece); implies --stream",
+    )
+    parser.add_argument(
         "--skip-passthrough",
         action="store_true",
         help="measure only chatgpt-proxy (the pass-through's count does not change with our code)",
@@ -144,6 +153,7 @@ def main(argv: list[str]) -> int:
         "pass-through (HTTP/1.1 only) is skipped",
     )
     args = parser.parse_args(argv)
+    args.stream = args.stream or args.event_gap is not None
     if args.upstream_http == "2":
         args.skip_passthrough = True
     for tool in ("valgrind", "callgrind_control"):
@@ -162,7 +172,17 @@ def main(argv: list[str]) -> int:
         (tmp / "upstream.conf").write_text(lib.upstream_conf(tmp, json_port, sse_port, http2=http2))
         upstream = sse_port if args.stream else json_port
         nginx_argv = [nginx, "-p", str(tmp), "-e", str(tmp / "nginx.err"), "-c"]
-        with lib.running([*nginx_argv, str(tmp / "upstream.conf")], log=tmp / "nginx.log"):
+        with contextlib.ExitStack() as started:
+            started.enter_context(
+                lib.running([*nginx_argv, str(tmp / "upstream.conf")], log=tmp / "nginx.log")
+            )
+            if args.event_gap is not None:
+                (upstream,) = lib.free_ports(1)
+                fake = [sys.executable, str(HERE / "ladder.py"), "--upstream-only", str(upstream)]
+                fake += ["--gap", repr(args.event_gap)]
+                started.enter_context(lib.running(fake, log=tmp / "events.log"))
+                if lib.wait(f"http://127.0.0.1:{upstream}/v1/models", 30.0):
+                    raise RuntimeError("the fake upstream of bench/ladder.py did not come up")
             if not http2 and lib.wait(f"http://127.0.0.1:{json_port}/v1/models", 30.0):
                 raise RuntimeError("the nginx upstream did not come up")
             config = tmp / "proxy.yaml"
