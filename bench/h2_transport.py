@@ -17,7 +17,8 @@ HTTP error), failed (no answer), first-byte p50/p99 and total p50 as the client 
 proxy's peak RSS and RSS per stream above its idle RSS before the rung, and the peak number of
 the proxy's connections to the upstream (from ``/proc/net/tcp``). Then short non-streamed
 chat requests at ``--short-conns`` connections for ``--short-seconds``, in ``--short-rounds``
-interleaved rounds: requests/s of each, and the paired ratio HTTP/2 ÷ HTTP/1.1.
+interleaved rounds: requests/s of each, and the paired ratio HTTP/2 ÷ HTTP/1.1. The bare
+clients' table has a pyreqwest row: ``pip install -e '.[bench]'`` first.
 
 The script raises its file descriptor limit (and so the children's) to the hard limit.
 """
