@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -38,6 +37,7 @@ from aiohttp import web
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import lib  # noqa: E402
+from ladder import raise_fd_limit  # noqa: E402
 
 from chatgpt_proxy.upstream.transport import AiohttpTransport, Timeouts, TransportRequest  # noqa: E402
 
@@ -46,16 +46,8 @@ BODY = lib.request_body(stream=True).encode()
 WARM = 20  # streams run before the idle RSS is read: pools, caches and allocator settled
 
 
-def _raise_fd_limit() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return lib.rss_kib(os.getpid())[0]
 
 
 def _cpu() -> float:
@@ -269,7 +261,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    _raise_fd_limit()
+    raise_fd_limit()
     if args.upstream:
         uvloop.run(raw_upstream(args.upstream, args.events, args.gap))
         return 0
