@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -210,16 +211,40 @@ class _DiskBody(ReplayableBody):
             os.close(fd)
 
 
-class PartHeaders:
+class PartHeaders(ABC):
     """The headers of the form part python-multipart is reading, from its header callbacks
     (``on_header_field``, ``on_header_value``, ``on_header_end``): what a reader of a form's
     parts builds on. ``_headers`` holds them by lower-case name; a reader empties it as each
-    part begins."""
+    part begins, and says in its own four hooks what it does with the parts."""
 
     def __init__(self) -> None:
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, str] = {}
+
+    def callbacks(self) -> MultipartCallbacks:
+        """python-multipart's callbacks for the parts: the headers here, the rest the reader's."""
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    @abstractmethod
+    def _part_begin(self) -> None: ...
+
+    @abstractmethod
+    def _headers_finished(self) -> None: ...
+
+    @abstractmethod
+    def _part_data(self, data: bytes, start: int, end: int) -> None: ...
+
+    @abstractmethod
+    def _part_end(self) -> None: ...
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -254,16 +279,7 @@ class _Fields(PartHeaders):
         self._value: bytearray | None = None  # None while in a file part
 
     def callbacks(self) -> MultipartCallbacks:
-        return {
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_data,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        }
+        return {**super().callbacks(), "on_end": self._end}
 
     def _part_begin(self) -> None:
         self._parts += 1

@@ -12,7 +12,6 @@ time: memory holds one chunk and one line, never the file::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
@@ -21,9 +20,6 @@ from python_multipart.multipart import parse_options_header
 from chatgpt_proxy.errors import InvalidMultipart, InvalidRequest
 from chatgpt_proxy.multipart import PartHeaders
 from chatgpt_proxy.upstream.client import Body
-
-if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks  # a TypedDict for type checkers only
 
 _CHUNK = 256 * 1024  # of a body held in memory, fed to the parser at a time
 
@@ -71,17 +67,6 @@ class _LineSplitter(PartHeaders):
         self._number = 0
         self._partial = bytearray()
         self._lines: list[tuple[int, bytes]] = []
-
-    def callbacks(self) -> MultipartCallbacks:
-        return {
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_data,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-        }
 
     def take(self) -> list[tuple[int, bytes]]:
         lines, self._lines = self._lines, []
